@@ -1,0 +1,297 @@
+"""A2P SMS event models: one frozen pydantic model per event kind. Pure; no I/O.
+
+A notification's envelope (uuid, event, timestamp, subscriptionId, ownerId, body) is decoded
+once, by the event filter path it matched, into:
+
+    BatchEvent     /restapi/v1.0/account/{id}/a2p-sms/batches[...]     kind "batch"
+    MessageEvent   /restapi/v1.0/account/{id}/a2p-sms/messages[...]    kind "inbound" | "outbound"
+    OptOutEvent    /restapi/v1.0/account/{id}/a2p-sms/opt-outs[...]    kind "optout" | "optin"
+    OtherEvent     any other event filter (never dropped)              kind "other"
+
+Decoding is tolerant where RingCentral's docs are loose (PROTOCOL.md §5): unknown fields are
+kept, ``to`` may be a string or a list, statuses are open sets, message ids may be numbers.
+It is strict where a wrong value would mislead a consumer: phone numbers must be E.164 and the
+envelope must carry a uuid. A notification that does not decode is an ``EventError`` value
+(dead-lettered by the caller), never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+KINDS: Final = ("batch", "inbound", "outbound", "optout", "optin", "other")
+
+#: Documented values; anything else is tolerated and passed through (PROTOCOL.md §5.2, §11.8).
+MESSAGE_STATUSES: Final = frozenset(
+    {"Queued", "Sent", "Delivered", "SendingFailed", "DeliveryFailed"}
+)
+BATCH_STATUSES: Final = frozenset({"Processing", "Completed", "Sent", "Queued"})
+
+E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
+
+
+def _id_to_str(value: Any) -> Any:
+    # message ids are strings in events but int64 in the REST list schema
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _one_or_many(value: Any) -> Any:
+    # the docs table says string, every sample says list (PROTOCOL.md §5.2)
+    return [value] if isinstance(value, str) else value
+
+
+def _iso_time(value: Any) -> Any:
+    # Kept as the text RingCentral sent (records stay byte-faithful: "…56.000000Z" is not
+    # rewritten as "…56Z"), but it must be an ISO 8601 date and time.
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if not isinstance(value, str) or "T" not in value:
+        raise ValueError("expected an ISO 8601 date-time string")
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("not an ISO 8601 date-time") from None
+    return value
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A validated time field as an aware datetime (UTC when the text had no offset)."""
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+LooseId = Annotated[str, BeforeValidator(_id_to_str), StringConstraints(min_length=1)]
+IsoTime = Annotated[str, BeforeValidator(_iso_time)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+
+class BatchBody(_Model):
+    """A message batch's progress (status Processing → Completed)."""
+
+    id: LooseId
+    from_: E164 | None = Field(default=None, alias="from")
+    batch_size: int | None = Field(default=None, alias="batchSize")
+    processed_count: int | None = Field(default=None, alias="processedCount")
+    status: str
+    creation_time: IsoTime | None = Field(default=None, alias="creationTime")
+    last_modified_time: IsoTime | None = Field(default=None, alias="lastModifiedTime")
+    cost: float | None = None
+    rejected: list[Any] | None = None
+
+
+class MessageBody(_Model):
+    """One message's state: an outbound delivery status or an inbound message."""
+
+    id: LooseId
+    batch_id: LooseId | None = Field(default=None, alias="batchId")
+    from_: E164 = Field(alias="from")
+    to: Annotated[list[E164], BeforeValidator(_one_or_many)]
+    text: str | None = None
+    direction: Literal["Inbound", "Outbound"]
+    message_status: str = Field(alias="messageStatus")
+    segment_count: int | None = Field(default=None, alias="segmentCount")
+    cost: float | None = None
+    creation_time: IsoTime | None = Field(default=None, alias="creationTime")
+    last_modified_time: IsoTime | None = Field(default=None, alias="lastModifiedTime")
+    error_code: str | None = Field(default=None, alias="errorCode")
+
+
+class OptOutBody(_Model):
+    """``active`` true: ``to`` opted out of messages from ``from``; false: opted back in."""
+
+    from_: E164 = Field(alias="from")
+    to: E164
+    active: bool
+
+
+class _Envelope(_Model):
+    uuid: Annotated[str, BeforeValidator(_id_to_str), StringConstraints(min_length=1)]
+    event: str
+    timestamp: IsoTime | None = None
+    subscription_id: str | None = Field(default=None, alias="subscriptionId")
+    owner_id: LooseId | None = Field(default=None, alias="ownerId")
+
+    @property
+    def time(self) -> datetime | None:
+        """When the notification was sent, as a datetime."""
+        return parse_time(self.timestamp)
+
+
+class BatchEvent(_Envelope):
+    """A notification from an ``a2p-sms/batches`` filter."""
+
+    body: BatchBody
+
+    @property
+    def kind(self) -> str:
+        return "batch"
+
+
+class MessageEvent(_Envelope):
+    """A notification from an ``a2p-sms/messages`` filter."""
+
+    body: MessageBody
+
+    @property
+    def kind(self) -> str:
+        return "inbound" if self.body.direction == "Inbound" else "outbound"
+
+
+class OptOutEvent(_Envelope):
+    """A notification from an ``a2p-sms/opt-outs`` filter."""
+
+    body: OptOutBody
+
+    @property
+    def kind(self) -> str:
+        return "optout" if self.body.active else "optin"
+
+
+class OtherEvent(_Envelope):
+    """A notification from any other event filter, kept whole so nothing is dropped."""
+
+    body: Any = None
+
+    @property
+    def kind(self) -> str:
+        return "other"
+
+
+Event = BatchEvent | MessageEvent | OptOutEvent | OtherEvent
+
+
+@dataclass(frozen=True, slots=True)
+class EventError:
+    """A notification that does not decode; the caller dead-letters ``raw`` with ``reason``."""
+
+    reason: str
+    raw: bytes = field(repr=False)
+    uuid: str | None = None
+
+
+_A2P_PATH = re.compile(
+    r"^/restapi/v1\.0/account/[^/?]+/a2p-sms/(batches|messages|opt-outs)(?:[/?]|$)"
+)
+_MODEL_BY_RESOURCE: Final[dict[str, type[BatchEvent | MessageEvent | OptOutEvent]]] = {
+    "batches": BatchEvent,
+    "messages": MessageEvent,
+    "opt-outs": OptOutEvent,
+}
+
+
+def model_for(event_path: str) -> type[BatchEvent | MessageEvent | OptOutEvent | OtherEvent]:
+    """The model for a notification whose ``event`` field is ``event_path``."""
+    match = _A2P_PATH.match(event_path)
+    return _MODEL_BY_RESOURCE[match.group(1)] if match else OtherEvent
+
+
+def decode_notification(envelope: Any, raw: bytes) -> Event | EventError:
+    """Decode a notification envelope (already parsed JSON). Never raises."""
+    if not isinstance(envelope, dict):
+        return EventError("notification body is not a JSON object", raw)
+    uuid = envelope.get("uuid")
+    uuid_str = str(uuid) if isinstance(uuid, str | int) and not isinstance(uuid, bool) else None
+    path = envelope.get("event")
+    if not isinstance(path, str):
+        return EventError("notification has no 'event' string", raw, uuid_str)
+    try:
+        return model_for(path).model_validate(envelope)
+    except ValidationError as exc:
+        return EventError(describe(exc), raw, uuid_str)
+    except RecursionError:
+        return EventError("notification nested too deeply", raw, uuid_str)
+
+
+def describe(exc: ValidationError, limit: int = 3) -> str:
+    """A one-line summary of a validation error that never echoes the input value."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def to_record(event: Event) -> dict[str, Any]:
+    """The JSON-ready record sinks write: ``kind`` plus the notification as RingCentral sent it
+    (field names as on the wire, unknown fields kept, ``to`` always a list)."""
+    record: dict[str, Any] = {"kind": event.kind}
+    record.update(event.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    return record
+
+
+def to_json(event: Event) -> str:
+    """``to_record`` as one compact JSON line (no newline)."""
+    return json.dumps(to_record(event), separators=(",", ":"), ensure_ascii=False)
+
+
+def from_record(record: dict[str, Any]) -> Event | EventError:
+    """Decode a record written by ``to_record`` (the ``kind`` key is derived, so it is dropped)."""
+    envelope = {k: v for k, v in record.items() if k != "kind"}
+    raw = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    return decode_notification(envelope, raw)
+
+
+# Field accessors used by the router (and by file-sink path templates).
+
+
+def field_values(event: Event, name: str) -> tuple[str, ...]:
+    """The values of a routable field as strings; empty when the event has no such field.
+
+    Names: kind, direction, from, to, batchId, status, active, uuid, subscriptionId, ownerId.
+    """
+    body = event.body
+    if name == "kind":
+        return (event.kind,)
+    if name == "uuid":
+        return (event.uuid,)
+    if name == "subscriptionId":
+        return (event.subscription_id,) if event.subscription_id else ()
+    if name == "ownerId":
+        return (event.owner_id,) if event.owner_id else ()
+    if isinstance(body, MessageBody):
+        values: dict[str, tuple[str, ...]] = {
+            "direction": (body.direction,),
+            "from": (body.from_,),
+            "to": tuple(body.to),
+            "batchId": (body.batch_id,) if body.batch_id else (),
+            "status": (body.message_status,),
+        }
+        return values.get(name, ())
+    if isinstance(body, BatchBody):
+        values = {
+            "from": (body.from_,) if body.from_ else (),
+            "batchId": (body.id,),
+            "status": (body.status,),
+        }
+        return values.get(name, ())
+    if isinstance(body, OptOutBody):
+        values = {
+            "from": (body.from_,),
+            "to": (body.to,),
+            "active": ("true" if body.active else "false",),
+        }
+        return values.get(name, ())
+    return ()

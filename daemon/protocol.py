@@ -1,0 +1,272 @@
+"""The RingCentral WebSocket Gateway framing, as pure functions: text frames ⇄ typed messages.
+
+Every frame is a JSON array ``[header]`` or ``[header, body]`` (PROTOCOL.md §2). ``decode``
+never raises: a frame it cannot make sense of comes back as a ``FrameError`` value carrying the
+raw bytes, so one bad frame can never end a receive loop (PROTOCOL.md §9 item 10).
+
+This module must never do I/O or import an I/O library.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from daemon.events import describe
+
+SUBSCRIPTION_PATH: Final = "/restapi/v1.0/subscription"
+
+#: Header ``type`` values the gateway uses (there is no "ClientResponse": replies reuse
+#: "ClientRequest" with the request's messageId and a status).
+CLIENT_REQUEST: Final = "ClientRequest"
+SERVER_NOTIFICATION: Final = "ServerNotification"
+CONNECTION_DETAILS: Final = "ConnectionDetails"
+HEARTBEAT: Final = "Heartbeat"
+ERROR: Final = "Error"
+
+
+class Wsc(BaseModel):
+    """The session-context token used to recover a dropped session."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    token: str = Field(min_length=1)
+    sequence: int
+
+
+class Header(BaseModel):
+    """Element 0 of every frame. Unknown fields are kept, never an error."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    type: str
+    message_id: str | None = Field(default=None, alias="messageId")
+    status: int | None = None
+    method: str | None = None
+    path: str | None = None
+    headers: dict[str, Any] | None = None
+    wsc: Wsc | None = None
+
+
+class SubscriptionInfo(BaseModel):
+    """The body of a successful subscription POST/PUT reply (fields we use; the rest is kept)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    id: str = Field(min_length=1)
+    status: str | None = None
+    event_filters: list[str] = Field(default_factory=list, alias="eventFilters")
+    disabled_filters: list[Any] = Field(default_factory=list, alias="disabledFilters")
+    expires_in: int | None = Field(default=None, alias="expiresIn")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionDetails:
+    """The first frame of every connection; says whether a recovery worked."""
+
+    header: Header
+    body: dict[str, Any]
+
+    @property
+    def recovery_state(self) -> str | None:
+        value = self.body.get("recoveryState")
+        return value if isinstance(value, str) else None
+
+    @property
+    def recovery_error_code(self) -> str | None:
+        value = self.body.get("recoveryErrorCode")
+        return value if isinstance(value, str) else None
+
+    def seconds(self, key: str, default: float) -> float:
+        """A numeric timing field of the body (recoveryTimeout, idleTimeout, …) or ``default``."""
+        value = self.body.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResponse:
+    """The server's answer to one of our ClientRequests, matched by ``message_id``."""
+
+    header: Header
+    body: Any
+
+    @property
+    def message_id(self) -> str | None:
+        return self.header.message_id
+
+    @property
+    def ok(self) -> bool:
+        return self.header.status is not None and 200 <= self.header.status < 300
+
+    @property
+    def error_code(self) -> str | None:
+        return error_code(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerNotification:
+    """A notification frame; ``body`` is the event envelope (uuid, event, body, …)."""
+
+    header: Header
+    body: Any
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A Heartbeat frame (the reply to ours, or one the server sends)."""
+
+    header: Header
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    """A gateway ``Error`` frame, e.g. WSG-902 idle timeout before a close."""
+
+    header: Header
+    body: Any
+
+    @property
+    def error_code(self) -> str | None:
+        return error_code(self.body)
+
+    @property
+    def message(self) -> str | None:
+        if isinstance(self.body, dict):
+            value = self.body.get("message")
+            return value if isinstance(value, str) else None
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownFrame:
+    """A well-formed frame of a type we do not know; logged and ignored."""
+
+    header: Header
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """A frame that does not decode. A value, not an exception; ``raw`` goes to the dead letter."""
+
+    reason: str
+    raw: bytes = field(repr=False)
+
+
+Message = (
+    ConnectionDetails | ClientResponse | ServerNotification | Heartbeat | ErrorFrame | UnknownFrame
+)
+
+
+def error_code(body: Any) -> str | None:
+    """The error code of a RingCentral error body (REST, OAuth or over the socket):
+    ``errorCode``, else OAuth's ``error``, else the first of ``errors[].errorCode``."""
+    if not isinstance(body, dict):
+        return None
+    for key in ("errorCode", "error"):
+        code = body.get(key)
+        if isinstance(code, str):
+            return code
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        inner = errors[0].get("errorCode")
+        return inner if isinstance(inner, str) else None
+    return None
+
+
+def decode(data: str | bytes) -> Message | FrameError:
+    """Decode one WebSocket message. Never raises."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        # Also the multipart REST-over-WS bodies (`[{...},--Boundary`): not for a notification
+        # client, so they are reported like any other undecodable frame.
+        return FrameError(f"not JSON: {type(exc).__name__}", raw)
+    if not isinstance(parsed, list) or not 1 <= len(parsed) <= 2:
+        return FrameError("not a JSON array of one or two elements", raw)
+    if not isinstance(parsed[0], dict):
+        return FrameError("header is not a JSON object", raw)
+    try:
+        header = Header.model_validate(parsed[0])
+    except ValidationError as exc:
+        return FrameError(f"bad header: {describe(exc, limit=1)}", raw)
+    body = parsed[1] if len(parsed) == 2 else None
+
+    kind = header.type
+    if kind == SERVER_NOTIFICATION:
+        if not isinstance(body, dict):
+            return FrameError("ServerNotification without an object body", raw)
+        return ServerNotification(header, body, raw)
+    if kind == CLIENT_REQUEST:
+        return ClientResponse(header, body)
+    if kind == CONNECTION_DETAILS:
+        return ConnectionDetails(header, body if isinstance(body, dict) else {})
+    if kind == HEARTBEAT:
+        return Heartbeat(header)
+    if kind == ERROR:
+        return ErrorFrame(header, body)
+    return UnknownFrame(header, body)
+
+
+def _dumps(frame: list[Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_request(
+    message_id: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    query: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> str:
+    """A ClientRequest frame. With no body the frame has one element: the gateway rejects a
+    ``null`` body with WSG-808 (PROTOCOL.md §2.1)."""
+    header: dict[str, Any] = {
+        "type": CLIENT_REQUEST,
+        "messageId": message_id,
+        "method": method,
+        "path": path,
+    }
+    if query:
+        header["query"] = query
+    if headers:
+        header["headers"] = headers
+    return _dumps([header] if body is None else [header, body])
+
+
+def encode_subscribe(message_id: str, event_filters: list[str]) -> str:
+    """POST one subscription with every filter (one subscription per connection, §2.6)."""
+    body = {"eventFilters": event_filters, "deliveryMode": {"transportType": "WebSocket"}}
+    return encode_request(message_id, "POST", SUBSCRIPTION_PATH, body)
+
+
+def encode_heartbeat(message_id: str) -> str:
+    """An application-level Heartbeat; ping frames do not reset the idle timer (§3)."""
+    return _dumps([{"type": HEARTBEAT, "messageId": message_id}])
+
+
+def newer_wsc(current: Wsc | None, frame: Message) -> Wsc | None:
+    """The ``wsc`` to keep after ``frame`` (PROTOCOL.md §4.3; docs/protocol-notes.md).
+
+    Any ConnectionDetails wins: it starts (or resumes) a session context, so its token is
+    the one that names it, even when an older session's token had a higher sequence. The
+    TypeScript extension keeps the old token there unless ``recoveryState`` is present,
+    which can leave it holding the previous session's token after a fresh connect. Any
+    other frame's ``wsc`` replaces ours only when its sequence is higher. Returns ``None``
+    when nothing changes.
+    """
+    incoming = frame.header.wsc
+    if incoming is None:
+        return None
+    if current is None or isinstance(frame, ConnectionDetails):
+        return incoming
+    return incoming if incoming.sequence > current.sequence else None
