@@ -1,0 +1,107 @@
+"""Third-party clients against the emulator: the official RingCentral SDK, and its own CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from typing import Any
+
+import httpx
+from ringcentral import SDK  # type: ignore[import-untyped]
+from ringcentral.websocket.events import WebSocketEvents  # type: ignore[import-untyped]
+from websockets.exceptions import ConnectionClosed
+
+from daemon.emulator import DEFAULT_JWT, Emulator, EmulatorConfig
+from daemon.emulator.cli import main
+
+TIMEOUT = 10.0
+FILTERS = ["/restapi/v1.0/account/~/a2p-sms/opt-outs",
+           "/restapi/v1.0/account/~/a2p-sms/messages?direction=Inbound"]
+OPTOUT = {"from": "+16505550100", "to": "+12125550100", "active": True}
+
+
+def run_sdk(base_url: str) -> list[Any]:
+    """In a worker thread: log in with the SDK, subscribe over its WebSocket client, and
+    return the first notification it hands to its listener."""
+    sdk = SDK("demo-client-id", "demo-client-secret", base_url)
+    sdk.platform().login(jwt=DEFAULT_JWT)
+    # the SDK makes blocking HTTP calls inside its coroutines: give it its own event loop
+    return asyncio.run(_sdk_websocket(sdk))
+
+
+async def _sdk_websocket(sdk: SDK) -> list[Any]:
+    client = sdk.create_web_socket_client()
+    connected = asyncio.Event()
+    notified = asyncio.Event()
+    notifications: list[Any] = []
+
+    def on_notification(message: list[Any]) -> None:
+        notifications.append(message)
+        notified.set()
+
+    client.on(WebSocketEvents.connectionCreated, lambda _client: connected.set())
+    client.on(WebSocketEvents.receiveSubscriptionNotification, on_notification)
+    connection = asyncio.create_task(client.create_new_connection())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await connected.wait()
+        await client.create_subscription(FILTERS)
+        async with asyncio.timeout(TIMEOUT):
+            await notified.wait()
+    finally:
+        await client.close_connection()
+        with contextlib.suppress(ConnectionClosed):
+            await connection
+    return notifications
+
+
+async def test_the_official_sdk_logs_in_subscribes_and_gets_a_notification() -> None:
+    """ringcentral's SDK: JWT login, wstoken, WebSocketClient subscription, a notification."""
+    emu = Emulator(EmulatorConfig())
+    async with emu.running():
+        worker = asyncio.create_task(asyncio.to_thread(run_sdk, emu.base_url))
+        subscription_id = await emu.wait_for_subscription(timeout=TIMEOUT)
+        assert await emu.publish("optout", OPTOUT) == 1
+        async with asyncio.timeout(TIMEOUT):
+            notifications = await worker
+    header, body = notifications[0]
+    assert header["type"] == "ServerNotification"
+    assert body["body"] == OPTOUT
+    assert body["subscriptionId"] == subscription_id
+    assert body["event"] == "/restapi/v1.0/account/400123456789/a2p-sms/opt-outs"
+    assert [r[:2] for r in emu.requests] == [("POST", "/restapi/oauth/token"),
+                                             ("POST", "/restapi/oauth/wstoken")]
+
+
+async def test_the_cli_prints_where_it_listens_and_stops_on_sigint() -> None:
+    """`python -m daemon.emulator --port 0` prints its URL, serves, and exits 0 on SIGINT."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon.emulator", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(TIMEOUT):
+            line = (await process.stdout.readline()).decode().strip()
+        found = re.fullmatch(r"emulator listening on (http://127\.0\.0\.1:\d+)", line)
+        assert found, line
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            health = await http.get(found[1] + "/_emulator/health")
+        assert health.json()["status"] == "ok"
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(TIMEOUT):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err
+    assert b"demo-client-id" in out
+    assert b"Traceback" not in err
+
+
+def test_the_cli_refuses_a_bad_port_with_ex_config() -> None:
+    """An impossible port is a configuration error: exit code 78."""
+    assert main(["--port", "70000"]) == 78
