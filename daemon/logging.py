@@ -1,0 +1,101 @@
+"""structlog set-up: JSON lines when stderr is not a terminal (systemd/journald), a readable
+console format on a terminal. Logs go to stderr; stdout belongs to the stdout sink.
+
+Secrets must never be passed to a logger. As a second line of defence every value a2pd
+registers with ``register_secret`` (client secret, JWT, tokens) is masked in any log line
+that would carry it anyway.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+from collections import deque
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+_LEVELS = {"debug": std_logging.DEBUG, "info": std_logging.INFO,
+           "warning": std_logging.WARNING, "error": std_logging.ERROR}
+
+# long-lived secrets (client secret, JWT) are kept for the life of the process; rotating
+# tokens only while they can still matter, so that set stays bounded
+_permanent: list[str] = []
+_rotating: deque[str] = deque(maxlen=256)
+MASK = "***"
+
+
+def register_secret(value: str | None, *, permanent: bool = False) -> None:
+    """Mask ``value`` wherever it would appear in a log line (short values are ignored).
+    ``permanent`` for credentials that never rotate (never evicted)."""
+    if not value or len(value) < 6 or value in _permanent or value in _rotating:
+        return
+    if permanent:
+        _permanent.append(value)
+    else:
+        _rotating.append(value)
+
+
+def _all_secrets() -> list[str]:
+    return [*_permanent, *_rotating]
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _all_secrets():
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_mask(v) for v in value)
+    if isinstance(value, BaseException):
+        return _mask(repr(value))
+    return value
+
+
+def scrub(raw: bytes) -> bytes:
+    """``raw`` with every registered secret replaced by ``***`` (for bytes written to disk)."""
+    for secret in _all_secrets():
+        encoded = secret.encode()
+        if encoded in raw:
+            raw = raw.replace(encoded, MASK.encode())
+    return raw
+
+
+def mask_secrets(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: replace registered secrets with ``***``."""
+    if not _permanent and not _rotating:
+        return event_dict
+    return {k: _mask(v) for k, v in event_dict.items()}
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog for the whole process. ``fmt``: auto | json | console."""
+    out = stream if stream is not None else sys.stderr
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        mask_secrets,
+    ]
+    if console:
+        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    else:
+        processors.append(structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A logger carrying ``component=name``. It stays lazy (module-level loggers are created at
+    import, before ``configure``): it is built from the configuration in force when used."""
+    return structlog.get_logger(component=name)
