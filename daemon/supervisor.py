@@ -1,0 +1,129 @@
+"""The reconnect loop: keep one subscribed WebSocket session alive for ever.
+
+Each turn fetches a fresh WebSocket token (paced by ``auth``), decides whether to present
+the saved ``wsc`` (same OAuth session and still inside ``recoveryTimeout`` of the disconnect,
+PROTOCOL.md §4, §7), runs one session, and when it ends waits a capped, fully jittered
+backoff before the next. A session that stayed up for ``stable_after`` resets the backoff
+and is followed by an immediate reconnect, so recovery happens inside the window.
+Credentials, permission and filter problems are not retried: they propagate and stop the
+daemon with a clear message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+
+from daemon.auth import TokenManager
+from daemon.backoff import backoff
+from daemon.config import ConnectionConfig
+from daemon.errors import ConnectionLost, PlatformError, RateLimited
+from daemon.logging import get_logger
+from daemon.session import (
+    BadFrameHandler,
+    NotificationHandler,
+    SessionState,
+    connect_url,
+    run_session,
+)
+
+log = get_logger("supervisor")
+
+#: recover only if the window still has this much margin left
+RECOVERY_MARGIN = 2.0
+
+
+class Supervisor:
+    """Owns ``SessionState`` and runs sessions back to back."""
+
+    def __init__(self, auth: TokenManager, filters: list[str], cfg: ConnectionConfig,
+                 on_notification: NotificationHandler, on_bad_frame: BadFrameHandler,
+                 on_subscribed: Callable[[], None] | None = None) -> None:
+        self.auth = auth
+        self.filters = filters
+        self.cfg = cfg
+        self.on_notification = on_notification
+        self.on_bad_frame = on_bad_frame
+        self.on_subscribed = on_subscribed
+        self.state = SessionState()
+        self.reconnects = 0
+        #: disconnects after which a fresh session had to be opened (events possibly missed);
+        #: failed recoveries are counted by the session as recoveries_failed
+        self.gaps = 0
+        self._gap_open = False
+
+    def _recoverable_wsc(self) -> bool:
+        state = self.state
+        if state.wsc is None:
+            return False
+        if state.wsc_oauth_session != self.auth.session_id:
+            log.info("recovery_skipped", reason="new OAuth session")
+            state.wsc = None
+            return False
+        if state.disconnected_at is not None:
+            away = anyio.current_time() - state.disconnected_at
+            if away > state.recovery_timeout - RECOVERY_MARGIN:
+                log.info("recovery_skipped", reason="recovery window passed",
+                         away=round(away, 3))
+                state.wsc = None
+                return False
+        return True
+
+    def _subscribed(self, started_at: list[float]) -> None:
+        started_at.append(anyio.current_time())
+        self._gap_open = False
+        if self.on_subscribed is not None:
+            self.on_subscribed()
+
+    async def run(self) -> None:
+        """Run for ever; returns only by raising a fatal error (or being cancelled)."""
+        cfg = self.cfg
+        delays = backoff(cfg.backoff_initial, 2.0, cfg.backoff_max)
+        while True:
+            subscribed_at: list[float] = []
+            try:
+                token = await self.auth.ws_token()
+                present = self._recoverable_wsc()
+                if self.state.disconnected_at is not None and not present:
+                    self.state.subscription_id = None
+                    if not self._gap_open:
+                        # a fresh session after a disconnect: what was sent meanwhile is lost
+                        self._gap_open = True
+                        self.gaps += 1
+                        log.warning("gap_opened", note="events sent while disconnected are "
+                                    "not recoverable")
+                url = connect_url(token.uri, token.ws_access_token,
+                                  self.state.wsc if present else None)
+                log.info("connecting", recovery=present, attempt=self.state.connection_count + 1)
+                await run_session(
+                    url,
+                    filters=self.filters,
+                    cfg=cfg,
+                    state=self.state,
+                    on_notification=self.on_notification,
+                    on_bad_frame=self.on_bad_frame,
+                    presented_wsc=present,
+                    oauth_session=self.auth.session_id,
+                    on_subscribed=partial(self._subscribed, subscribed_at),
+                )
+            except RateLimited as exc:
+                delay = max(exc.retry_after, next(delays))
+                log.warning("rate_limited_reconnect", retry_in=round(delay, 3), code=exc.code)
+            except ConnectionLost as exc:
+                if not exc.recoverable:
+                    self.state.wsc = None
+                stable = bool(subscribed_at) and (
+                    anyio.current_time() - subscribed_at[0] >= cfg.stable_after)
+                if stable:
+                    delays = backoff(cfg.backoff_initial, 2.0, cfg.backoff_max)
+                delay = 0.0 if stable else next(delays)
+                log.warning("connection_lost", reason=exc.reason, code=exc.code,
+                            reconnect_in=round(delay, 3))
+            except PlatformError as exc:
+                delay = next(delays)
+                log.warning("platform_error", reason=exc.reason, status=exc.status,
+                            code=exc.code, retry_in=round(delay, 3))
+            self.reconnects += 1
+            await anyio.sleep(delay)
