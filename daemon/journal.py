@@ -1,0 +1,544 @@
+"""The durable journal: an embedded SQLite database (WAL) between receiving and delivering.
+
+An event counts as received once its row is committed here. Commits are grouped: appends
+collect in memory and one transaction writes them every ``commit_interval`` (or sooner
+when ``commit_max`` are waiting), so throughput stays high while a crash loses at most
+one interval of events the platform can still replay (session recovery) or that the
+backfill rebuilds.
+
+    events       seq (order), uuid (unique), kind, targets (",sink,sink,"), received, record
+    seen         uuid → first seen: deduplication beyond compaction, for ``dedup_window``
+    cursors      sink → last delivered seq (a sink reads in order, at its own pace)
+    dead_letters sink, uuid, seq, reason, attempts, first/last attempt, raw bytes
+
+Events every sink has passed are compacted away. ``max_events`` / ``max_age`` bound the
+journal; when it is full, ``full_policy`` either makes appends wait (``block``) or drops the
+oldest undelivered events (``drop_oldest``), counted and logged loudly — never silently.
+
+Only this module touches SQLite. All database work runs in one worker thread at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import anyio
+
+from daemon.errors import EXIT_IOERR, A2pdError
+from daemon.logging import get_logger, scrub
+from daemon.observe import Counters
+
+log = get_logger("journal")
+
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- AUTOINCREMENT: a seq is never reused, even after compaction empties the table (plain
+-- rowids restart at max+1, which would put new events behind every sink's cursor)
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    received REAL NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (uuid TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
+CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    uuid TEXT,
+    seq INTEGER,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_attempt REAL,
+    last_attempt REAL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL,
+    raw BLOB NOT NULL
+);
+"""
+
+
+class JournalError(A2pdError):
+    """The journal cannot be opened or written (corrupt, locked, disk full, unwritable)."""
+
+    exit_code = EXIT_IOERR
+
+    def __init__(self, reason: str, path: Path, *, transient: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+        self.path = path
+        #: disk full or a lock held elsewhere: retrying later can succeed
+        self.transient = transient
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One journaled event as a sink reader sees it."""
+
+    seq: int
+    uuid: str
+    kind: str
+    targets: str
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-letter row."""
+
+    id: int
+    sink: str
+    uuid: str | None
+    seq: int | None
+    reason: str
+    attempts: int
+    first_attempt: float | None
+    last_attempt: float | None
+    created: float
+    size: int
+    raw: bytes
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    uuid: str
+    kind: str
+    targets: str
+    record: bytes
+
+
+def targets_field(sinks: Iterable[str]) -> str:
+    """How a row's target sinks are stored: ``,a,b,`` (so ``,a,`` in it is a test)."""
+    return "," + ",".join(sinks) + ","
+
+
+class Journal:
+    """The journal of one daemon. Open with ``Journal.open`` (async), close with ``aclose``."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, commit_interval: float,
+                 commit_max: int, fsync: bool, max_events: int, max_age: float | None,
+                 full_policy: Literal["block", "drop_oldest"], dedup_window: float,
+                 counters: Counters | None = None, max_raw_bytes: int = 64 * 1024,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._conn = conn
+        self._limiter = anyio.CapacityLimiter(1)
+        self.commit_interval = commit_interval
+        self.commit_max = commit_max
+        self.fsync = fsync
+        self.max_events = max_events
+        self.max_age = max_age
+        self.full_policy = full_policy
+        self.dedup_window = dedup_window
+        self._clock = clock
+        self._pending: list[Pending] = []
+        self._pending_uuids: set[str] = set()
+        self._committed = anyio.Event()
+        self._wake_committer = anyio.Event()
+        self._room = anyio.Event()
+        self.counters = counters if counters is not None else Counters()
+        self.max_raw_bytes = max_raw_bytes
+        self.last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+        self._count = self._scalar("SELECT COUNT(*) FROM events")
+        self._closed = False
+        #: models of recent rows, so steady-state delivery never re-parses JSON
+        self.cache: OrderedDict[int, Any] = OrderedDict()
+        self.cache_size = 4096
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, *, must_exist: bool = False, **options: Any) -> Journal:
+        """Open (creating it unless ``must_exist``) and check the database; ``JournalError``
+        if it is unusable."""
+        if must_exist and not await anyio.Path(path).exists():
+            raise JournalError("no journal here (has a2pd run with this state directory?)",
+                               path)
+        conn = await anyio.to_thread.run_sync(_connect, path, bool(options.get("fsync")))
+        return cls(path, conn, **options)
+
+    @classmethod
+    async def open_for_admin(cls, path: Path) -> Journal:
+        """Open an existing journal for the CLI (works while the daemon runs: WAL)."""
+        return await cls.open(path, must_exist=True, commit_interval=1.0, commit_max=1,
+                              fsync=True, max_events=0, max_age=None, full_policy="block",
+                              dedup_window=24 * 3600.0)
+
+    # -- small helpers ------------------------------------------------------------------------
+
+    def _scalar(self, sql: str, *args: Any) -> int:
+        value = self._conn.execute(sql, args).fetchone()[0]
+        return int(value or 0)
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    # -- appending ----------------------------------------------------------------------------
+
+    async def append(self, uuid: str, kind: str, sinks: Sequence[str], record: bytes) -> None:
+        """Queue an event for the next group commit; waits when the journal is full
+        (``block``) or too many appends are waiting."""
+        if uuid in self._pending_uuids:
+            self.counters.inc("duplicates")
+            return
+        while self.full_policy == "block" and self.max_events and \
+                self._count + len(self._pending) >= self.max_events:
+            self.counters.inc("full_waits")
+            self._room = anyio.Event() if self._room.is_set() else self._room
+            await self._room.wait()
+        while len(self._pending) >= self.commit_max * 4:
+            await self.wait_committed()
+        self._pending.append(Pending(uuid, kind, targets_field(sinks), record))
+        self._pending_uuids.add(uuid)
+        if len(self._pending) >= self.commit_max:
+            self._wake_committer.set()
+
+    async def wait_committed(self) -> None:
+        """Return after the next commit (or ``poke``)."""
+        await self._committed.wait()
+
+    def poke(self) -> None:
+        """Wake everything in ``wait_committed`` without committing."""
+        committed, self._committed = self._committed, anyio.Event()
+        committed.set()
+
+    async def run_committer(self) -> None:
+        """Commit pending appends every ``commit_interval``, or sooner when many wait.
+
+        A full disk or a lock held by another process is retried with backoff, loudly, while
+        appends wait (backpressure reaches the socket); nothing pending is dropped. Other
+        errors (corrupt, read-only) end the committer and so the daemon."""
+        failures = 0
+        while True:
+            with anyio.move_on_after(self.commit_interval):
+                await self._wake_committer.wait()
+            self._wake_committer = anyio.Event()
+            try:
+                await self.commit()
+            except JournalError as exc:
+                if not exc.transient:
+                    raise
+                failures += 1
+                delay = min(30.0, 0.1 * 2.0 ** min(failures, 9))
+                self.counters.inc("commit_failures")
+                log.error("journal_commit_failed", reason=exc.reason,
+                          pending=len(self._pending), retry_in=delay)
+                await anyio.sleep(delay)
+            else:
+                failures = 0
+
+    async def commit(self) -> list[int]:
+        """Write every pending append in one transaction; the seqs of the new rows."""
+        batch, self._pending = self._pending, []
+        self._pending_uuids = set()
+        if not batch:
+            return []
+        now = self._clock()
+        try:
+            inserted, dropped = await self._db(self._insert, batch, now)
+        except BaseException:
+            # A failed transaction commits nothing, and a cancellation before the worker
+            # thread ran commits nothing either: keep the batch, oldest first. (A cancel
+            # while the thread runs lets it finish, so the batch is then in the database
+            # and a later commit drops it again as duplicates.)
+            self._pending = batch + self._pending
+            self._pending_uuids.update(item.uuid for item in batch)
+            raise
+        if dropped:
+            self.counters.inc("dropped_full", dropped)
+            log.error("journal_full_dropped_oldest", dropped=dropped,
+                      max_events=self.max_events,
+                      note="undelivered events were dropped to make room")
+        self.counters.inc("duplicates", len(batch) - len(inserted))
+        self.counters.inc("committed", len(inserted))
+        self._count += len(inserted) - dropped
+        if inserted:
+            self.last_seq = inserted[-1]
+        self.poke()
+        return inserted
+
+    def _insert(self, batch: list[Pending], now: float) -> tuple[list[int], int]:
+        conn = self._conn
+        inserted: list[int] = []
+        dropped = 0
+        with conn:
+            for item in batch:
+                cur = conn.execute("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)",
+                                   (item.uuid, now))
+                if cur.rowcount == 0:
+                    continue
+                # OR IGNORE: a uuid whose seen-row expired (dedup_window) while its event is
+                # still journaled (max_age) is a duplicate too, never an integrity error
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO events (uuid, kind, targets, received, record) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (item.uuid, item.kind, item.targets, now, item.record))
+                if cur.rowcount == 0 or cur.lastrowid is None:
+                    continue
+                inserted.append(cur.lastrowid)
+            if self.full_policy == "drop_oldest" and self.max_events:
+                over = self._count + len(inserted) - self.max_events
+                if over > 0:
+                    dropped = conn.execute("DELETE FROM events WHERE seq IN "
+                                           "(SELECT seq FROM events ORDER BY seq LIMIT ?)",
+                                           (over,)).rowcount
+        return inserted, dropped
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(self, after: int, limit: int) -> list[Row]:
+        """Committed rows with ``seq > after``, oldest first."""
+        return await self._db(self._read, after, limit)
+
+    def _read(self, after: int, limit: int) -> list[Row]:
+        rows = self._conn.execute(
+            "SELECT seq, uuid, kind, targets, record FROM events WHERE seq > ? "
+            "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        found = [Row(int(r[0]), r[1], r[2], r[3], bytes(r[4])) for r in rows]
+        if found and found[-1].seq > self.last_seq:
+            self.last_seq = found[-1].seq  # rows another process added (a replay)
+        return found
+
+    async def cursor(self, sink: str) -> int:
+        """Where ``sink`` stands; a new sink starts at the oldest event still journaled."""
+        return await self._db(self._cursor, sink)
+
+    def _cursor(self, sink: str) -> int:
+        row = self._conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        start = self._scalar("SELECT COALESCE(MIN(seq), 0) FROM events")
+        start = max(0, start - 1)
+        with self._conn:
+            self._conn.execute("INSERT INTO cursors (sink, seq) VALUES (?, ?)", (sink, start))
+        return start
+
+    async def advance(self, sink: str, seq: int) -> None:
+        """``sink`` has delivered everything up to ``seq``."""
+        await self._db(self._advance, sink, seq)
+
+    def _advance(self, sink: str, seq: int) -> None:
+        with self._conn:
+            self._conn.execute("UPDATE cursors SET seq = MAX(seq, ?) WHERE sink = ?",
+                               (seq, sink))
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    async def add_dead_letter(self, sink: str, reason: str, raw: bytes, *,
+                              uuid: str | None = None, seq: int | None = None,
+                              attempts: int = 1, first_attempt: float | None = None,
+                              last_attempt: float | None = None) -> None:
+        """Keep ``raw`` (cut to ``max_raw_bytes``, known secrets masked) with why it failed."""
+        now = self._clock()
+        kept = scrub(raw[: self.max_raw_bytes])
+        await self._db(self._add_dead_letter, sink, reason, kept, uuid, seq, attempts,
+                       first_attempt or now, last_attempt or now, now, len(raw))
+        self.counters.inc("dead_letters")
+
+    def _add_dead_letter(self, *args: Any) -> None:
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO dead_letters (sink, reason, raw, uuid, seq, attempts, "
+                "first_attempt, last_attempt, created, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                args)
+
+    async def dead_letters(self, sink: str | None = None) -> list[DeadLetter]:
+        return await self._db(self._dead_letters, sink)
+
+    def _dead_letters(self, sink: str | None) -> list[DeadLetter]:
+        sql = ("SELECT id, sink, uuid, seq, reason, attempts, first_attempt, last_attempt, "
+               "created, size, raw FROM dead_letters")
+        rows = self._conn.execute(sql + (" WHERE sink = ?" if sink else "") + " ORDER BY id",
+                                  (sink,) if sink else ()).fetchall()
+        return [DeadLetter(id=r[0], sink=r[1], uuid=r[2], seq=r[3], reason=r[4], attempts=r[5],
+                           first_attempt=r[6], last_attempt=r[7], created=r[8], size=r[9],
+                           raw=bytes(r[10]))
+                for r in rows]
+
+    async def replay_dead_letters(self, ids: Sequence[int] | None, sink: str | None) -> int:
+        """Move sink dead letters back into the journal for their sink (all of them when
+        ``ids`` is None, optionally only ``sink``'s). Returns how many were requeued."""
+        return await self._db(self._replay, list(ids) if ids is not None else None, sink,
+                              self._clock())
+
+    def _replay(self, ids: list[int] | None, sink: str | None, now: float) -> int:
+        letters = [d for d in self._dead_letters(sink) if ids is None or d.id in ids]
+        if ids is not None:
+            missing = set(ids) - {d.id for d in letters}
+            if missing:
+                raise JournalError(f"no dead letter with id {sorted(missing)}", self.path)
+        requeued = 0
+        with self._conn:
+            for letter in letters:
+                if letter.sink in ("frame", "notification"):
+                    continue  # never reached a sink: nothing to deliver again
+                if letter.truncated:
+                    continue  # the record was cut: replaying it would deliver a fragment
+                self._conn.execute(
+                    "INSERT INTO events (uuid, kind, targets, received, record) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (f"{letter.uuid or 'dead-letter'}#replay-{letter.id}", _kind_of(letter.raw),
+                     targets_field([letter.sink]), now, letter.raw))
+                self._conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter.id,))
+                requeued += 1
+        return requeued
+
+    async def purge_dead_letters(self, ids: Sequence[int] | None, sink: str | None) -> int:
+        """Delete dead letters (all, or by id, optionally only ``sink``'s)."""
+        return await self._db(self._purge, list(ids) if ids is not None else None, sink)
+
+    def _purge(self, ids: list[int] | None, sink: str | None) -> int:
+        letters = [d.id for d in self._dead_letters(sink) if ids is None or d.id in ids]
+        with self._conn:
+            self._conn.executemany("DELETE FROM dead_letters WHERE id = ?",
+                                   [(i,) for i in letters])
+        return len(letters)
+
+    # -- upkeep -------------------------------------------------------------------------------
+
+    async def compact(self, sinks: Sequence[str]) -> int:
+        """Delete events every listed sink has passed, and uuids older than the dedup window."""
+        removed, expired = await self._db(self._compact, list(sinks), self._clock())
+        if expired:
+            self.counters.inc("expired", expired)
+            log.error("journal_max_age_dropped", events=expired, max_age=self.max_age,
+                      note="undelivered events older than max_age were removed")
+        if removed or expired:
+            self.counters.inc("compacted", removed)
+            self._room.set()
+        return removed + expired
+
+    def _compact(self, sinks: list[str], now: float) -> tuple[int, int]:
+        conn = self._conn
+        with conn:
+            if sinks:
+                marks = ",".join("?" * len(sinks))
+                sql = f"SELECT MIN(seq), COUNT(*) FROM cursors WHERE sink IN ({marks})"  # noqa: S608 - only "?" placeholders are interpolated
+                low = conn.execute(sql, sinks).fetchone()
+                floor = int(low[0] or 0) if low[1] == len(sinks) else 0
+            else:
+                floor = self.last_seq
+            removed = conn.execute("DELETE FROM events WHERE seq <= ?", (floor,)).rowcount
+            expired = 0
+            if self.max_age is not None:
+                expired = conn.execute("DELETE FROM events WHERE received < ?",
+                                       (now - self.max_age,)).rowcount
+            conn.execute("DELETE FROM seen WHERE at < ?", (now - self.dedup_window,))
+            # recounted here: rows another process added (replays) are included
+            self._count = self._scalar("SELECT COUNT(*) FROM events")
+        return int(removed), int(expired)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._db(self._stats)
+
+    def _stats(self) -> dict[str, Any]:
+        conn = self._conn
+        events, oldest = conn.execute("SELECT COUNT(*), MIN(received) FROM events").fetchone()
+        cursors = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
+        last = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+        lag = {sink: self._scalar("SELECT COUNT(*) FROM events WHERE seq > ?", seq)
+               for sink, seq in cursors.items()}
+        dead = dict(conn.execute("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink")
+                    .fetchall())
+        return {
+            "path": str(self.path),
+            "events": events,
+            "oldest_received": oldest,
+            "last_seq": last,
+            "cursors": cursors,
+            "lag": lag,
+            "dead_letters": dead,
+            "seen": self._scalar("SELECT COUNT(*) FROM seen"),
+        }
+
+    async def aclose(self) -> None:
+        """Commit what is pending and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.commit()
+            finally:
+                await self._db(self._conn.close)
+
+
+def _kind_of(record: bytes) -> str:
+    try:
+        kind = json.loads(record).get("kind")
+    except (ValueError, AttributeError):
+        return "unknown"
+    return kind if isinstance(kind, str) else "unknown"
+
+
+def _connect(path: Path, fsync: bool) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(path, timeout=1.0, isolation_level=None,
+                               check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise JournalError(f"cannot open the journal: {exc}", path) from exc
+    try:
+        _prepare(conn, path, fsync)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _translate(exc, path) from exc
+    except JournalError:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool) -> None:
+    conn.isolation_level = "DEFERRED"
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: fsync at every commit; NORMAL: WAL survives a process crash, and loses at most
+    # the last commits on power loss
+    conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+    check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise JournalError(f"the journal is corrupt ({check}); move it aside to start afresh",
+                           path)
+    conn.executescript(_SCHEMA)
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if version is None:
+        with conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)",
+                         (str(SCHEMA_VERSION),))
+    elif int(version[0]) != SCHEMA_VERSION:
+        raise JournalError(f"journal schema {version[0]} is not {SCHEMA_VERSION}", path)
+    path.chmod(0o600)
+
+
+def _translate(exc: sqlite3.Error, path: Path) -> JournalError:
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return JournalError("the journal is locked by another process (is a2pd already "
+                            "running with this state directory?)", path, transient=True)
+    if "full" in text:
+        return JournalError("the disk is full", path, transient=True)
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return JournalError("the journal is corrupt; move it aside to start afresh", path)
+    if "readonly" in text or "unable to open" in text:
+        return JournalError("the journal is not writable", path)
+    return JournalError(f"SQLite error: {exc}", path)

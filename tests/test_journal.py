@@ -1,0 +1,256 @@
+"""The SQLite journal: group commit, dedup, cursors, compaction, bounds, dead letters, faults."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from daemon.journal import Journal, JournalError
+
+
+async def open_journal(tmp_path: Path, **options: Any) -> Journal:
+    defaults: dict[str, Any] = {"commit_interval": 0.05, "commit_max": 100, "fsync": False,
+                                "max_events": 0, "max_age": None, "full_policy": "block",
+                                "dedup_window": 3600.0}
+    return await Journal.open(tmp_path / "journal.db", **{**defaults, **options})
+
+
+async def test_commit_assigns_order_and_drops_duplicates(tmp_path: Path) -> None:
+    """Committed rows are ordered; a uuid seen before is not journaled twice."""
+    journal = await open_journal(tmp_path)
+    for uuid in ["a", "b", "a", "c"]:
+        await journal.append(uuid, "outbound", ["s"], uuid.encode())
+    await journal.commit()
+    await journal.append("b", "outbound", ["s"], b"b again")
+    await journal.commit()
+    rows = await journal.read(0, 10)
+    assert [r.uuid for r in rows] == ["a", "b", "c"]
+    assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+    assert journal.counters["duplicates"] == 2
+    await journal.aclose()
+
+
+async def test_cursors_survive_reopen_and_compaction_frees_rows(tmp_path: Path) -> None:
+    """Each sink resumes from its cursor after a reopen; rows all sinks passed are removed."""
+    journal = await open_journal(tmp_path)
+    for i in range(5):
+        await journal.append(f"u{i}", "batch", ["a", "b"], b"{}")
+    await journal.commit()
+    assert await journal.cursor("a") == 0
+    assert await journal.cursor("b") == 0
+    await journal.advance("a", 3)
+    await journal.advance("b", 2)
+    assert await journal.compact(["a", "b"]) == 2
+    await journal.aclose()
+
+    again = await open_journal(tmp_path)
+    assert await again.cursor("a") == 3
+    assert [r.uuid for r in await again.read(await again.cursor("b"), 10)] == ["u2", "u3", "u4"]
+    # a uuid compacted away is still remembered for the dedup window
+    await again.append("u0", "batch", ["a"], b"{}")
+    await again.commit()
+    assert again.counters["duplicates"] == 1
+    await again.aclose()
+
+
+async def test_seq_keeps_growing_after_compaction_empties_the_journal(tmp_path: Path) -> None:
+    """After every row is compacted away, new rows still come after each sink's cursor."""
+    journal = await open_journal(tmp_path)
+    await journal.cursor("s")
+    for i in range(3):
+        await journal.append(f"u{i}", "k", ["s"], b"")
+    await journal.commit()
+    await journal.advance("s", 3)
+    assert await journal.compact(["s"]) == 3
+    await journal.append("next", "k", ["s"], b"")
+    [seq] = await journal.commit()
+    assert seq == 4
+    assert [r.uuid for r in await journal.read(await journal.cursor("s"), 10)] == ["next"]
+    await journal.aclose()
+
+
+async def test_block_policy_waits_for_room(tmp_path: Path) -> None:
+    """With full_policy=block, an append waits until compaction makes room."""
+    journal = await open_journal(tmp_path, max_events=2)
+    await journal.append("a", "k", ["s"], b"")
+    await journal.append("b", "k", ["s"], b"")
+    await journal.commit()
+    await journal.cursor("s")
+    done = anyio.Event()
+
+    async def third() -> None:
+        await journal.append("c", "k", ["s"], b"")
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(third)
+        await anyio.wait_all_tasks_blocked()
+        assert not done.is_set()
+        await journal.advance("s", 1)
+        await journal.compact(["s"])
+        with anyio.fail_after(5):
+            await done.wait()
+    assert journal.counters["full_waits"] >= 1
+    await journal.aclose()
+
+
+async def test_drop_oldest_policy_counts_what_it_drops(tmp_path: Path) -> None:
+    """With full_policy=drop_oldest the oldest rows go, counted, and new ones are kept."""
+    journal = await open_journal(tmp_path, max_events=3, full_policy="drop_oldest")
+    for i in range(5):
+        await journal.append(f"u{i}", "k", ["s"], b"")
+    await journal.commit()
+    assert [r.uuid for r in await journal.read(0, 10)] == ["u2", "u3", "u4"]
+    assert journal.counters["dropped_full"] == 2
+    await journal.aclose()
+
+
+async def test_dead_letters_are_stored_with_details(tmp_path: Path) -> None:
+    """A dead letter keeps sink, reason, attempts, times and raw bytes."""
+    journal = await open_journal(tmp_path)
+    await journal.add_dead_letter("http", "400 Bad Request", b"\x00raw", uuid="u", seq=7,
+                                  attempts=3, first_attempt=1.0, last_attempt=2.0)
+    [letter] = await journal.dead_letters("http")
+    assert (letter.sink, letter.uuid, letter.seq, letter.reason, letter.attempts,
+            letter.first_attempt, letter.last_attempt, letter.raw) == \
+        ("http", "u", 7, "400 Bad Request", 3, 1.0, 2.0, b"\x00raw")
+    assert await journal.dead_letters("other") == []
+    await journal.aclose()
+
+
+async def test_disk_full_keeps_pending_events_and_never_corrupts(tmp_path: Path) -> None:
+    """A full disk fails the commit cleanly; the batch stays pending and commits once there
+    is room; committed rows are intact and the database checks clean."""
+    journal = await open_journal(tmp_path)
+    await journal.append("first", "k", ["s"], b"{}")
+    await journal.commit()
+    pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
+    journal._conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL
+    for i in range(50):
+        await journal.append(f"u{i}", "k", ["s"], b"x" * 4000)
+    with pytest.raises(JournalError, match="disk is full") as info:
+        await journal.commit()
+    assert info.value.transient
+    journal._conn.execute("PRAGMA max_page_count = 1073741823")
+    assert len(await journal.commit()) == 50
+    assert [r.uuid for r in await journal.read(0, 100)][:2] == ["first", "u0"]
+    assert journal._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    await journal.aclose()
+
+
+async def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not a SQLite database is refused with a clear message."""
+    (tmp_path / "journal.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(JournalError, match="corrupt"):
+        await open_journal(tmp_path)
+
+
+async def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
+    """Another process holding the write lock gives a 'locked' error, not a hang."""
+    journal = await open_journal(tmp_path)
+    other = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        await journal.append("a", "k", ["s"], b"")
+        with pytest.raises(JournalError, match="locked") as info:
+            await journal.commit()
+        assert info.value.transient
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await journal.aclose()
+
+
+async def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    """A state directory we cannot write is reported, not a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(JournalError, match="cannot open"):
+        await Journal.open(blocker / "journal.db", commit_interval=0.1, commit_max=10,
+                           fsync=False, max_events=0, max_age=None, full_policy="block",
+                           dedup_window=60.0)
+
+
+async def test_journal_file_is_private(tmp_path: Path) -> None:
+    """The database file is created with mode 0600."""
+    journal = await open_journal(tmp_path)
+    assert (tmp_path / "journal.db").stat().st_mode & 0o777 == 0o600
+    await journal.aclose()
+
+
+async def test_replay_requeues_sink_dead_letters_only(tmp_path: Path) -> None:
+    """Replay puts a sink's dead letter back for that sink; frame/notification ones stay."""
+    journal = await open_journal(tmp_path)
+    record = b'{"kind":"outbound","uuid":"u1"}'
+    await journal.add_dead_letter("http", "400", record, uuid="u1")
+    await journal.add_dead_letter("frame", "not JSON", b"garbage")
+    assert await journal.replay_dead_letters(None, None) == 1
+    rows = await journal.read(0, 10)
+    assert [(r.uuid, r.kind, r.targets, r.record) for r in rows] == [
+        ("u1#replay-1", "outbound", ",http,", record)]
+    assert [d.sink for d in await journal.dead_letters()] == ["frame"]
+    with pytest.raises(JournalError, match="no dead letter"):
+        await journal.replay_dead_letters([99], None)
+    assert await journal.purge_dead_letters(None, "frame") == 1
+    assert await journal.dead_letters() == []
+    await journal.aclose()
+
+
+async def test_dead_letter_raw_is_bounded_and_scrubbed(tmp_path: Path) -> None:
+    """Raw bytes are cut to the limit (size kept) and registered secrets are masked."""
+    from daemon.logging import register_secret
+
+    register_secret("sekrit-token-123")
+    journal = await open_journal(tmp_path, max_raw_bytes=32)
+    await journal.add_dead_letter("frame", "bad", b"x sekrit-token-123 " + b"y" * 100)
+    [letter] = await journal.dead_letters()
+    assert letter.size == 119
+    assert letter.truncated
+    assert b"sekrit" not in letter.raw
+    assert len(letter.raw) <= 32
+    await journal.aclose()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+async def test_admin_commands(tmp_path: Path) -> None:
+    """`a2pd journal stats` and `a2pd dead-letters list|show|replay|purge` work on a journal."""
+    journal = await open_journal(tmp_path)
+    await journal.append("u1", "inbound", ["archive"], b'{"kind":"inbound"}')
+    await journal.commit()
+    await journal.cursor("archive")
+    await journal.add_dead_letter("archive", "refused", b'{"kind":"inbound","uuid":"u2"}',
+                                  uuid="u2", attempts=4)
+    await journal.aclose()
+    state = ["--state-dir", str(tmp_path)]
+
+    stats = run_cli("journal", "stats", "--json", *state)
+    assert stats.returncode == 0, stats.stderr
+    data = json.loads(stats.stdout)
+    assert data["events"] == 1
+    assert data["lag"] == {"archive": 1}
+    assert data["dead_letters"] == {"archive": 1}
+
+    listed = run_cli("dead-letters", "list", "--json", *state)
+    assert [d["uuid"] for d in json.loads(listed.stdout)] == ["u2"]
+    shown = run_cli("dead-letters", "show", "1", *state)
+    assert json.loads(shown.stdout)["raw"] == '{"kind":"inbound","uuid":"u2"}'
+    assert run_cli("dead-letters", "replay", *state).returncode == 2
+    replayed = run_cli("dead-letters", "replay", "--all", *state)
+    assert "requeued 1" in replayed.stdout
+    assert json.loads(run_cli("journal", "stats", "--json", *state).stdout)["events"] == 2
+    assert "purged 0" in run_cli("dead-letters", "purge", "--all", *state).stdout
+
+    missing = run_cli("journal", "stats", "--state-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 74
+    assert "no journal here" in missing.stderr
