@@ -1,0 +1,256 @@
+"""From a decoded frame to the sinks, through the durable journal.
+
+    ServerNotification → events.decode_notification → router → journal.append
+                         (EventError → dead letter)           (dedup by uuid, group commit)
+    journal → one reader per sink, from its own cursor → sink.send(batch) → advance cursor
+
+Each sink reads the journal at its own pace, in order, and its cursor moves only after
+``send`` returned: a slow or failing sink never blocks or loses events for another, and a
+crash resumes every sink from where it had confirmed delivery (at-least-once). A failing
+sink is retried with capped, fully jittered backoff; a permanent failure is narrowed down
+to the offending events, which go to the dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from daemon import events
+from daemon.backoff import backoff
+from daemon.errors import SinkError
+from daemon.journal import Journal, JournalError, Row
+from daemon.logging import get_logger
+from daemon.observe import Counters
+from daemon.protocol import FrameError, ServerNotification
+from daemon.router import Router
+from daemon.sinks import Sink
+
+log = get_logger("pipeline")
+
+#: a reader with nothing to do looks again this often even without a local commit (rows
+#: added by another process, e.g. `a2pd dead-letters replay`)
+IDLE_POLL = 1.0
+T = TypeVar("T")
+MODEL_CACHE = 8192
+
+
+class Pipeline:
+    """Feeds the journal and runs one reader per sink.
+
+    Counters (shared with the journal): ``received.<kind>``, ``committed``, ``duplicates``,
+    ``unrouted``, ``dead_letters``, ``delivered.<sink>``, ``retries.<sink>``,
+    ``dropped_full``, ``compacted``.
+    """
+
+    def __init__(self, router: Router, sinks: Mapping[str, Sink], journal: Journal, *,
+                 batch_max: int = 512, retry_initial: float = 0.5, retry_max: float = 30.0,
+                 max_attempts: int = 0, compact_interval: float = 1.0) -> None:
+        self.router = router
+        self.sinks = dict(sinks)
+        self.journal = journal
+        self.counters: Counters = journal.counters
+        self.batch_max = batch_max
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.max_attempts = max_attempts
+        self.compact_interval = compact_interval
+        self._models: OrderedDict[str, events.Event] = OrderedDict()
+        self._closing = False
+        self.cursors: dict[str, int] = {}
+
+    # -- the receiving side ---------------------------------------------------------------
+
+    async def ingest(self, notification: ServerNotification) -> None:
+        """Decode, route and journal one notification."""
+        decoded = events.decode_notification(notification.body, notification.raw)
+        if isinstance(decoded, events.EventError):
+            log.warning("notification_undecodable", reason=decoded.reason, uuid=decoded.uuid)
+            await self._journal(self.journal.add_dead_letter, "notification", decoded.reason,
+                                decoded.raw, uuid=decoded.uuid)
+            return
+        await self.ingest_event(decoded)
+
+    async def ingest_event(self, event: events.Event) -> None:
+        kind = event.kind
+        self.counters.inc(f"received.{kind}")
+        targets = self.router.sinks_for(event)
+        if not targets:
+            self.counters.inc("unrouted")
+            log.info("event_unrouted", uuid=event.uuid, kind=kind)
+        self._models[event.uuid] = event
+        if len(self._models) > MODEL_CACHE:
+            self._models.popitem(last=False)
+        await self.journal.append(event.uuid, kind, targets,
+                                  events.to_json(event).encode("utf-8"))
+
+    async def ingest_bad_frame(self, error: FrameError) -> None:
+        """Dead-letter a frame that did not decode (the session has counted it)."""
+        await self._journal(self.journal.add_dead_letter, "frame", error.reason, error.raw)
+
+    # -- the delivering side --------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the committer, the compactor and one reader per sink until ``close`` and the
+        readers have delivered everything committed."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.journal.run_committer)
+            tg.start_soon(self._compactor)
+            await self.prepare()
+            async with anyio.create_task_group() as readers:
+                for name, sink in self.sinks.items():
+                    readers.start_soon(self._reader, name, sink)
+                task_status.started()
+            tg.cancel_scope.cancel()
+        await self._journal(self.journal.compact, list(self.sinks))
+
+    async def prepare(self) -> None:
+        """Load every sink's cursor (a new sink starts at the oldest journaled event)."""
+        for name in self.sinks:
+            if name not in self.cursors:
+                self.cursors[name] = await self.journal.cursor(name)
+
+    async def _journal(self, operation: Callable[..., Awaitable[T]], *args: Any,
+                       **kwargs: Any) -> T:
+        """Run a journal operation, retrying a full disk or a held lock with backoff (loudly)
+        instead of letting it stop the daemon; other journal errors propagate."""
+        failures = 0
+        while True:
+            try:
+                return await operation(*args, **kwargs)
+            except JournalError as exc:
+                if not exc.transient:
+                    raise
+                failures += 1
+                delay = min(30.0, 0.1 * 2.0 ** min(failures, 9))
+                self.counters.inc("journal_retries")
+                log.error("journal_retry", operation=operation.__name__, reason=exc.reason,
+                          retry_in=delay)
+                await anyio.sleep(delay)
+
+    async def close(self) -> None:
+        """No more input: commit what is pending; readers stop once they have caught up."""
+        await self.journal.commit()
+        self._closing = True
+        self.journal.poke()
+
+    def backlog(self) -> dict[str, int]:
+        """Committed events each sink has not passed yet (its lag, in journal rows)."""
+        last = self.journal.last_seq
+        return {name: max(0, last - cursor) for name, cursor in self.cursors.items()}
+
+    async def _compactor(self) -> None:
+        while True:
+            await anyio.sleep(self.compact_interval)
+            await self._journal(self.journal.compact, list(self.sinks))
+
+    async def _wait_for_rows(self, cursor: int) -> None:
+        if self.journal.last_seq > cursor or self._closing:
+            return
+        with anyio.move_on_after(IDLE_POLL):
+            await self.journal.wait_committed()
+
+    async def _reader(self, name: str, sink: Sink) -> None:
+        target = f",{name},"
+        while True:
+            cursor = self.cursors[name]
+            rows = await self._journal(self.journal.read, cursor, self.batch_max)
+            if not rows:
+                if self._closing and self.journal.last_seq <= cursor:
+                    return
+                await self._wait_for_rows(cursor)
+                continue
+            mine = [row for row in rows if target in row.targets]
+            if mine:
+                batch = await self._models_for(name, mine)
+                if batch:
+                    await self._deliver(name, sink, batch)
+            await self._journal(self.journal.advance, name, rows[-1].seq)
+            self.cursors[name] = rows[-1].seq
+
+    async def _models_for(self, name: str, rows: Sequence[Row]) -> list[events.Event]:
+        batch: list[events.Event] = []
+        for row in rows:
+            model: events.Event | events.EventError | None = self._models.get(row.uuid)
+            if model is None:
+                model = _decode_row(row)
+            if isinstance(model, events.EventError):
+                await self._journal(self.journal.add_dead_letter, name, model.reason,
+                                    row.record, uuid=row.uuid, seq=row.seq)
+                continue
+            batch.append(model)
+        return batch
+
+    async def _deliver(self, name: str, sink: Sink, batch: Sequence[events.Event]) -> None:
+        delays = backoff(self.retry_initial, 2.0, self.retry_max)
+        attempt = 0
+        first_attempt = anyio.current_time()
+        while True:
+            attempt += 1
+            try:
+                await sink.send(batch)
+            except SinkError as exc:
+                if exc.permanent:
+                    await self._narrow_permanent(name, sink, batch, attempt, first_attempt)
+                    return
+                if self.max_attempts and attempt >= self.max_attempts:
+                    await self._give_up(name, batch, exc.reason, attempt, first_attempt)
+                    return
+                delay = next(delays)
+                self.counters.inc(f"retries.{name}")
+                log.warning("sink_retry", sink=name, reason=exc.reason, attempt=attempt,
+                            retry_in=round(delay, 3), events=len(batch))
+                await anyio.sleep(delay)
+                continue
+            self.counters.inc(f"delivered.{name}", len(batch))
+            log.debug("delivered", sink=name, events=len(batch))
+            return
+
+    async def _give_up(self, name: str, batch: Sequence[events.Event], reason: str,
+                       attempts: int, first_attempt: float) -> None:
+        log.error("sink_gave_up", sink=name, events=len(batch), attempts=attempts,
+                  reason=reason)
+        first = time.time() - (anyio.current_time() - first_attempt)
+        for event in batch:
+            await self._journal(
+                self.journal.add_dead_letter, name, f"gave up after {attempts} attempts: {reason}",
+                events.to_json(event).encode(), uuid=event.uuid, attempts=attempts,
+                first_attempt=first, last_attempt=time.time())
+
+    async def _narrow_permanent(self, name: str, sink: Sink, batch: Sequence[events.Event],
+                                attempts: int, first_attempt: float) -> None:
+        """A batch was refused for good: send one at a time so only the bad events go to
+        the dead letters (in order, with the same transient retries)."""
+        if len(batch) > 1:
+            for event in batch:
+                await self._narrow_permanent(name, sink, [event], 1, anyio.current_time())
+            return
+        event = batch[0]
+        try:
+            await sink.send(batch)
+        except SinkError as exc:
+            if not exc.permanent:
+                await self._deliver(name, sink, batch)
+                return
+            log.error("sink_rejected_event", sink=name, uuid=event.uuid, reason=exc.reason)
+            await self._journal(self.journal.add_dead_letter, name, exc.reason,
+                                events.to_json(event).encode(), uuid=event.uuid,
+                                attempts=attempts + 1)
+            return
+        self.counters.inc(f"delivered.{name}")
+
+
+def _decode_row(row: Row) -> events.Event | events.EventError:
+    try:
+        record = json.loads(row.record)
+    except ValueError:
+        return events.EventError("journal row is not JSON", row.record, row.uuid)
+    if not isinstance(record, dict):
+        return events.EventError("journal row is not an object", row.record, row.uuid)
+    return events.from_record(record)

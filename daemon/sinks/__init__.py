@@ -1,0 +1,96 @@
+"""The sink interface and the registry of sink types.
+
+A sink is a small async resource: ``send(batch)`` delivers events in order and returns only
+once they are written (or raises ``SinkError``; ``permanent=True`` means retrying cannot help
+and the events go to the dead letters), ``aclose()`` flushes and releases everything, and
+``reopen()`` (optional; a no-op by default) reopens files after log rotation.
+
+Sink types come from two places: the built-ins below and any installed package that declares
+an entry point in the group ``a2pd.sinks`` whose object is a ``Sink`` subclass. Each sink type
+has an ``Options`` pydantic model; the ``[sinks.NAME]`` table of the config (minus ``type``) is
+validated against it, with unknown keys refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from daemon.events import Event
+
+ENTRY_POINT_GROUP = "a2pd.sinks"
+
+_BUILTINS = {
+    "stdout": "daemon.sinks.stdout:StdoutSink",
+    "file": "daemon.sinks.file:FileSink",
+}
+
+
+class SinkOptions(BaseModel):
+    """Base for a sink type's options: unknown keys are configuration errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What the daemon gives every sink it builds."""
+
+    state_dir: Path
+
+
+class Sink:
+    """Base class of every sink. Subclasses set ``type_name`` and ``Options``."""
+
+    type_name: ClassVar[str] = ""
+    Options: ClassVar[type[SinkOptions]] = SinkOptions
+
+    def __init__(self, name: str, options: Any, context: SinkContext) -> None:
+        self.name = name
+        self.options = options
+        self.context = context
+
+    async def send(self, batch: Sequence[Event]) -> None:
+        """Deliver ``batch`` in order; raise ``SinkError`` if any of it was not delivered."""
+        raise NotImplementedError
+
+    async def reopen(self) -> None:
+        """Reopen output files (after logrotate); nothing to do for most sinks."""
+
+    async def aclose(self) -> None:
+        """Flush and release resources. Called once; the sink is not used afterwards."""
+
+
+class UnknownSinkType(LookupError):
+    """No built-in or entry-point sink has this type name."""
+
+
+def sink_types() -> dict[str, str]:
+    """Every known sink type name → where it comes from (``module:attr``)."""
+    found = dict(_BUILTINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def sink_class(type_name: str) -> type[Sink]:
+    """Load the sink class registered under ``type_name``."""
+    target = _BUILTINS.get(type_name)
+    if target is not None:
+        module_name, _, attr = target.partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+    else:
+        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_name]
+        if not matches:
+            known = ", ".join(sorted(sink_types()))
+            raise UnknownSinkType(f"unknown sink type {type_name!r} (known: {known})")
+        cls = matches[0].load()
+    if not (isinstance(cls, type) and issubclass(cls, Sink)):
+        raise UnknownSinkType(f"sink type {type_name!r} does not name a daemon.sinks.Sink class")
+    return cls

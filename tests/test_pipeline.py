@@ -1,0 +1,192 @@
+"""Pipeline over a real journal: per-sink cursors, retries, dead letters, restart resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from daemon import events
+from daemon.errors import SinkError
+from daemon.journal import Journal
+from daemon.pipeline import Pipeline
+from daemon.router import Route, Router
+from daemon.sinks import Sink, SinkContext
+
+DATA = Path(__file__).parent / "data"
+TIMEOUT = 15.0
+
+
+def make_events(n: int) -> list[events.Event]:
+    doc = json.loads((DATA / "outbound.json").read_text())
+    made = []
+    for i in range(n):
+        doc = {**doc, "uuid": f"uuid-{i:06d}", "body": {**doc["body"], "id": str(i)}}
+        event = events.decode_notification(doc, b"")
+        assert not isinstance(event, events.EventError)
+        made.append(event)
+    return made
+
+
+class Collecting(Sink):
+    """A real sink that keeps what it was sent and can be told to fail."""
+
+    type_name = "collecting"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, None, SinkContext(Path(".")))
+        self.got: list[str] = []
+        self.fail_transient = 0
+        self.reject: set[str] = set()
+        self.recovered = anyio.Event()
+
+    async def send(self, batch: Sequence[events.Event]) -> None:
+        if self.fail_transient > 0:
+            self.fail_transient -= 1
+            if self.fail_transient == 0:
+                self.recovered.set()
+            raise SinkError("temporarily down")
+        bad = [e.uuid for e in batch if e.uuid in self.reject]
+        if bad:
+            raise SinkError(f"refused {bad[0]}", permanent=True)
+        self.got.extend(e.uuid for e in batch)
+
+
+async def open_journal(tmp_path: Path, **options: Any) -> Journal:
+    defaults: dict[str, Any] = {"commit_interval": 0.01, "commit_max": 200, "fsync": False,
+                                "max_events": 0, "max_age": None, "full_policy": "block",
+                                "dedup_window": 3600.0}
+    return await Journal.open(tmp_path / "journal.db", **{**defaults, **options})
+
+
+def router_all(*names: str) -> Router:
+    return Router((Route("all", names),), ())
+
+
+async def test_failing_sink_catches_up_in_order_while_another_flows(tmp_path: Path) -> None:
+    """A sink that fails for a while gets every event in order; the other is not held back."""
+    journal = await open_journal(tmp_path)
+    healthy, flaky = Collecting("healthy"), Collecting("flaky")
+    flaky.fail_transient = 20
+    pipeline = Pipeline(router_all("healthy", "flaky"), {"healthy": healthy, "flaky": flaky},
+                        journal, batch_max=100, retry_initial=0.001, retry_max=0.01)
+    stream = make_events(2000)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        for event in stream:
+            await pipeline.ingest_event(event)
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.healthy", 2000)
+        # the healthy sink finished while the flaky one was still failing or just back
+        assert len(flaky.got) < 2000
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.flaky", 2000)
+        await pipeline.close()
+    expected = [e.uuid for e in stream]
+    assert healthy.got == expected
+    assert flaky.got == expected
+    assert pipeline.counters["retries.flaky"] == 20
+    await journal.aclose()
+
+
+async def test_permanent_rejection_goes_to_dead_letters_then_replays(tmp_path: Path) -> None:
+    """Only the rejected event is dead-lettered; a replay delivers it once the sink accepts."""
+    journal = await open_journal(tmp_path)
+    sink = Collecting("s")
+    stream = make_events(10)
+    sink.reject = {stream[4].uuid}
+    pipeline = Pipeline(router_all("s"), {"s": sink}, journal, retry_initial=0.001)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        for event in stream:
+            await pipeline.ingest_event(event)
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.s", 9)
+            await pipeline.counters.wait_for("dead_letters", 1)
+        assert sink.got == [e.uuid for i, e in enumerate(stream) if i != 4]
+        [letter] = await journal.dead_letters("s")
+        assert letter.uuid == stream[4].uuid
+        assert "refused" in letter.reason
+        sink.reject = set()
+        assert await journal.replay_dead_letters(None, "s") == 1
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.s", 10)
+        await pipeline.close()
+    assert sink.got[-1] == stream[4].uuid
+    await journal.aclose()
+
+
+async def test_retries_exhausted_go_to_dead_letters_when_configured(tmp_path: Path) -> None:
+    """With max_attempts, a sink that keeps failing dead-letters the events and moves on."""
+    journal = await open_journal(tmp_path)
+    sink = Collecting("s")
+    sink.fail_transient = 3
+    pipeline = Pipeline(router_all("s"), {"s": sink}, journal, retry_initial=0.001,
+                        max_attempts=3)
+    stream = make_events(2)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        await pipeline.ingest_event(stream[0])
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("dead_letters", 1)
+        await pipeline.ingest_event(stream[1])
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.s", 1)
+        await pipeline.close()
+    [letter] = await journal.dead_letters("s")
+    assert (letter.uuid, letter.attempts) == (stream[0].uuid, 3)
+    assert letter.reason.startswith("gave up after 3 attempts")
+    assert sink.got == [stream[1].uuid]
+    await journal.aclose()
+
+
+async def test_restart_resumes_each_sink_from_its_cursor(tmp_path: Path) -> None:
+    """Events journaled but not delivered before a stop are delivered after a restart."""
+    journal = await open_journal(tmp_path)
+    down = Collecting("s")
+    down.fail_transient = 10**9
+    pipeline = Pipeline(router_all("s"), {"s": down}, journal, retry_initial=0.001,
+                        retry_max=0.002)
+    stream = make_events(50)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        for event in stream:
+            await pipeline.ingest_event(event)
+        await journal.commit()
+        tg.cancel_scope.cancel()
+    await journal.aclose()
+
+    journal = await open_journal(tmp_path)
+    up = Collecting("s")
+    pipeline = Pipeline(router_all("s"), {"s": up}, journal)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.s", 50)
+        await pipeline.close()
+    assert up.got == [e.uuid for e in stream]
+    await journal.aclose()
+
+
+async def test_routing_is_per_sink(tmp_path: Path) -> None:
+    """A sink only receives the events routed to it, and its cursor still passes the rest."""
+    journal = await open_journal(tmp_path)
+    a, b = Collecting("a"), Collecting("b")
+    stream = make_events(6)
+    odd = frozenset(e.uuid for i, e in enumerate(stream) if i % 2)
+    router = Router((Route("all", ("a",)), Route("odd", ("b",), {"uuid": odd})), ())
+    pipeline = Pipeline(router, {"a": a, "b": b}, journal)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        for event in stream:
+            await pipeline.ingest_event(event)
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.a", 6)
+            await pipeline.counters.wait_for("delivered.b", 3)
+        await pipeline.close()
+    assert b.got == [e.uuid for i, e in enumerate(stream) if i % 2]
+    assert pipeline.backlog() == {"a": 0, "b": 0}
+    await journal.aclose()
