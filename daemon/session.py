@@ -223,6 +223,8 @@ class _Connection:
             if self.handling:
                 # Silence because we are not reading (backpressure from the journal), not
                 # because the socket died: wait for the handler, then check afresh.
+                self.state.count("heartbeats_deferred")
+                log.debug("heartbeat_deferred", reason="a handler is waiting (backpressure)")
                 self._handled = self._handled or anyio.Event()
                 await self._handled.wait()
                 continue

@@ -56,10 +56,13 @@ def seed_kind(name: str) -> str:
 
 def settings_for(emu: Emulator, tmp_path: Path, *, sinks: str | None = None,
                  routes: str = "", connection: dict[str, Any] | None = None,
-                 extra: str = "", log_level: str = "debug") -> config.Settings:
+                 journal: dict[str, Any] | None = None, extra: str = "",
+                 log_level: str = "debug") -> config.Settings:
     """Settings pointing at ``emu``, with a file sink ``archive`` under tmp_path by default."""
     conn = {**FAST_CONNECTION, **(connection or {})}
     conn_toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in conn.items())
+    journal_toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
+        "commit_interval": 0.01, "compact_interval": 0.2, **(journal or {})}.items())
     sinks = sinks if sinks is not None else f"""
 [sinks.archive]
 type = "file"
@@ -83,8 +86,7 @@ jwt = "{emu.config.jwt}"
 directory = "{tmp_path / 'state'}"
 
 [journal]
-commit_interval = 0.01
-compact_interval = 0.2
+{journal_toml}
 
 [delivery]
 retry_initial = 0.01

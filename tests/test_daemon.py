@@ -131,6 +131,39 @@ async def test_dropped_connection_recovers_without_duplicates(tmp_path: Path) ->
     assert daemon.pipeline.counters["duplicates"] == len(replayed) - 3
 
 
+async def test_backpressure_keeps_the_session_and_loses_nothing(tmp_path: Path) -> None:
+    """A sink fails while a tiny journal (block policy) fills, so the receive loop waits for
+    room: heartbeats must not call the silent socket dead, and the wsc each notification
+    carries must not get ahead of what is journaled — a drop during the wait is recovered
+    from the last journaled notification. Once the sink is back every event arrives once."""
+    emu = emulator(wsc_on_notifications=1)
+    blocker = tmp_path / "events" / "outbound.jsonl"
+    blocker.mkdir(parents=True)  # the file sink cannot open its file: a transient failure
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, journal={"max_events": 3},
+                                connection={"heartbeat_interval": 0.2,
+                                            "heartbeat_timeout": 0.2})
+        assert settings.journal.full_policy == "block"
+        body = seed("outbound.json")["body"]
+        async with running_daemon(settings) as daemon:
+            assert daemon.journal is not None
+            assert daemon.supervisor is not None
+            for i in range(8):
+                await emu.publish("message", {**body, "id": f"bp-{i}"})
+            # a heartbeat went unanswered (nothing is read) and the session was kept
+            await session_count(daemon, "heartbeats_deferred", 1)
+            state = daemon.supervisor.state
+            assert daemon.journal.counters["full_waits"] >= 1
+            assert state.counters["connections"] == 1
+            await emu.drop_connections(mode="abrupt")
+            blocker.rmdir()
+            await session_count(daemon, "recoveries_successful", 1)
+            await delivered(daemon, "archive", 8)
+            assert state.counters["subscriptions"] == 1
+    records = read_records(tmp_path / "events")
+    assert sorted(r["body"]["id"] for r in records) == [f"bp-{i}" for i in range(8)]
+
+
 @pytest.mark.parametrize("code", ["WSG-1005", "WSG-1003"])
 async def test_failed_recovery_resubscribes(tmp_path: Path, code: str) -> None:
     """When recovery answers Failed, the daemon subscribes again on the same socket."""
