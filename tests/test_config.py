@@ -91,6 +91,30 @@ def test_cross_references_are_checked() -> None:
     assert "routes[1].sinks: no sink named 'nowhere'" in reasons
 
 
+def test_route_values_and_reserved_names_are_checked() -> None:
+    """Closed-set match values must be known, an empty list is refused (it matches nothing),
+    and a sink may not take a name that dead letters use for their source."""
+    text = GOOD.replace('match = { kind = "outbound", status = ["DeliveryFailed"] }',
+                        'match = { kind = ["outbound", "sms"], direction = "inbound", to = [] }')
+    text = text.replace("[sinks.out]", "[sinks.frame]").replace('sinks = ["out"]',
+                                                                'sinks = ["frame"]')
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, env={})
+    reasons = {p.key: p.reason for p in info.value.problems}
+    assert "sms" in reasons["routes[0].match.kind"]
+    assert "outbound" not in reasons["routes[0].match.kind"].split("(")[0]
+    assert "Inbound" in reasons["routes[0].match.direction"]  # the known values are listed
+    assert reasons["routes[0].match.to"] == "an empty list matches nothing"
+    assert "reserved" in reasons["sinks.frame"]
+
+
+def test_journal_max_age_zero_means_off() -> None:
+    """``max_age = 0`` keeps undelivered events however old; a duration bounds them."""
+    assert config.loads(GOOD + "\n[journal]\nmax_age = 0\n", env={}).journal.max_age == 0
+    assert config.loads(GOOD + '\n[journal]\nmax_age = "2h"\n',
+                        env={}).journal.max_age == 7200.0
+
+
 def test_unknown_sink_type_names_the_key() -> None:
     """An unknown sink type is reported at sinks.NAME.type with the known types."""
     with pytest.raises(ConfigError) as info:
@@ -131,6 +155,15 @@ def test_secret_precedence(tmp_path: Path) -> None:
     settings = config.loads(text, env={"A2PD_CLIENT_SECRET": "from-env", "A2PD_JWT": "j"})
     assert settings.client_secret.get_secret_value() == "from-env"
     assert settings.jwt.get_secret_value() == "j"
+
+
+def test_empty_secret_in_the_environment_is_an_error() -> None:
+    """``A2PD_JWT=`` (set but empty) is a mistake to report, not a fallback to other sources."""
+    with pytest.raises(ConfigError) as info:
+        config.loads(GOOD, env={"A2PD_JWT": "  "})
+    [problem] = info.value.problems
+    assert problem.key == "platform.jwt"
+    assert "empty" in problem.reason
 
 
 def test_unreadable_secret_file(tmp_path: Path) -> None:

@@ -254,3 +254,57 @@ async def test_admin_commands(tmp_path: Path) -> None:
     missing = run_cli("journal", "stats", "--state-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 74
     assert "no journal here" in missing.stderr
+
+
+async def test_cancelled_commit_keeps_its_batch(tmp_path: Path) -> None:
+    """A commit cancelled before its transaction ran (shutdown, a sibling task failing) puts
+    the batch back: the next commit writes it, oldest first, nothing lost or doubled."""
+    journal = await open_journal(tmp_path)
+    for i in range(3):
+        await journal.append(f"u{i}", "k", ["s"], b"{}")
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await journal.commit()
+    assert scope.cancelled_caught
+    await journal.append("u3", "k", ["s"], b"{}")
+    await journal.append("u1", "k", ["s"], b"{}")  # still known as pending: a duplicate
+    await journal.commit()
+    assert [r.uuid for r in await journal.read(0, 10)] == ["u0", "u1", "u2", "u3"]
+    assert journal.counters["committed"] == 4
+    await journal.aclose()
+
+
+async def test_late_duplicate_after_the_dedup_window_is_skipped(tmp_path: Path) -> None:
+    """A uuid whose dedup entry expired while its event is still journaled (a slow sink)
+    arrives again: it is counted as a duplicate, not an integrity error."""
+    now = [1000.0]
+    journal = await open_journal(tmp_path, dedup_window=60.0, clock=lambda: now[0])
+    await journal.cursor("s")
+    await journal.append("late", "k", ["s"], b"{}")
+    await journal.commit()
+    now[0] += 3600
+    assert await journal.compact(["s"]) == 0  # undelivered: kept; its seen row expires
+    await journal.append("late", "k", ["s"], b"again")
+    assert await journal.commit() == []
+    rows = await journal.read(0, 10)
+    assert [(r.uuid, r.record) for r in rows] == [("late", b"{}")]
+    assert journal.counters["duplicates"] == 1
+    await journal.aclose()
+
+
+async def test_max_age_removes_old_undelivered_events_loudly(tmp_path: Path) -> None:
+    """``max_age`` bounds how long an undelivered event is kept; removals are counted."""
+    now = [1000.0]
+    journal = await open_journal(tmp_path, max_age=600.0, clock=lambda: now[0])
+    await journal.cursor("s")
+    await journal.append("old", "k", ["s"], b"{}")
+    await journal.commit()
+    now[0] += 500
+    await journal.append("new", "k", ["s"], b"{}")
+    await journal.commit()
+    now[0] += 200
+    assert await journal.compact(["s"]) == 1
+    assert [r.uuid for r in await journal.read(0, 10)] == ["new"]
+    assert journal.counters["expired"] == 1
+    assert (await journal.stats())["events"] == 1
+    await journal.aclose()
