@@ -114,7 +114,8 @@ class Daemon:
         prepare_state_dir(self.state_dir)
         journal = await open_journal(settings, self.state_dir)
         self.journal = journal
-        sinks = build_sinks(settings, SinkContext(state_dir=self.state_dir))
+        sinks = build_sinks(settings, SinkContext(state_dir=self.state_dir,
+                                                 counters=journal.counters))
         self.sinks = sinks
         delivery = settings.delivery
         pipeline = Pipeline(settings.router, sinks, journal, batch_max=delivery.batch_max,

@@ -113,7 +113,10 @@ class ProtocolError(A2pdError):
 class SinkError(A2pdError):
     """A sink failed to deliver. Permanent failures are dead-lettered; others are retried."""
 
-    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+    def __init__(self, reason: str, *, permanent: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        #: the receiver asked us to wait this long before trying again (HTTP Retry-After)
+        self.retry_after = retry_after

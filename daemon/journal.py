@@ -354,6 +354,7 @@ class Journal:
         await self._db(self._add_dead_letter, sink, reason, kept, uuid, seq, attempts,
                        first_attempt or now, last_attempt or now, now, len(raw))
         self.counters.inc("dead_letters")
+        self.counters.inc(f"dead_letters.{sink}")
 
     def _add_dead_letter(self, *args: Any) -> None:
         with self._conn:

@@ -30,7 +30,7 @@ from daemon.logging import get_logger
 from daemon.observe import Counters
 from daemon.protocol import FrameError, ServerNotification
 from daemon.router import Router
-from daemon.sinks import Sink
+from daemon.sinks import RetryPolicy, Sink
 
 log = get_logger("pipeline")
 
@@ -57,9 +57,9 @@ class Pipeline:
         self.journal = journal
         self.counters: Counters = journal.counters
         self.batch_max = batch_max
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
-        self.max_attempts = max_attempts
+        #: for sinks without a policy of their own
+        self.retry_policy = RetryPolicy(initial=retry_initial, maximum=retry_max,
+                                        max_attempts=max_attempts)
         self.compact_interval = compact_interval
         self._models: OrderedDict[str, events.Event] = OrderedDict()
         self._closing = False
@@ -161,6 +161,8 @@ class Pipeline:
         while True:
             cursor = self.cursors[name]
             rows = await self._journal(self.journal.read, cursor, self.batch_max)
+            if rows and sink.linger > 0:
+                rows = await self._linger(sink.linger, cursor, rows)
             if not rows:
                 if self._closing and self.journal.last_seq <= cursor:
                     return
@@ -173,6 +175,18 @@ class Pipeline:
                     await self._deliver(name, sink, batch)
             await self._journal(self.journal.advance, name, rows[-1].seq)
             self.cursors[name] = rows[-1].seq
+
+    async def _linger(self, linger: float, cursor: int, rows: list[Row]) -> list[Row]:
+        """Wait up to ``linger`` seconds for a fuller batch (a sink that prefers fewer,
+        bigger requests); never while stopping."""
+        deadline = anyio.current_time() + linger
+        while len(rows) < self.batch_max and not self._closing:
+            with anyio.move_on_at(deadline):
+                await self.journal.wait_committed()
+            if anyio.current_time() >= deadline:
+                break
+            rows = await self._journal(self.journal.read, cursor, self.batch_max)
+        return rows
 
     async def _models_for(self, name: str, rows: Sequence[Row]) -> list[events.Event]:
         batch: list[events.Event] = []
@@ -188,7 +202,8 @@ class Pipeline:
         return batch
 
     async def _deliver(self, name: str, sink: Sink, batch: Sequence[events.Event]) -> None:
-        delays = backoff(self.retry_initial, 2.0, self.retry_max)
+        policy = sink.retry or self.retry_policy
+        delays = backoff(policy.initial, 2.0, policy.maximum)
         attempt = 0
         first_attempt = anyio.current_time()
         while True:
@@ -199,10 +214,15 @@ class Pipeline:
                 if exc.permanent:
                     await self._narrow_permanent(name, sink, batch, attempt, first_attempt)
                     return
-                if self.max_attempts and attempt >= self.max_attempts:
+                elapsed = anyio.current_time() - first_attempt
+                if (policy.max_attempts and attempt >= policy.max_attempts) or (
+                        policy.max_elapsed and elapsed >= policy.max_elapsed):
                     await self._give_up(name, batch, exc.reason, attempt, first_attempt)
                     return
                 delay = next(delays)
+                if exc.retry_after is not None:
+                    # the receiver said when: never sooner, but not beyond our own cap
+                    delay = max(delay, min(exc.retry_after, policy.retry_after_max))
                 self.counters.inc(f"retries.{name}")
                 log.warning("sink_retry", sink=name, reason=exc.reason, attempt=attempt,
                             retry_in=round(delay, 3), events=len(batch))

@@ -5,6 +5,9 @@ once they are written (or raises ``SinkError``; ``permanent=True`` means retryin
 and the events go to the dead letters), ``aclose()`` flushes and releases everything, and
 ``reopen()`` (optional; a no-op by default) reopens files after log rotation.
 
+A sink may set ``retry`` (a ``RetryPolicy``) to replace the ``[delivery]`` retry settings for
+itself, and ``linger`` (seconds) to let the pipeline wait that long for a fuller batch.
+
 Sink types come from two places: the built-ins below and any installed package that declares
 an entry point in the group ``a2pd.sinks`` whose object is a ``Sink`` subclass. Each sink type
 has an ``Options`` pydantic model; the ``[sinks.NAME]`` table of the config (minus ``type``) is
@@ -14,15 +17,17 @@ validated against it, with unknown keys refused.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationInfo
 
 from daemon.events import Event
+from daemon.observe import Counters
 
 ENTRY_POINT_GROUP = "a2pd.sinks"
 
@@ -30,6 +35,51 @@ _BUILTINS = {
     "stdout": "daemon.sinks.stdout:StdoutSink",
     "file": "daemon.sinks.file:FileSink",
 }
+
+
+def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
+    """A secret option: a string, or a table naming exactly one source — ``{ env = "VAR" }``,
+    ``{ file = "/abs/path" }`` or ``{ credential = "name" }`` (a systemd credential in
+    $CREDENTIALS_DIRECTORY). Errors name the source, never the value."""
+    if not isinstance(value, dict):
+        return value
+    context = info.context if isinstance(info.context, dict) else {}
+    env: Mapping[str, str] = context.get("env", os.environ)
+    unknown = set(value) - {"env", "file", "credential"}
+    if unknown or len(value) != 1:
+        raise ValueError("give a string or exactly one of env, file, credential")
+    [(source, where)] = value.items()
+    if not isinstance(where, str) or not where:
+        raise ValueError(f"{source} must be a non-empty string")
+    if source == "env":
+        text = env.get(where)
+        if text is None:
+            raise ValueError(f"${where} is not set")
+        if not text.strip():
+            raise ValueError(f"${where} is set but empty")
+        return text.strip()
+    if source == "file":
+        path = Path(where)
+        if not path.is_absolute():
+            raise ValueError(f"{where} must be an absolute path")
+    else:
+        cred_dir = env.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ValueError("$CREDENTIALS_DIRECTORY is not set (systemd LoadCredential=)")
+        path = Path(cred_dir) / where
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or 'error'}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{path} is empty")
+    return text
+
+
+#: a secret sink option (tokens, passwords, signing keys): inline or from env/file/credential
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
 
 
 class SinkOptions(BaseModel):
@@ -43,6 +93,21 @@ class SinkContext:
     """What the daemon gives every sink it builds."""
 
     state_dir: Path
+    #: the daemon's counters (sinks add their own, named ``<metric>.<sink name>``)
+    counters: Counters = field(default_factory=Counters)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How the pipeline retries a sink's transient failures: capped exponential backoff with
+    full jitter, a floor from the receiver's Retry-After (itself capped), and optional caps on
+    attempts and elapsed time after which the events are dead-lettered (0: no cap)."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    max_attempts: int = 0
+    max_elapsed: float = 0.0
+    retry_after_max: float = 300.0
 
 
 class Sink:
@@ -50,6 +115,10 @@ class Sink:
 
     type_name: ClassVar[str] = ""
     Options: ClassVar[type[SinkOptions]] = SinkOptions
+    #: replaces the [delivery] retry settings for this sink when set
+    retry: RetryPolicy | None = None
+    #: seconds the pipeline may wait for more events before a batch that is not full
+    linger: float = 0.0
 
     def __init__(self, name: str, options: Any, context: SinkContext) -> None:
         self.name = name
