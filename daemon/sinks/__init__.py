@@ -34,6 +34,7 @@ ENTRY_POINT_GROUP = "a2pd.sinks"
 _BUILTINS = {
     "stdout": "daemon.sinks.stdout:StdoutSink",
     "file": "daemon.sinks.file:FileSink",
+    "http": "daemon.sinks.http:HttpSink",
 }
 
 
