@@ -2,7 +2,12 @@
 
     start: state directory, journal, sinks, pipeline (committer, compactor, one reader per
            sink), token refresher, supervisor
-    SIGHUP: every sink reopens its files (logrotate); the config is not reloaded yet
+    SIGHUP: reload — re-read and validate the config file; swap routes and sinks (kept
+           sinks reopen their files, for logrotate; replaced ones finish their batch
+           first); the journal and cursors stay. A bad new config keeps the old one.
+    systemd: READY=1 after the first subscription, STATUS= lines, WATCHDOG=1 from the event
+           loop, RELOADING=1/READY=1 around a reload, STOPPING=1 (daemon/notify.py)
+    ops endpoint: /metrics /healthz /readyz /status (daemon/ops.py)
     stop (SIGTERM/SIGINT or ``request_stop``): stop reading from the socket, commit what is
            pending, give the sinks ``delivery.shutdown_timeout`` to catch up with the
            journal, close sinks and journal. Cursors are persisted at every delivery, so
@@ -14,22 +19,36 @@ stops the daemon the same graceful way and is then re-raised for the CLI's exit 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 
+from daemon import __version__, config, ops
 from daemon.auth import TokenManager
 from daemon.config import Settings
 from daemon.errors import A2pdError, ConfigError, ConfigProblem
 from daemon.journal import Journal
-from daemon.logging import get_logger
+from daemon.logging import get_logger, recent_problems
+from daemon.notify import Notifier
 from daemon.pipeline import Pipeline
-from daemon.sinks import Sink, SinkContext, sink_class
+from daemon.sinks import RetryPolicy, Sink, SinkContext, sink_class
 from daemon.supervisor import Supervisor
+
+#: where a running daemon says where its ops endpoint listens (for `a2pd status`)
+OPS_FILE = "ops.json"
+#: settings sections a reload cannot change (they apply at the next start)
+RESTART_SECTIONS = ("platform", "subscription", "connection", "state", "journal", "log",
+                    "ops")
 
 log = get_logger("daemon")
 
@@ -73,8 +92,17 @@ class Daemon:
     """One running a2pd. ``subscribed`` is set once the first subscription is active."""
 
     def __init__(self, settings: Settings,
-                 on_subscribed: Callable[[], None] | None = None) -> None:
+                 on_subscribed: Callable[[], None] | None = None, *,
+                 config_path: str | os.PathLike[str] | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.settings = settings
+        #: the file SIGHUP re-reads (None: a reload only reopens the sinks' files)
+        self.config_path = config_path
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.started_at = 0.0
+        self.stopping = False
+        self.ops_port: int | None = None
+        self._rates: deque[tuple[float, int]] = deque(maxlen=64)
         self.subscribed = anyio.Event()
         self._on_subscribed = on_subscribed
         self._stop = anyio.Event()
@@ -98,7 +126,10 @@ class Daemon:
         self._stop.set()
 
     def _subscribed(self) -> None:
+        first = not self.subscribed.is_set()
         self.subscribed.set()
+        if first:
+            self.notifier.ready(self.status_line())
         if self._on_subscribed is not None:
             self._on_subscribed()
 
@@ -111,6 +142,7 @@ class Daemon:
     async def run(self, *, handle_signals: bool = True) -> None:
         """Run until stopped; re-raise a fatal error after the graceful stop."""
         settings = self.settings
+        self.started_at = anyio.current_time()
         prepare_state_dir(self.state_dir)
         journal = await open_journal(settings, self.state_dir)
         self.journal = journal
@@ -141,6 +173,8 @@ class Daemon:
                 self.supervisor = supervisor
                 workers = anyio.CancelScope()
                 await tg.start(self._run_pipeline, pipeline, workers)
+                await self._start_ops(tg)
+                tg.start_soon(self._systemd_loops)
                 reading = anyio.CancelScope()
                 tg.start_soon(self._read, auth, supervisor, reading)
                 if handle_signals:
@@ -149,6 +183,8 @@ class Daemon:
                          backlog=pipeline.backlog())
 
                 await self._stop.wait()
+                self.stopping = True
+                self.notifier.stopping()
                 log.info("stopping", reason="fatal error" if self._fatal else "requested")
                 reading.cancel()
                 await self._drain(pipeline, workers)
@@ -167,6 +203,8 @@ class Daemon:
                     await journal.aclose()
                 except A2pdError as exc:
                     self._fail(exc)
+                (self.state_dir / OPS_FILE).unlink(missing_ok=True)
+                self.notifier.close()
         log.info("stopped", undelivered=pipeline.backlog(),
                  delivered=pipeline.counters.snapshot("delivered."),
                  dead_letters=pipeline.counters["dead_letters"])
@@ -215,6 +253,214 @@ class Daemon:
                         note="kept in the journal; delivered after the next start")
         workers.cancel()
 
+    # -- operations ------------------------------------------------------------------------
+
+    async def _start_ops(self, tg: anyio.abc.TaskGroup) -> None:
+        address = self.settings.ops.address
+        if address is None:
+            return
+        host, port = address
+        try:
+            self.ops_port = await tg.start(partial(ops.serve, host, port, self.snapshot))
+        except OSError as exc:
+            raise ConfigError([ConfigProblem(
+                "ops.listen", f"cannot listen on {self.settings.ops.listen}: "
+                f"{exc.strerror or exc}")]) from None
+        where = {"host": host, "port": self.ops_port, "pid": os.getpid()}
+        path = self.state_dir / OPS_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(where, handle)
+
+    async def _systemd_loops(self) -> None:
+        """WATCHDOG=1 from the event loop (a stuck loop stops the pings and systemd restarts
+        the daemon), STATUS= lines, and the samples the event rate is computed from."""
+        async with anyio.create_task_group() as tg:
+            interval = self.notifier.watchdog_interval
+            if interval:
+                tg.start_soon(self._watchdog, interval)
+            while True:
+                self._rates.append((anyio.current_time(), self._received_total()))
+                self.notifier.status(self.status_line())
+                await anyio.sleep(min(self.settings.ops.status_interval, 5.0))
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await anyio.sleep(interval)
+
+    def _received_total(self) -> int:
+        if self.pipeline is None:
+            return 0
+        return sum(self.pipeline.counters.snapshot("received.").values())
+
+    def event_rate(self) -> float:
+        """Events received per second over the last minute or so."""
+        now, total = anyio.current_time(), self._received_total()
+        older = [(t, n) for t, n in self._rates if now - t <= 60.0]
+        if not older or now - older[0][0] <= 0:
+            return 0.0
+        return (total - older[0][1]) / (now - older[0][0])
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`."""
+        state = self.supervisor.state if self.supervisor else None
+        if self.stopping:
+            where = "stopping"
+        elif state is not None and state.subscribed:
+            where = "subscribed"
+        elif state is not None and state.connected:
+            where = "connected, subscribing"
+        else:
+            where = "connecting"
+        backlog = sum(self.pipeline.backlog().values()) if self.pipeline else 0
+        return f"{where}; {self.event_rate():.1f} events/s; backlog {backlog}"
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything /status, /metrics and /readyz report (from memory, no I/O)."""
+        now = anyio.current_time()
+        counters: dict[str, int] = {}
+        if self.pipeline is not None:
+            counters.update(self.pipeline.counters.snapshot())
+        if self.supervisor is not None:
+            counters.update(self.supervisor.state.counters.snapshot())
+        if self.auth is not None:
+            counters.update(self.auth.counters.snapshot())
+        session = self.supervisor.state if self.supervisor else None
+        connected = bool(session and session.connected)
+        subscribed = bool(session and session.subscribed)
+        budget = self.settings.ops.ready_max_lag
+        not_ready: list[str] = []
+        if self.stopping:
+            not_ready.append("stopping")
+        if not subscribed:
+            not_ready.append("the WebSocket subscription is not active")
+        sinks: dict[str, Any] = {}
+        pipeline = self.pipeline
+        backlog = pipeline.backlog() if pipeline else {}
+        for name, sink in self.sinks.items():
+            since = pipeline.busy_since.get(name) if pipeline else None
+            busy = now - since if since is not None else None
+            ready = busy is None or busy <= budget
+            if not ready:
+                not_ready.append(f"sink {name} has been delivering one batch for "
+                                 f"{busy:.0f}s (budget {budget:g}s)")
+            sinks[name] = {"type": sink.type_name, "backlog": backlog.get(name, 0),
+                           "busy_seconds": busy, "ready": ready,
+                           "delivered": counters.get(f"delivered.{name}", 0),
+                           "retries": counters.get(f"retries.{name}", 0),
+                           "dead_letters": counters.get(f"dead_letters.{name}", 0)}
+        journal = self.journal
+        oldest = journal.oldest_received if journal else None
+        last_event = pipeline.last_event_at if pipeline else None
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_seconds": now - self.started_at,
+            "state": self.status_line().split(";")[0],
+            "ready": not not_ready,
+            "not_ready": not_ready,
+            "connection": {
+                "connected": connected,
+                "subscribed": subscribed,
+                "subscription_id": session.subscription_id if session else None,
+                "connections": counters.get("connections", 0),
+                "recoveries_successful": counters.get("recoveries_successful", 0),
+                "recoveries_failed": counters.get("recoveries_failed", 0),
+                "last_event_age_seconds": now - last_event if last_event else None,
+            },
+            "events_per_second": round(self.event_rate(), 3),
+            "journal": {
+                "events": journal.depth if journal else 0,
+                "last_seq": journal.last_seq if journal else 0,
+                "oldest_age_seconds": time.time() - oldest if oldest else None,
+            },
+            "sinks": sinks,
+            "counters": counters,
+            "recent_problems": recent_problems()[-10:],
+        }
+
+    # -- reload --------------------------------------------------------------------------------
+
+    async def reload(self, settings: Settings | None = None) -> bool:
+        """Apply a new configuration: ``settings``, or the config file re-read (SIGHUP).
+        Routes, sinks and delivery settings change at once; other sections at the next
+        start. A bad configuration is refused and the running one kept. True if applied."""
+        self.notifier.reloading()
+        try:
+            if settings is None:
+                if self.config_path is None:
+                    await self.reopen_sinks()
+                    return False
+                settings = config.load(self.config_path)
+            await self._apply(settings)
+        except ConfigError as exc:
+            if self.pipeline is not None:
+                self.pipeline.counters.inc("reloads_refused")
+            log.error("reload_refused", source=exc.source,
+                      problems=[str(p) for p in exc.problems],
+                      note="the running configuration is kept")
+            return False
+        finally:
+            self.notifier.ready(self.status_line())
+        return True
+
+    async def _apply(self, new: Settings) -> None:
+        old, pipeline = self.settings, self.pipeline
+        assert pipeline is not None
+        assert self.journal is not None
+        later = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+        if new.client_secret != old.client_secret or new.jwt != old.jwt:
+            later.append("credentials")
+        context = SinkContext(state_dir=self.state_dir, counters=self.journal.counters)
+        used = new.router.sink_names()
+        sinks: dict[str, Sink] = {}
+        built: list[Sink] = []
+        try:
+            for name, spec in new.sinks.items():
+                if name not in used:
+                    continue
+                current = self.sinks.get(name)
+                if current is not None and old.sinks.get(name) == spec:
+                    sinks[name] = current
+                    continue
+                sink = sink_class(spec.type)(name, spec.options, context)
+                built.append(sink)
+                sinks[name] = sink
+        except BaseException:
+            for sink in built:
+                await sink.aclose()
+            raise
+        for name, sink in sinks.items():
+            if self.sinks.get(name) is sink:
+                try:
+                    await sink.reopen()
+                except Exception as exc:  # noqa: BLE001 - one sink must not block the rest
+                    log.error("sink_reopen_failed", sink=name, error=repr(exc))
+        retired = await pipeline.reconfigure(new.router, sinks)
+        delivery = new.delivery
+        pipeline.batch_max = delivery.batch_max
+        pipeline.retry_policy = RetryPolicy(initial=delivery.retry_initial,
+                                            maximum=delivery.retry_max,
+                                            max_attempts=delivery.max_attempts)
+        for sink in retired:
+            try:
+                await sink.aclose()
+            except Exception as exc:  # noqa: BLE001 - one sink must not block the rest
+                log.error("sink_close_failed", sink=sink.name, error=repr(exc))
+        previous = self.sinks
+        self.sinks = sinks
+        self.settings = replace(old, sinks=new.sinks, router=new.router, delivery=delivery)
+        pipeline.counters.inc("reloads")
+        log.info("reloaded", source=new.source,
+                 added=sorted(set(sinks) - set(previous)),
+                 removed=sorted(set(previous) - set(sinks)),
+                 replaced=sorted(n for n in sinks if n in previous and sinks[n] is not previous[n]),
+                 routes=[route.name for route in new.router.routes])
+        if later:
+            log.warning("reload_needs_restart", sections=later,
+                        note="these sections changed; they apply at the next start")
+
     async def reopen_sinks(self) -> None:
         """Reopen every sink's files (SIGHUP; logrotate's create/move)."""
         for name, sink in self.sinks.items():
@@ -229,6 +475,6 @@ class Daemon:
             async for signum in signals:
                 log.info("signal", signal=signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
-                    await self.reopen_sinks()
+                    await self.reload()
                 else:
                     self.request_stop()

@@ -3,6 +3,7 @@
     a2pd run [-c CONFIG]        run the daemon (CONFIG defaults to $A2PD_CONFIG or
                                 /etc/a2pd/a2pd.toml)
     a2pd validate CONFIG        print OK, or every problem with its key path (exit 78)
+    a2pd status [-c CONFIG]     a running daemon's state, rates, sinks and recent problems
     a2pd demo [--duration S]    the bundled emulator + the daemon on the embedded demo config
     a2pd emulator [...]         the RingCentral platform emulator on its own
     a2pd version
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     letters.add_argument("--json", action="store_true")
     _state_args(letters)
 
+    status = sub.add_parser("status", help="show a running daemon's state (ops endpoint)")
+    status.add_argument("-c", "--config", default=os.environ.get("A2PD_CONFIG", DEFAULT_CONFIG))
+    status.add_argument("--url", default=None,
+                        help="the ops endpoint (default: from the config and state directory)")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -94,12 +101,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.config)
     if args.command in ("journal", "dead-letters"):
         return _admin(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "demo":
         from daemon.demo import run_demo
 
         return _guard(lambda: anyio.run(run_demo, args.config, args.rate, args.duration,
                                         args.seed))
     return EXIT_CRASH
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    from daemon import status
+
+    try:
+        url = args.url or status.endpoint(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    try:
+        state = status.fetch(url)
+    except httpx.HTTPError as exc:
+        print(f"a2pd: no daemon answers at {url}: {exc}", file=sys.stderr)
+        return status.EXIT_UNAVAILABLE
+    print(json.dumps(state, indent=2) if args.json else status.render(state))
+    return EXIT_OK if state["ready"] else status.EXIT_NOT_READY
 
 
 def _admin(args: argparse.Namespace) -> int:
@@ -148,7 +178,7 @@ def _run(path: str) -> int:
     async def serve() -> None:
         from daemon.app import Daemon
 
-        await Daemon(settings).run()
+        await Daemon(settings, config_path=path).run()
 
     return _guard(lambda: anyio.run(serve))
 

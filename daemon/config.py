@@ -179,6 +179,38 @@ class DeliveryConfig(_Section):
     shutdown_timeout: Duration = 10.0
 
 
+class OpsConfig(_Section):
+    """The ops HTTP endpoint: /metrics, /healthz, /readyz, /status."""
+
+    #: "host:port" to listen on ("" turns the endpoint off); loopback by default
+    listen: str = "127.0.0.1:9108"
+    #: /readyz fails when a sink's current delivery has been failing/running this long
+    ready_max_lag: Duration = 60.0
+    #: how often the STATUS= line for systemd is refreshed
+    status_interval: Duration = 10.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value and parse_listen(value) is None:
+            raise ValueError("use host:port (e.g. 127.0.0.1:9108, [::1]:9108) or \"\" for off")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen) if self.listen else None
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``host:port`` (IPv6 in brackets) → (host, port), or None if it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
 class LogConfig(_Section):
     """Log level and format (JSON lines under systemd, console on a terminal)."""
 
@@ -217,6 +249,7 @@ class _RawSettings(_Section):
     journal: JournalConfig = JournalConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     log: LogConfig = LogConfig()
+    ops: OpsConfig = OpsConfig()
     sinks: dict[str, dict[str, Any]] = Field(min_length=1)
     routes: list[RouteConfig] = Field(default_factory=list)
     default_route: DefaultRouteConfig = DefaultRouteConfig()
@@ -244,6 +277,7 @@ class Settings:
     journal: JournalConfig
     delivery: DeliveryConfig
     log: LogConfig
+    ops: OpsConfig
     sinks: dict[str, SinkSpec]
     router: Router
     source: str
@@ -309,6 +343,7 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str]) -> S
         journal=raw.journal,
         delivery=raw.delivery,
         log=raw.log,
+        ops=raw.ops,
         sinks=sinks,
         router=router,
         source=source,

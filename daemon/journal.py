@@ -157,6 +157,8 @@ class Journal:
         self.max_raw_bytes = max_raw_bytes
         self.last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
         self._count = self._scalar("SELECT COUNT(*) FROM events")
+        #: when the oldest journaled event was received (refreshed at commit and compaction)
+        self.oldest_received = self._oldest()
         self._closed = False
         #: models of recent rows, so steady-state delivery never re-parses JSON
         self.cache: OrderedDict[int, Any] = OrderedDict()
@@ -182,6 +184,15 @@ class Journal:
                               dedup_window=24 * 3600.0)
 
     # -- small helpers ------------------------------------------------------------------------
+
+    def _oldest(self) -> float | None:
+        row = self._conn.execute("SELECT received FROM events ORDER BY seq LIMIT 1").fetchone()
+        return float(row[0]) if row else None
+
+    @property
+    def depth(self) -> int:
+        """Events in the journal (as of the last commit or compaction)."""
+        return self._count
 
     def _scalar(self, sql: str, *args: Any) -> int:
         value = self._conn.execute(sql, args).fetchone()[0]
@@ -274,6 +285,8 @@ class Journal:
         self._count += len(inserted) - dropped
         if inserted:
             self.last_seq = inserted[-1]
+            if self.oldest_received is None:
+                self.oldest_received = now
         self.poke()
         return inserted
 
@@ -447,6 +460,7 @@ class Journal:
             conn.execute("DELETE FROM seen WHERE at < ?", (now - self.dedup_window,))
             # recounted here: rows another process added (replays) are included
             self._count = self._scalar("SELECT COUNT(*) FROM events")
+            self.oldest_received = self._oldest()
         return int(removed), int(expired)
 
     async def stats(self) -> dict[str, Any]:

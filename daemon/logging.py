@@ -72,6 +72,24 @@ def mask_secrets(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> E
     return {k: _mask(v) for k, v in event_dict.items()}
 
 
+#: the latest warnings and errors (masked), for `a2pd status` and /status
+_recent: deque[dict[str, Any]] = deque(maxlen=50)
+_PROBLEM_LEVELS = frozenset({"warning", "error", "critical"})
+
+
+def remember_problems(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: keep recent warnings and errors (after masking)."""
+    if event_dict.get("level") in _PROBLEM_LEVELS:
+        _recent.append({k: v if isinstance(v, str | int | float | bool | None) else repr(v)
+                        for k, v in event_dict.items()})
+    return event_dict
+
+
+def recent_problems() -> list[dict[str, Any]]:
+    """The latest warnings and errors logged by this process, oldest first."""
+    return list(_recent)
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog for the whole process. ``fmt``: auto | json | console."""
     out = stream if stream is not None else sys.stderr
@@ -82,6 +100,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         mask_secrets,
+        remember_problems,
     ]
     if console:
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))

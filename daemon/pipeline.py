@@ -64,6 +64,15 @@ class Pipeline:
         self._models: OrderedDict[str, events.Event] = OrderedDict()
         self._closing = False
         self.cursors: dict[str, int] = {}
+        #: monotonic time a sink's current delivery began (absent: idle)
+        self.busy_since: dict[str, float] = {}
+        #: monotonic time of the last event received
+        self.last_event_at: float | None = None
+        self._readers: anyio.abc.TaskGroup | None = None
+        #: per sink: set to ask its reader to stop after the current batch; set when it has
+        self._stop_reader: dict[str, anyio.Event] = {}
+        self._reader_done: dict[str, anyio.Event] = {}
+        self._reader_scopes: dict[str, anyio.CancelScope] = {}
 
     # -- the receiving side ---------------------------------------------------------------
 
@@ -79,6 +88,7 @@ class Pipeline:
 
     async def ingest_event(self, event: events.Event) -> None:
         kind = event.kind
+        self.last_event_at = anyio.current_time()
         self.counters.inc(f"received.{kind}")
         targets = self.router.sinks_for(event)
         if not targets:
@@ -104,11 +114,56 @@ class Pipeline:
             tg.start_soon(self._compactor)
             await self.prepare()
             async with anyio.create_task_group() as readers:
+                self._readers = readers
                 for name, sink in self.sinks.items():
-                    readers.start_soon(self._reader, name, sink)
+                    self._start_reader(name, sink)
                 task_status.started()
+            self._readers = None
             tg.cancel_scope.cancel()
         await self._journal(self.journal.compact, list(self.sinks))
+
+    def _start_reader(self, name: str, sink: Sink) -> None:
+        assert self._readers is not None
+        self._stop_reader[name] = anyio.Event()
+        self._reader_done[name] = anyio.Event()
+        self._readers.start_soon(self._reader, name, sink)
+
+    async def reconfigure(self, router: Router, sinks: Mapping[str, Sink], *,
+                          grace: float = 30.0) -> list[Sink]:
+        """Swap the router and the sinks (a reload). A sink object that is not in ``sinks``
+        any more (removed, or replaced by a new one under the same name) finishes its current
+        batch, then its reader stops; a new object gets a reader from its name's cursor.
+        Returns the sinks no longer used, for the caller to close. Nothing journaled is lost
+        or delivered twice: a reader stops only between batches or between retries (a
+        delivery still running is cancelled after ``grace`` seconds, and that batch is
+        delivered again by the new reader)."""
+        old = self.sinks
+        retiring = [name for name, sink in old.items() if sinks.get(name) is not sink]
+        for name in retiring:
+            self._stop_reader[name].set()
+        self.journal.poke()  # wake idle readers so they see the request
+        with anyio.move_on_after(grace) as scope:
+            for name in retiring:
+                await self._reader_done[name].wait()
+        if scope.cancelled_caught:
+            slow = [name for name in retiring if not self._reader_done[name].is_set()]
+            log.warning("reload_reader_timeout", sinks=slow, grace=grace,
+                        note="a slow delivery was cancelled; it is delivered again")
+            for name in slow:
+                self._reader_scopes[name].cancel()
+            for name in slow:
+                await self._reader_done[name].wait()
+        self.router = router
+        self.sinks = dict(sinks)
+        for name, sink in sinks.items():
+            if old.get(name) is not sink:
+                if name not in self.cursors:
+                    self.cursors[name] = await self._journal(self.journal.cursor, name)
+                self._start_reader(name, sink)
+        for name in set(old) - set(sinks):
+            self.cursors.pop(name, None)
+            self.busy_since.pop(name, None)
+        return [sink for name, sink in old.items() if sinks.get(name) is not sink]
 
     async def prepare(self) -> None:
         """Load every sink's cursor (a new sink starts at the oldest journaled event)."""
@@ -157,8 +212,20 @@ class Pipeline:
             await self.journal.wait_committed()
 
     async def _reader(self, name: str, sink: Sink) -> None:
+        stop, done = self._stop_reader[name], self._reader_done[name]
+        try:
+            with anyio.CancelScope() as scope:
+                self._reader_scopes[name] = scope
+                await self._read_and_deliver(name, sink, stop)
+        except _Retired:
+            log.info("sink_reader_retired", sink=name, note="stopped between retries")
+        finally:
+            self.busy_since.pop(name, None)
+            done.set()
+
+    async def _read_and_deliver(self, name: str, sink: Sink, stop: anyio.Event) -> None:
         target = f",{name},"
-        while True:
+        while not stop.is_set():
             cursor = self.cursors[name]
             rows = await self._journal(self.journal.read, cursor, self.batch_max)
             if rows and sink.linger > 0:
@@ -172,7 +239,11 @@ class Pipeline:
             if mine:
                 batch = await self._models_for(name, mine)
                 if batch:
-                    await self._deliver(name, sink, batch)
+                    self.busy_since[name] = anyio.current_time()
+                    try:
+                        await self._deliver(name, sink, batch)
+                    finally:
+                        self.busy_since.pop(name, None)
             await self._journal(self.journal.advance, name, rows[-1].seq)
             self.cursors[name] = rows[-1].seq
 
@@ -226,7 +297,15 @@ class Pipeline:
                 self.counters.inc(f"retries.{name}")
                 log.warning("sink_retry", sink=name, reason=exc.reason, attempt=attempt,
                             retry_in=round(delay, 3), events=len(batch))
-                await anyio.sleep(delay)
+                stop = self._stop_reader.get(name)
+                if stop is None:
+                    await anyio.sleep(delay)
+                    continue
+                with anyio.move_on_after(delay):
+                    await stop.wait()
+                if stop.is_set():
+                    # replaced or removed by a reload: the new reader retries the batch
+                    raise _Retired from None
                 continue
             self.counters.inc(f"delivered.{name}", len(batch))
             log.debug("delivered", sink=name, events=len(batch))
@@ -264,6 +343,10 @@ class Pipeline:
                                 attempts=attempts + 1)
             return
         self.counters.inc(f"delivered.{name}")
+
+
+class _Retired(Exception):
+    """A reader was asked to stop (reload) while waiting to retry."""
 
 
 def _decode_row(row: Row) -> events.Event | events.EventError:

@@ -93,6 +93,10 @@ retry_initial = 0.01
 retry_max = 0.1
 shutdown_timeout = 5
 
+[ops]
+# a free port: tests run daemons side by side
+listen = "127.0.0.1:0"
+
 [log]
 level = "{log_level}"
 

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -27,6 +29,10 @@ wstoken_min_interval = 0.01
 
 [state]
 directory = "{state}"
+
+[ops]
+# a free port: tests run daemons side by side
+listen = "127.0.0.1:0"
 
 [log]
 level = "debug"
@@ -50,10 +56,21 @@ def write_config(tmp_path: Path, emu_url: str, client_id: str, secret: str) -> P
     return path
 
 
-async def start(config: Path, jwt: str) -> Process:
+@asynccontextmanager
+async def started(config: Path, jwt: str) -> AsyncIterator[Process]:
+    """``a2pd run -c config`` as a child process; killed on the way out if it still runs
+    (a failed test must not wait for a daemon nobody stops)."""
     env = {**os.environ, "A2PD_JWT": jwt, "PYTHONUNBUFFERED": "1"}
-    return await anyio.open_process([sys.executable, "-m", "daemon", "run", "-c", str(config)],
-                                    env=env, stdin=subprocess.DEVNULL)
+    process = await anyio.open_process(
+        [sys.executable, "-m", "daemon", "run", "-c", str(config)], env=env,
+        stdin=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with anyio.CancelScope(shield=True):
+            await process.aclose()
 
 
 def stderr_lines(process: Process) -> BufferedByteReceiveStream:
@@ -91,8 +108,7 @@ async def test_run_delivers_then_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         config = write_config(tmp_path, emu.base_url, emu.config.client_id,
                               emu.config.client_secret)
         lines: list[str] = []
-        process = await start(config, emu.config.jwt)
-        async with process:
+        async with started(config, emu.config.jwt) as process:
             stream = stderr_lines(process)
             with anyio.fail_after(TIMEOUT):
                 await read_until(stream, "subscribed", lines)
@@ -135,8 +151,7 @@ async def test_rejected_credentials_exit_77_with_one_clear_line(tmp_path: Path) 
     async with emu.running():
         config = write_config(tmp_path, emu.base_url, emu.config.client_id, "wrong-secret-value")
         lines: list[str] = []
-        process = await start(config, emu.config.jwt)
-        async with process:
+        async with started(config, emu.config.jwt) as process:
             with anyio.fail_after(TIMEOUT):
                 await drain(stderr_lines(process), lines)
                 code = await process.wait()
@@ -171,14 +186,14 @@ def test_demo_runs_and_runs_again_in_the_same_directory(tmp_path: Path) -> None:
 
 
 async def test_sighup_reopens_file_sinks(tmp_path: Path) -> None:
-    """After logrotate moves a file away, SIGHUP makes the sink write a fresh one."""
+    """After logrotate moves a file away, SIGHUP (a reload of an unchanged config) makes
+    the sink write a fresh one."""
     emu = emulator()
     async with emu.running():
         config = write_config(tmp_path, emu.base_url, emu.config.client_id,
                               emu.config.client_secret)
         lines: list[str] = []
-        process = await start(config, emu.config.jwt)
-        async with process:
+        async with started(config, emu.config.jwt) as process:
             stream = stderr_lines(process)
             target = tmp_path / "events" / "optout.jsonl"
             with anyio.fail_after(TIMEOUT):
@@ -187,7 +202,7 @@ async def test_sighup_reopens_file_sinks(tmp_path: Path) -> None:
                 await read_until(stream, "delivered", lines)
                 target.rename(tmp_path / "events" / "optout.jsonl.1")
                 process.send_signal(signal.SIGHUP)
-                await read_until(stream, "sinks_reopened", lines)
+                await read_until(stream, "reloaded", lines)
                 await emu.publish("optout", seed("optout.json")["body"])
                 await read_until(stream, "delivered", lines)
                 process.send_signal(signal.SIGTERM)
@@ -209,8 +224,7 @@ async def test_second_signal_skips_the_drain(tmp_path: Path) -> None:
         text = config.read_text().replace(str(tmp_path / "events"), str(blocker / "events"))
         config.write_text(text + '\n[delivery]\nshutdown_timeout = "60s"\nretry_max = 0.2\n')
         lines: list[str] = []
-        process = await start(config, emu.config.jwt)
-        async with process:
+        async with started(config, emu.config.jwt) as process:
             stream = stderr_lines(process)
             with anyio.fail_after(TIMEOUT):
                 await read_until(stream, "subscribed", lines)

@@ -57,6 +57,10 @@ commit_interval = 0.02
 [delivery]
 batch_max = {BATCH_MAX}
 
+[ops]
+# a free port: tests run daemons side by side
+listen = "127.0.0.1:0"
+
 [log]
 level = "debug"
 """ + SINKS.format(events=events) + '\n[default_route]\nsinks = ["archive"]\n')
