@@ -288,12 +288,12 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str]) -> S
         # Still check the sink tables so one run reports everything it can.
         sinks_data = data.get("sinks")
         if isinstance(sinks_data, dict):
-            _build_sinks(sinks_data, problems)
+            _build_sinks(sinks_data, problems, env)
         raise ConfigError(problems, source) from None
 
     client_secret = _secret(raw.platform, "client_secret", env, problems)
     jwt = _secret(raw.platform, "jwt", env, problems)
-    sinks = _build_sinks(raw.sinks, problems)
+    sinks = _build_sinks(raw.sinks, problems, env)
     router = _build_router(raw, problems)
     if problems:
         raise ConfigError(problems, source)
@@ -373,7 +373,8 @@ def _read_secret(path: Path, key: str, problems: list[ConfigProblem]) -> SecretS
     return SecretStr(value)
 
 
-def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem]) -> dict[str, SinkSpec]:
+def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem],
+                 env: Mapping[str, str]) -> dict[str, SinkSpec]:
     specs: dict[str, SinkSpec] = {}
     for name, table in tables.items():
         key = f"sinks.{name}"
@@ -397,7 +398,9 @@ def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem]) -> dict[
             continue
         options = {k: v for k, v in table.items() if k != "type"}
         try:
-            specs[name] = SinkSpec(name, type_name, cls.Options.model_validate(options))
+            # the context lets an Options model resolve secrets from the same environment
+            specs[name] = SinkSpec(name, type_name,
+                                   cls.Options.model_validate(options, context={"env": env}))
         except ValidationError as exc:
             problems.extend(_problems(exc, key))
     return specs

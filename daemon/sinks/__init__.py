@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "a2pd.sinks"
 _BUILTINS = {
     "stdout": "daemon.sinks.stdout:StdoutSink",
     "file": "daemon.sinks.file:FileSink",
+    "redis": "daemon.sinks.redis:RedisSink",
 }
 
 
