@@ -8,6 +8,7 @@ import json
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +465,32 @@ async def test_rediss_url_speaks_tls_and_checks_the_certificate(tmp_path: Path) 
     assert good.written == 3
     assert not refused.value.permanent
     assert "unreachable" in refused.value.reason
+
+
+def test_example_config_documents_every_option() -> None:
+    """Uncommented, the redis block of config/example.toml is valid and names every option."""
+    root = Path(__file__).parent.parent
+    text = (root / "config" / "example.toml").read_text()
+    block = text[text.index("# [sinks.streams]"):text.index("# ---- Routes")]
+    lines = [line[2:] for line in block.splitlines()
+             if line.startswith(("# [", "# type", *(f"# {f} " for f in RedisOptions.model_fields)))]
+    documented = {line.split("=")[0].strip() for line in lines[2:]}
+    assert documented == set(RedisOptions.model_fields)
+    # the alternatives (username_file, inline password) exclude the lines above them
+    table = "\n".join(line for line in lines[2:] if "# instead of" not in line)
+    table = table.replace('"redis://127.0.0.1', '"rediss://127.0.0.1')
+    settings = config.loads(config_text(table), env={"A2PD_REDIS_PASSWORD": "from-env-123"})
+    options = settings.sinks["cache"].options
+    assert isinstance(options, RedisOptions)
+    assert options.resolved_username == "a2pd"
+
+
+def test_validate_command_exits_78_without_echoing_a_url_password(tmp_path: Path) -> None:
+    """`a2pd validate` names the bad redis key, exits 78, and never prints the URL."""
+    path = tmp_path / "a2pd.toml"
+    path.write_text(config_text("url = 'redis://alice:pw-in-the-url-123@127.0.0.1:6379/x'"))
+    result = subprocess.run([sys.executable, "-m", "daemon", "validate", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 78
+    assert "sinks.cache.url" in result.stdout + result.stderr
+    assert "pw-in-the-url-123" not in result.stdout + result.stderr

@@ -65,11 +65,12 @@ from daemon.sinks.file import TEMPLATE_FIELDS, template_values
 
 log = get_logger("sinks.redis")
 
-#: KEYS: 1 the uuid's dedup key, 2 the stream, 3 (not on a pipeline's first call) the
-#: previous event's dedup key. ARGV: 1 TTL in ms, 2 trim strategy ('' | MAXLEN | MINID),
-#: 3 '~' or '=', 4 MAXLEN count or MINID age in ms, 5... the entry's field/value pairs.
+#: The script, with the sink's constants (TTL, trimming) filled in by ``dedup_script``.
+#: KEYS: 1 the event's dedup key, 2 the stream, 3 (not on a pipeline's first call) the
+#: previous event's dedup key. ARGV: uuid, kind, time ('' when none), json.
 #: Returns {1, id} when the entry was added, {0, id} when the uuid was already there.
-#: XADD comes before SET: a refused XADD leaves no key behind (scripts do not roll back).
+#: XADD comes before SET: a refused XADD leaves no key behind (scripts do not roll back),
+#: and Redis runs the whole script atomically, so the check and the add cannot interleave.
 #: MINID is computed from the server's clock (scripts are replicated by effects).
 DEDUP_XADD = """
 if #KEYS > 2 and redis.call('EXISTS', KEYS[3]) == 0 then
@@ -80,25 +81,44 @@ if seen then
   return {0, seen}
 end
 local args = {'XADD', KEYS[2]}
-if ARGV[2] == 'MAXLEN' then
-  args[#args + 1] = 'MAXLEN'
-  args[#args + 1] = ARGV[3]
-  args[#args + 1] = ARGV[4]
-elseif ARGV[2] == 'MINID' then
-  local now = redis.call('TIME')
-  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  args[#args + 1] = 'MINID'
-  args[#args + 1] = ARGV[3]
-  args[#args + 1] = tostring(math.max(0, now_ms - tonumber(ARGV[4])))
-end
+%(trim)s
 args[#args + 1] = '*'
-for i = 5, #ARGV do
-  args[#args + 1] = ARGV[i]
+args[#args + 1] = 'uuid'
+args[#args + 1] = ARGV[1]
+args[#args + 1] = 'kind'
+args[#args + 1] = ARGV[2]
+if ARGV[3] ~= '' then
+  args[#args + 1] = 'time'
+  args[#args + 1] = ARGV[3]
 end
+args[#args + 1] = 'json'
+args[#args + 1] = ARGV[4]
 local id = redis.call(unpack(args))
-redis.call('SET', KEYS[1], id, 'PX', ARGV[1])
+redis.call('SET', KEYS[1], id, 'PX', %(ttl_ms)d)
 return {1, id}
 """
+_TRIM_MAXLEN = """args[#args + 1] = 'MAXLEN'
+args[#args + 1] = '%(op)s'
+args[#args + 1] = '%(count)d'"""
+_TRIM_MINID = """local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+args[#args + 1] = 'MINID'
+args[#args + 1] = '%(op)s'
+args[#args + 1] = tostring(math.max(0, now_ms - %(age_ms)d))"""
+
+
+def dedup_script(*, ttl: float, max_len: int = 0, max_age: float = 0.0,
+                 approximate: bool = True) -> str:
+    """The Lua script for these options (only validated numbers are put in it)."""
+    op = "~" if approximate else "="
+    if max_len:
+        trim = _TRIM_MAXLEN % {"op": op, "count": int(max_len)}
+    elif max_age:
+        trim = _TRIM_MINID % {"op": op, "age_ms": int(max_age * 1000)}
+    else:
+        trim = ""
+    return DEDUP_XADD % {"trim": trim, "ttl_ms": int(ttl * 1000)}
+
 
 #: error codes (the first word of a Redis error reply) worth retrying: the server is
 #: starting, busy, failing over, out of memory, or refuses us until an operator acts
@@ -117,6 +137,7 @@ _CODE_OF_CLASS: tuple[tuple[type[Exception], str], ...] = (
     (redis_errors.ExecAbortError, "EXECABORT"),
 )
 _SCHEMES = ("redis", "rediss")
+_KIND_ONLY = frozenset({"kind"})
 
 
 def error_code(exc: BaseException) -> str:
@@ -322,13 +343,12 @@ class RedisSink(Sink):
         self.url = options.safe_url
         self._client: Redis | None = None
         self._sha: str | None = None
-        if options.max_len:
-            self._trim = ("MAXLEN", str(options.max_len))
-        elif options.max_age:
-            self._trim = ("MINID", str(int(options.max_age * 1000)))
-        else:
-            self._trim = ("", "0")
-        self._trim_op = "~" if options.trim == "approximate" else "="
+        self._script = dedup_script(ttl=options.dedup_ttl, max_len=options.max_len,
+                                    max_age=options.max_age,
+                                    approximate=options.trim == "approximate")
+        self._stream_fields = frozenset(
+            name for _lit, name, _spec, _conv in string.Formatter().parse(options.stream)
+            if name)
         self._ttl_ms = str(int(options.dedup_ttl * 1000))
         #: entries added, uuids found already written, script loads (for tests and benches)
         self.written = 0
@@ -371,16 +391,23 @@ class RedisSink(Sink):
 
     def stream_for(self, event: Event) -> str:
         """The stream ``event`` goes to."""
-        return self.options.stream.format_map(template_values(event))  # type: ignore[no-any-return]
+        template: str = self.options.stream
+        names = self._stream_fields
+        if not names:
+            return template
+        if names == _KIND_ONLY:
+            # the common case, without computing every template value
+            return template.format_map({"kind": event.kind})
+        return template.format_map(template_values(event))
 
-    def _fields(self, event: Event) -> list[str]:
-        fields = ["uuid", event.uuid, "kind", event.kind]
+    def _args(self, event: Event) -> tuple[str, str, str, str]:
+        """The script's ARGV for ``event``: uuid, kind, time, json."""
         stamp = event.time
+        text = ""
         if stamp is not None:
             text = stamp.astimezone(UTC).isoformat(timespec="milliseconds")
-            fields += ["time", text.replace("+00:00", "Z")]
-        fields += ["json", to_json(event)]
-        return fields
+            text = text.replace("+00:00", "Z")
+        return event.uuid, event.kind, text, to_json(event)
 
     async def send(self, batch: Sequence[Event]) -> None:
         if not batch:
@@ -412,7 +439,6 @@ class RedisSink(Sink):
 
     async def _run(self, client: Redis, batch: Sequence[Event]) -> list[Any]:
         prefix = self.options.dedup_prefix
-        trim_kind, trim_value = self._trim
         pipe = client.pipeline(transaction=False)
         previous: str | None = None
         for event in batch:
@@ -422,8 +448,7 @@ class RedisSink(Sink):
             keys = [key, stream]
             if previous is not None:
                 keys.append(previous)
-            pipe.evalsha(self._sha or "", len(keys), *keys, self._ttl_ms, trim_kind,
-                         self._trim_op, trim_value, *self._fields(event))
+            pipe.evalsha(self._sha or "", len(keys), *keys, *self._args(event))
             previous = key
         try:
             results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -435,7 +460,7 @@ class RedisSink(Sink):
 
     async def _load_script(self, client: Redis) -> None:
         try:
-            sha = await client.script_load(DEDUP_XADD)
+            sha = await client.script_load(self._script)
         except redis_errors.RedisError as exc:
             raise self._unreachable(exc) from exc
         except OSError as exc:
