@@ -257,6 +257,47 @@ async def test_outages_oom_and_failover_are_transient(tmp_path: Path) -> None:
     assert [e["uuid"] for e in got] == [e.uuid for e in stream]
 
 
+async def test_a_server_busy_with_a_long_script_is_transient(tmp_path: Path) -> None:
+    """BUSY (another client's script running too long) is retried; once the script is
+    killed the batch lands."""
+    stream = make_events(5)
+    async with redis_server(tmp_path) as server:
+        sink = make_sink(server)
+        admin = server.client()
+        busy_client = server.client(socket_timeout=TIMEOUT)
+        try:
+            await sink.send(stream[:1])
+            await admin.config_set("busy-reply-threshold", "10")
+            async with anyio.create_task_group() as tg:
+
+                async def run_forever() -> None:
+                    with pytest.raises(redis_errors.ResponseError):
+                        await busy_client.eval("while true do end", 0)
+
+                tg.start_soon(run_forever)
+                with anyio.fail_after(TIMEOUT):
+                    while True:  # bounded poll until the server answers BUSY
+                        try:
+                            await admin.ping()
+                        except redis_errors.ResponseError as exc:
+                            refusal = error_code(exc)
+                            break
+                        await anyio.sleep(0.01)
+                with pytest.raises(SinkError) as busy:
+                    await sink.send(stream)
+                await admin.script_kill()
+            await sink.send(stream)
+        finally:
+            await busy_client.aclose()
+            await admin.aclose()
+            await sink.aclose()
+        got = await entries(server, "a2p:outbound")
+    assert refusal == "BUSY"
+    assert not busy.value.permanent
+    assert "BUSY" in busy.value.reason
+    assert [e["uuid"] for e in got] == [e.uuid for e in stream]
+
+
 def test_error_codes_decide_transient_or_permanent() -> None:
     """Redis error codes map to the retry decision, whichever way redis-py spells them."""
     assert error_code(redis_errors.ResponseError("WRONGTYPE Operation against a key")) \

@@ -8,9 +8,11 @@ Exactly one entry per notification uuid, even when the journal hands a batch ove
 crash between XADD and the cursor moving, a retry after a connection dropped mid-pipeline,
 a batch narrowed down after a permanent failure, a dead letter replayed, two daemons
 writing to one Redis): every event goes through one Lua script, run atomically by Redis,
-that XADDs only when the key ``<dedup_prefix><stream>:<uuid>`` does not exist and then sets it, with
-the entry id as value, for ``dedup_ttl``. The TTL bounds the window: a redelivery later
-than that writes a second entry, so it must exceed the journal's redelivery horizon.
+that XADDs only when the key ``<dedup_prefix><stream>:<uuid>`` does not exist and then
+sets it, with the entry id as value, for ``dedup_ttl`` (the same effect as SET NX EX then
+XADD, ordered so that a refused XADD leaves no key behind: Lua does not roll back). The
+TTL bounds the window: a redelivery later than that writes a second entry, so it must
+exceed the journal's redelivery horizon.
 
 One EVALSHA per event, pipelined per batch without MULTI (``transaction=False``). Order per
 stream is kept: each script call after the first of a pipeline checks that the previous
@@ -349,7 +351,6 @@ class RedisSink(Sink):
         self._stream_fields = frozenset(
             name for _lit, name, _spec, _conv in string.Formatter().parse(options.stream)
             if name)
-        self._ttl_ms = str(int(options.dedup_ttl * 1000))
         #: entries added, uuids found already written, script loads (for tests and benches)
         self.written = 0
         self.duplicates = 0
