@@ -9,7 +9,9 @@ Rules an operator can rely on:
 - secrets (client secret, JWT) come from, in order of precedence: the environment
   (``A2PD_CLIENT_SECRET``, ``A2PD_JWT``; overrides exist for secrets only), a file named by
   ``*_file``, a systemd credential in ``$CREDENTIALS_DIRECTORY`` (``client_secret``, ``jwt``),
-  then the value inline in the file. Secrets are ``SecretStr`` and never printed.
+  then the value inline in the file. Secrets are ``SecretStr`` and never printed. A sink's
+  ``Options`` model is validated with ``context={"env": env}``, so a sink resolves its own
+  secrets (the Redis password) from the same environment, in the same order.
 
 This module reads files and the environment, nothing else.
 """
@@ -433,6 +435,7 @@ def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem],
             continue
         options = {k: v for k, v in table.items() if k != "type"}
         try:
+            # the context lets an Options model resolve secrets from the same environment
             specs[name] = SinkSpec(name, type_name,
                                    cls.Options.model_validate(options, context={"env": env}))
         except ValidationError as exc:

@@ -35,6 +35,7 @@ _BUILTINS = {
     "stdout": "daemon.sinks.stdout:StdoutSink",
     "file": "daemon.sinks.file:FileSink",
     "http": "daemon.sinks.http:HttpSink",
+    "redis": "daemon.sinks.redis:RedisSink",
 }
 
 
