@@ -194,7 +194,8 @@ class Daemon:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                for name, sink in sinks.items():
+                # the current sinks: a reload may have replaced the ones built at start
+                for name, sink in self.sinks.items():
                     try:
                         await sink.aclose()
                     except Exception as exc:  # noqa: BLE001 - one sink must not block the rest

@@ -218,11 +218,14 @@ def render_metrics(state: dict[str, Any]) -> str:
         add(metric, "counter", help_text, value, labels)
     for sink, hist in sorted(histograms.items()):
         metric = "a2pd_http_request_duration_seconds"
+        families.setdefault(metric, ("histogram", "HTTP sink request latency", []))
         for bound, count in sorted(hist["buckets"].items()):
-            add(metric, "histogram", "HTTP sink request latency", count,
-                [("sink", sink), ("le", _number(bound / 1000.0))])
-        add(metric, "histogram", "HTTP sink request latency", hist["count"],
-            [("sink", sink), ("le", "+Inf")])
+            families[metric][2].append(
+                f"{metric}_bucket{_labels([('sink', sink), ('le', _number(bound / 1000.0))])}"
+                f" {_number(count)}")
+        families[metric][2].append(
+            f"{metric}_bucket{_labels([('sink', sink), ('le', '+Inf')])} "
+            f"{_number(hist['count'])}")
         families[metric][2].append(
             f"{metric}_sum{_labels([('sink', sink)])} {_number(hist['sum'] / 1000.0)}")
         families[metric][2].append(

@@ -8,12 +8,14 @@ The endpoint is found from ``--url``, or from the config: the state directory's 
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from daemon import config
+from daemon.admin import state_dir
 from daemon.errors import ConfigError, ConfigProblem
 
 EXIT_NOT_READY = 1
@@ -21,18 +23,24 @@ EXIT_UNAVAILABLE = 69
 
 
 def endpoint(config_path: str) -> str:
-    """The base URL of the ops endpoint of the daemon that runs ``config_path``."""
-    settings = config.load(config_path)
-    ops_file = Path(settings.state.directory) / "ops.json"
+    """The base URL of the ops endpoint of the daemon that runs ``config_path`` (only
+    [state] and [ops] are read: no secrets are needed to ask)."""
+    ops_file = state_dir(config_path, None) / "ops.json"
     try:
         where = json.loads(ops_file.read_text())
         host, port = str(where["host"]), int(where["port"])
     except (OSError, ValueError, KeyError, TypeError):
-        address = settings.ops.address
+        try:
+            data = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+            ops = config.OpsConfig.model_validate(data.get("ops", {}))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
+            raise ConfigError([ConfigProblem("ops", f"cannot read: {exc}")],
+                              config_path) from None
+        address = ops.address
         if address is None:
             raise ConfigError([ConfigProblem(
                 "ops.listen", "the ops endpoint is off; a2pd status needs it")],
-                settings.source) from None
+                config_path) from None
         host, port = address
     if host in ("0.0.0.0", "", "::"):  # noqa: S104 - a wildcard bind: ask over loopback
         host = "127.0.0.1"

@@ -54,13 +54,17 @@ def seed_kind(name: str) -> str:
     return "message"
 
 
-def settings_for(emu: Emulator, tmp_path: Path, *, sinks: str | None = None,
-                 routes: str = "", connection: dict[str, Any] | None = None,
-                 journal: dict[str, Any] | None = None, extra: str = "",
-                 log_level: str = "debug") -> config.Settings:
-    """Settings pointing at ``emu``, with a file sink ``archive`` under tmp_path by default."""
+def settings_text(emu: Emulator, tmp_path: Path, *, sinks: str | None = None,
+                  routes: str = "", connection: dict[str, Any] | None = None,
+                  journal: dict[str, Any] | None = None, ops: dict[str, Any] | None = None,
+                  extra: str = "", log_level: str = "debug") -> str:
+    """The TOML of a config pointing at ``emu``, with a file sink ``archive`` under
+    tmp_path by default."""
     conn = {**FAST_CONNECTION, **(connection or {})}
     conn_toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in conn.items())
+    # a free port by default: tests run daemons side by side
+    ops_toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
+        "listen": "127.0.0.1:0", **(ops or {})}.items())
     journal_toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
         "commit_interval": 0.01, "compact_interval": 0.2, **(journal or {})}.items())
     sinks = sinks if sinks is not None else f"""
@@ -94,8 +98,7 @@ retry_max = 0.1
 shutdown_timeout = 5
 
 [ops]
-# a free port: tests run daemons side by side
-listen = "127.0.0.1:0"
+{ops_toml}
 
 [log]
 level = "{log_level}"
@@ -104,13 +107,21 @@ level = "{log_level}"
 {sinks}
 {routes}
 """
-    return config.loads(text, source="test", env={})
+    return text
+
+
+def settings_for(emu: Emulator, tmp_path: Path, **options: Any) -> config.Settings:
+    """Settings pointing at ``emu``, with a file sink ``archive`` under tmp_path by default
+    (the options are ``settings_text``'s)."""
+    return config.loads(settings_text(emu, tmp_path, **options), source="test", env={})
 
 
 @asynccontextmanager
-async def running_daemon(settings: config.Settings) -> AsyncIterator[Daemon]:
-    """Run a daemon until the block ends; enter once its first subscription is active."""
-    daemon = Daemon(settings)
+async def running_daemon(settings: config.Settings,
+                         config_path: Path | None = None) -> AsyncIterator[Daemon]:
+    """Run a daemon until the block ends; enter once its first subscription is active.
+    ``config_path`` is the file a reload re-reads."""
+    daemon = Daemon(settings, config_path=config_path)
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(daemon.run, handle_signals=False))
         with anyio.fail_after(TIMEOUT):

@@ -57,10 +57,11 @@ def write_config(tmp_path: Path, emu_url: str, client_id: str, secret: str) -> P
 
 
 @asynccontextmanager
-async def started(config: Path, jwt: str) -> AsyncIterator[Process]:
+async def started(config: Path, jwt: str,
+                  env: dict[str, str] | None = None) -> AsyncIterator[Process]:
     """``a2pd run -c config`` as a child process; killed on the way out if it still runs
     (a failed test must not wait for a daemon nobody stops)."""
-    env = {**os.environ, "A2PD_JWT": jwt, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "A2PD_JWT": jwt, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = await anyio.open_process(
         [sys.executable, "-m", "daemon", "run", "-c", str(config)], env=env,
         stdin=subprocess.DEVNULL)
