@@ -33,13 +33,14 @@ from typing import Any
 import anyio
 import httpx
 
-from daemon import __version__, config, ops
+from daemon import __version__, config, ops, protocol
 from daemon.auth import TokenManager
 from daemon.config import Settings
 from daemon.errors import A2pdError, ConfigError, ConfigProblem
 from daemon.journal import Journal
-from daemon.logging import get_logger, recent_problems
+from daemon.logging import get_logger, recent_problems, register_secret
 from daemon.notify import Notifier
+from daemon.persist import SessionStore
 from daemon.pipeline import Pipeline
 from daemon.sinks import RetryPolicy, Sink, SinkContext, sink_class
 from daemon.supervisor import Supervisor
@@ -103,6 +104,7 @@ class Daemon:
         self.stopping = False
         self.ops_port: int | None = None
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)
+        self._saved_session: dict[str, Any] | None = None
         self.subscribed = anyio.Event()
         self._on_subscribed = on_subscribed
         self._stop = anyio.Event()
@@ -171,10 +173,17 @@ class Daemon:
                                         settings.connection, pipeline.ingest,
                                         pipeline.ingest_bad_frame, self._subscribed)
                 self.supervisor = supervisor
+                store = None
+                if settings.state.persist_session:
+                    store = SessionStore(self.state_dir, settings.client_secret.get_secret_value(),
+                                         settings.jwt.get_secret_value())
+                    self._restore_session(store, auth, supervisor)
                 workers = anyio.CancelScope()
                 await tg.start(self._run_pipeline, pipeline, workers)
                 await self._start_ops(tg)
                 tg.start_soon(self._systemd_loops)
+                if store is not None:
+                    tg.start_soon(self._keep_session, store)
                 reading = anyio.CancelScope()
                 tg.start_soon(self._read, auth, supervisor, reading)
                 if handle_signals:
@@ -191,6 +200,8 @@ class Daemon:
                 if settings.platform.revoke_on_stop:
                     with anyio.move_on_after(5):
                         await auth.revoke()
+                if store is not None:
+                    await self._save_session(store)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -272,6 +283,69 @@ class Daemon:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(where, handle)
+
+    # -- session state across restarts (daemon/persist.py) -----------------------------------
+
+    def _session_doc(self) -> dict[str, Any]:
+        assert self.auth is not None
+        assert self.supervisor is not None
+        state = self.supervisor.state
+        now, wall = anyio.current_time(), time.time()
+        gone = None if state.disconnected_at is None or state.connected else \
+            wall - (now - state.disconnected_at)
+        return {
+            "tokens": self.auth.export(),
+            "wsc": state.wsc.model_dump() if state.wsc else None,
+            "wsc_oauth_session": state.wsc_oauth_session,
+            "subscription_id": state.subscription_id,
+            "recovery_timeout": state.recovery_timeout,
+            "disconnected_at": gone,
+            # while connected, when we last knew the session was alive (every 5 s)
+            "alive_at": None if gone is not None else wall // 5 * 5,
+        }
+
+    async def _save_session(self, store: SessionStore) -> None:
+        doc = self._session_doc()
+        if doc == self._saved_session:
+            return
+        # only a wsc whose notifications are all durable may be presented after a crash
+        assert self.journal is not None
+        await self.journal.flush()
+        try:
+            await anyio.to_thread.run_sync(store.save, doc)
+        except OSError as exc:
+            log.error("session_state_not_saved", error=exc.strerror or repr(exc),
+                      note="a restart will open a fresh session")
+            return
+        self._saved_session = doc
+        log.debug("session_state_saved", connected=doc["disconnected_at"] is None)
+
+    async def _keep_session(self, store: SessionStore) -> None:
+        while True:
+            await self._save_session(store)
+            await anyio.sleep(1.0)
+
+    def _restore_session(self, store: SessionStore, auth: TokenManager,
+                         supervisor: Supervisor) -> None:
+        doc = store.load()
+        if not doc or not doc.get("tokens") or not auth.restore(doc["tokens"]):
+            return
+        state = supervisor.state
+        try:
+            gone = doc.get("disconnected_at") or doc.get("alive_at")
+            if doc.get("wsc") and gone is not None:
+                state.wsc = protocol.Wsc.model_validate(doc["wsc"])
+                register_secret(state.wsc.token)
+                state.wsc_oauth_session = doc.get("wsc_oauth_session")
+                state.subscription_id = doc.get("subscription_id")
+                state.recovery_timeout = float(doc.get("recovery_timeout") or 180.0)
+                away = max(0.0, time.time() - float(gone))
+                state.disconnected_at = anyio.current_time() - away
+                log.info("session_state_restored", subscription_id=state.subscription_id,
+                         away=round(away, 3), recovery_timeout=state.recovery_timeout)
+        except (TypeError, ValueError) as exc:
+            log.warning("session_state_ignored", reason=f"bad wsc: {exc}")
+            state.wsc = None
 
     async def _systemd_loops(self) -> None:
         """WATCHDOG=1 from the event loop (a stuck loop stops the pings and systemd restarts

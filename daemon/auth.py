@@ -101,6 +101,8 @@ class TokenManager:
         self._last_wstoken: float | None = None
         #: grants (new OAuth sessions), refreshes, wstokens, rate_limited
         self.counters = Counters()
+        #: called whenever the tokens change (the daemon saves them, daemon/persist.py)
+        self.on_change: Callable[[], None] | None = None
         register_secret(client_secret, permanent=True)
         register_secret(jwt, permanent=True)
 
@@ -123,6 +125,46 @@ class TokenManager:
         lifetime = tokens.access_expires - tokens.issued
         due = tokens.issued + lifetime * self._platform.refresh_at
         return max(0.0, due - self._clock())
+
+    # -- persistence (wall-clock times: a restart changes the monotonic clock) ---------------
+
+    def export(self) -> dict[str, Any] | None:
+        """The tokens as a JSON-able document (secrets: only ever stored encrypted)."""
+        tokens = self._tokens
+        if tokens is None:
+            return None
+        offset = time.time() - self._clock()
+        return {"access": tokens.access, "refresh": tokens.refresh,
+                "issued": tokens.issued + offset,
+                "access_expires": tokens.access_expires + offset,
+                "refresh_expires": tokens.refresh_expires + offset,
+                "session_id": tokens.session_id, "owner_id": tokens.owner_id}
+
+    def restore(self, doc: dict[str, Any]) -> bool:
+        """Take tokens saved by ``export`` (before the first call); False if unusable."""
+        offset = time.time() - self._clock()
+        try:
+            data = {"access_token": str(doc["access"]), "refresh_token": doc.get("refresh"),
+                    "session_id": doc.get("session_id"), "owner_id": doc.get("owner_id"),
+                    "expires_in": float(doc["access_expires"]) - float(doc["issued"]),
+                    "refresh_token_expires_in":
+                        float(doc["refresh_expires"]) - float(doc["issued"])}
+            issued = float(doc["issued"]) - offset
+        except (KeyError, TypeError, ValueError):
+            return False
+        tokens = _Tokens(data, issued)
+        if tokens.refresh is None or self._clock() >= tokens.refresh_expires - 60:
+            return False  # nothing left to keep the OAuth session with: grant afresh
+        register_secret(tokens.access)
+        register_secret(tokens.refresh)
+        self._tokens = tokens
+        log.info("oauth_session_resumed", owner_id=tokens.owner_id,
+                 access_valid_for=round(max(0.0, tokens.access_expires - self._clock())))
+        return True
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # -- operations --------------------------------------------------------------------------
 
@@ -214,6 +256,7 @@ class TokenManager:
         except PlatformError as exc:
             log.info("revoke_failed", status=exc.status)
         self._tokens = None
+        self._changed()
 
     # -- internals (call with the lock held) -------------------------------------------------
 
@@ -260,6 +303,7 @@ class TokenManager:
         register_secret(tokens.access)
         register_secret(tokens.refresh)
         self._tokens = tokens
+        self._changed()
         return tokens
 
     async def _post(self, path: str, *, form: dict[str, str] | None = None,

@@ -142,6 +142,9 @@ class StateConfig(_Section):
     """Where a2pd keeps what must survive it: the journal (events, cursors, dead letters)."""
 
     directory: Path = Path("./state")
+    #: keep OAuth tokens and the newest wsc (encrypted) so a restart inside the gateway's
+    #: recovery window recovers the session and gets what was sent meanwhile
+    persist_session: bool = True
 
 
 class JournalConfig(_Section):

@@ -150,6 +150,10 @@ class Journal:
         self._clock = clock
         self._pending: list[Pending] = []
         self._pending_uuids: set[str] = set()
+        #: appends so far, appends taken by a commit, appends a finished commit made durable
+        self._appended = 0
+        self._taken = 0
+        self._durable = 0
         self._committed = anyio.Event()
         self._wake_committer = anyio.Event()
         self._room = anyio.Event()
@@ -221,8 +225,17 @@ class Journal:
             await self.wait_committed()
         self._pending.append(Pending(uuid, kind, targets_field(sinks), record))
         self._pending_uuids.add(uuid)
+        self._appended += 1
         if len(self._pending) >= self.commit_max:
             self._wake_committer.set()
+
+    async def flush(self) -> None:
+        """Return once everything appended before this call is committed (the committer
+        does the work; this only wakes it and waits)."""
+        target = self._appended
+        while self._durable < target:
+            self._wake_committer.set()
+            await self.wait_committed()
 
     async def wait_committed(self) -> None:
         """Return after the next commit (or ``poke``)."""
@@ -265,9 +278,12 @@ class Journal:
         if not batch:
             return []
         now = self._clock()
+        self._taken += len(batch)
+        upto = self._taken
         try:
             inserted, dropped = await self._db(self._insert, batch, now)
         except BaseException:
+            self._taken -= len(batch)
             # A failed transaction commits nothing, and a cancellation before the worker
             # thread ran commits nothing either: keep the batch, oldest first. (A cancel
             # while the thread runs lets it finish, so the batch is then in the database
@@ -282,6 +298,7 @@ class Journal:
                       note="undelivered events were dropped to make room")
         self.counters.inc("duplicates", len(batch) - len(inserted))
         self.counters.inc("committed", len(inserted))
+        self._durable = max(self._durable, upto)
         self._count += len(inserted) - dropped
         if inserted:
             self.last_seq = inserted[-1]
