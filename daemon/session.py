@@ -71,6 +71,8 @@ class SessionState:
     counters: Counters = field(default_factory=Counters)
     #: a sample of frame_malformed lines (every frame is counted and dead-lettered)
     malformed_log: LogThrottle = field(default_factory=LogThrottle)
+    #: a sample of gateway_error lines for errors that do not end the session
+    gateway_error_log: LogThrottle = field(default_factory=LogThrottle)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters.inc(name, n)
@@ -204,7 +206,11 @@ class _Connection:
             return
         if isinstance(message, protocol.ErrorFrame):
             code = message.error_code
-            log.warning("gateway_error", code=code, message=message.message)
+            ends_session = code in RECOVERABLE_ERRORS or code == "WSG-400"
+            held = None if ends_session else self.state.gateway_error_log.allow()
+            if ends_session or held is not None:
+                log.warning("gateway_error", code=code, message=message.message,
+                            suppressed=held or 0)
             if code in RECOVERABLE_ERRORS:
                 raise ConnectionLost("gateway closed the session", code=code, recoverable=True)
             if code == "WSG-400":

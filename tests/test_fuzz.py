@@ -190,7 +190,8 @@ async def test_fuzz_run_keeps_the_daemon_up_and_accounts_for_every_frame(
     throttle = LogThrottle()
     most_lines = throttle.burst * (int(elapsed // throttle.window) + 2)
     for name, outcome in (("frame_malformed", "frame"),
-                          ("notification_undecodable", "notification")):
+                          ("notification_undecodable", "notification"),
+                          ("gateway_error", "ignored")):
         assert 1 <= logs.events[name] <= most_lines
         assert logs.events[name] + logs.suppressed[name] <= outcomes[outcome]
     half = rss[len(rss) // 2]

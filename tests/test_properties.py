@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from daemon import events, protocol
 from daemon.events import Event, EventError
+from daemon.sinks.stdout import describe
 from tests.harness import seed
 
 SEED_FILES = ["batch.json", "inbound.json", "outbound.json", "outbound_failed.json",
@@ -251,6 +252,25 @@ def test_tolerated_variations_decode_and_round_trip(envelope: dict[str, Any]) ->
     assert isinstance(record["body"].get("to", []), list | str)
     if isinstance(result, events.MessageEvent):
         assert isinstance(record["body"]["to"], list)
+
+
+@settings(max_examples=100)
+@given(valid_notifications(), st.sampled_from(["\x1b[2J", "\x1b]0;owned\x07", "\nFAKE LINE",
+                                               "\r", "\u2028", "\x00", "\x9b31m"]))
+def test_terminal_summaries_are_one_printable_line(envelope: dict[str, Any],
+                                                  hostile: str) -> None:
+    """The stdout sink's text line for any event is one line without control characters,
+    whatever the sender put in statuses and ids (regression: escape sequences and newlines
+    reached the terminal)."""
+    body = envelope["body"]
+    for key in ("messageStatus", "status", "id", "batchId", "errorCode"):
+        if key in body:
+            body[key] = f"x{hostile}y"
+    event = events.decode_notification(envelope, b"raw")
+    assert isinstance(event, Event), event.reason  # type: ignore[union-attr]
+    line = describe(event)
+    assert line.isprintable()
+    assert "\x1b" not in line
 
 
 @settings(max_examples=50)
