@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from daemon import protocol
 from daemon.journal import Journal
 from daemon.pipeline import MODEL_CACHE_BYTES, Pipeline
@@ -145,3 +147,24 @@ async def test_queued_dead_letters_are_cut_after_masking_and_committed_in_order(
     assert len(letters[1].raw) == cut
     assert secret[:8].encode() not in letters[1].raw
     assert b"a***tail" in letters[1].raw
+
+
+async def test_dead_letter_listing_escapes_hostile_uuids(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """`a2pd dead-letters list` shows a sender's uuid with control characters escaped: one
+    line per letter, no escape sequence reaches the terminal (regression)."""
+    from daemon import admin
+
+    journal = await Journal.open(tmp_path / "journal.db", commit_interval=0.05,
+                                 commit_max=1000, fsync=False, max_events=0, max_age=None,
+                                 full_policy="block", dedup_window=3600.0)
+    await journal.queue_dead_letter("notification", "body.from: bad\nFAKE", b"{}",
+                                    uuid="u\x1b[2J\nFAKE 1 frame")
+    await journal.commit()
+    await journal.aclose()
+    assert await admin.dead_letters(tmp_path, "list", [], False, None, False) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert len(out.splitlines()) == 1
+    assert "u\\x1b[2J\\nFAKE" in out
