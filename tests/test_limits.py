@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import protocol
+from daemon import events, protocol
 from daemon.journal import Journal
 from daemon.pipeline import MODEL_CACHE_BYTES, Pipeline
 from daemon.router import Router
@@ -109,9 +109,7 @@ async def test_decoded_event_cache_is_bounded_by_bytes(tmp_path: Path) -> None:
         await journal.aclose()
 
 
-def _event(envelope: dict[str, object]):  # type: ignore[no-untyped-def]
-    from daemon import events
-
+def _event(envelope: dict[str, object]) -> events.Event:
     result = events.decode_notification(envelope, json.dumps(envelope).encode())
     assert not isinstance(result, events.EventError)
     return result
