@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import ConfigError, ConfigProblem
+from daemon.errors import ConfigError, ConfigProblem, one_line
 from daemon.journal import DeadLetter, Journal
 
 
@@ -79,8 +79,11 @@ async def dead_letters(directory: Path, action: str, ids: list[int], all_: bool,
                 print(json.dumps([_letter_summary(d) for d in letters], indent=2))
             else:
                 for d in letters:
-                    print(f"{d.id:>6}  {_time(d.created)}  {d.sink:<14} {d.uuid or '-':<22} "
-                          f"attempts={d.attempts}  {d.reason}")
+                    # uuid and reason can come from a hostile notification: escaped, so they
+                    # cannot break the line or reach the terminal as escape sequences
+                    print(f"{d.id:>6}  {_time(d.created)}  {d.sink:<14} "
+                          f"{one_line(d.uuid or '-'):<22} attempts={d.attempts}  "
+                          f"{one_line(d.reason)}")
                 print(f"{len(letters)} dead letter(s)", file=sys.stderr)
             return 0
         if action == "show":

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -34,11 +35,12 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from daemon.errors import ConfigError, ConfigProblem
 from daemon.router import ROUTABLE_FIELDS, Route, Router
-from daemon.sinks import SinkOptions, UnknownSinkType, sink_class
+from daemon.sinks import SinkOptions, UnknownSinkType, refuse_bool_numbers, sink_class
 
 SECRET_ENV = {"client_secret": "A2PD_CLIENT_SECRET", "jwt": "A2PD_JWT"}
 
@@ -62,6 +64,18 @@ def _duration(value: Any) -> Any:
     return value
 
 
+def _local_path(value: Any) -> Any:
+    # the OS refuses NUL in a path with ValueError, far from here (and after start-up)
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("a path must not contain a NUL character")
+    return value
+
+
+#: a filesystem path (NUL refused at load time, not at first use)
+LocalPath = Annotated[Path, BeforeValidator(_local_path)]
+#: secrets files are small; a larger file (a device, a wrong path) is refused unread
+MAX_SECRET_FILE = 64 * 1024
+
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 #: a duration where 0 means "off"
 DurationOrOff = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
@@ -79,6 +93,11 @@ _CLOSED_VALUES = {
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        return refuse_bool_numbers(cls, data)
+
 
 class PlatformConfig(_Section):
     """Where the RingCentral platform is and who we are to it."""
@@ -86,9 +105,9 @@ class PlatformConfig(_Section):
     server: str = "https://platform.ringcentral.com"
     client_id: str = Field(min_length=1)
     client_secret: SecretStr | None = None
-    client_secret_file: Path | None = None
+    client_secret_file: LocalPath | None = None
     jwt: SecretStr | None = None
-    jwt_file: Path | None = None
+    jwt_file: LocalPath | None = None
     http_timeout: Duration = 30.0
     #: refresh the access token once this fraction of its lifetime has passed
     refresh_at: float = Field(default=0.5, gt=0.0, lt=1.0)
@@ -98,8 +117,20 @@ class PlatformConfig(_Section):
     @field_validator("server")
     @classmethod
     def _server_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
+        # the reasons never quote the value: it may hold credentials (user:password@)
+        if not value.isprintable() or any(ch.isspace() for ch in value):
+            raise ValueError("must be a URL without spaces or control characters")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (user:password@)")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query string or fragment")
         return value.rstrip("/")
 
 
@@ -112,9 +143,9 @@ class SubscriptionConfig(_Section):
     @field_validator("event_filters")
     @classmethod
     def _filters(cls, value: list[str]) -> list[str]:
-        for item in value:
+        for i, item in enumerate(value):
             if not item.startswith("/restapi/"):
-                raise ValueError(f"{item!r} is not an event filter path (must start /restapi/)")
+                raise ValueError(f"item {i} is not an event filter path (must start /restapi/)")
         if len(set(value)) != len(value):
             raise ValueError("the same filter is listed twice")
         return value
@@ -141,7 +172,7 @@ class ConnectionConfig(_Section):
 class StateConfig(_Section):
     """Where a2pd keeps what must survive it: the journal (events, cursors, dead letters)."""
 
-    directory: Path = Path("./state")
+    directory: LocalPath = Path("./state")
     #: keep OAuth tokens and the newest wsc (encrypted) so a restart inside the gateway's
     #: recovery window recovers the session and gets what was sent meanwhile
     persist_session: bool = True
@@ -320,6 +351,7 @@ def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None 
 def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str]) -> Settings:
     """Validate an already-parsed config document."""
     problems: list[ConfigProblem] = []
+    secrets = _secret_values(data, env)
     try:
         raw = _RawSettings.model_validate(data)
     except ValidationError as exc:
@@ -328,14 +360,15 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str]) -> S
         sinks_data = data.get("sinks")
         if isinstance(sinks_data, dict):
             _build_sinks(sinks_data, problems, env)
-        raise ConfigError(problems, source) from None
+        raise ConfigError(_masked(problems, secrets), source) from None
 
     client_secret = _secret(raw.platform, "client_secret", env, problems)
     jwt = _secret(raw.platform, "jwt", env, problems)
+    secrets.extend(s.get_secret_value() for s in (client_secret, jwt) if s is not None)
     sinks = _build_sinks(raw.sinks, problems, env)
     router = _build_router(raw, problems)
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(_masked(problems, secrets), source)
     assert client_secret is not None
     assert jwt is not None
     return Settings(
@@ -353,6 +386,32 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str]) -> S
         router=router,
         source=source,
     )
+
+
+def _secret_values(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Every secret the document or the environment gives, to keep out of error messages."""
+    values = [env.get(name, "").strip() for name in SECRET_ENV.values()]
+    platform = data.get("platform")
+    if isinstance(platform, dict):
+        values.extend(str(platform[name]).strip() for name in SECRET_ENV
+                      if isinstance(platform.get(name), str))
+    return [value for value in values if len(value) >= 4]
+
+
+def _masked(problems: list[ConfigProblem], secrets: list[str]) -> list[ConfigProblem]:
+    """``problems`` with any secret value replaced by ``***`` (a validator may quote a value,
+    and a secret pasted into the wrong key is still a secret)."""
+    if not secrets:
+        return problems
+    longest_first = sorted(set(secrets), key=len, reverse=True)
+    masked = []
+    for problem in problems:
+        key, reason = problem.key, problem.reason
+        for secret in longest_first:
+            key = key.replace(secret, "***")
+            reason = reason.replace(secret, "***")
+        masked.append(ConfigProblem(key, reason))
+    return masked
 
 
 def _problems(exc: ValidationError, prefix: str = "") -> list[ConfigProblem]:
@@ -400,10 +459,16 @@ def _secret(platform: PlatformConfig, name: str, env: Mapping[str, str],
 
 def _read_secret(path: Path, key: str, problems: list[ConfigProblem]) -> SecretStr | None:
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SECRET_FILE + 1)
     except OSError as exc:
         problems.append(ConfigProblem(key, f"cannot read {path}: {exc.strerror or 'error'}"))
         return None
+    if len(data) > MAX_SECRET_FILE:
+        problems.append(ConfigProblem(key, f"{path} is larger than {MAX_SECRET_FILE} bytes"))
+        return None
+    try:
+        value = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         problems.append(ConfigProblem(key, f"{path} is not UTF-8 text"))
         return None

@@ -34,14 +34,22 @@ class ConfigProblem:
     __slots__ = ("key", "reason")
 
     def __init__(self, key: str, reason: str) -> None:
-        self.key = key
-        self.reason = reason
+        # one line each, whatever a hostile file put in a key or a message
+        self.key = one_line(key)
+        self.reason = one_line(reason)
 
     def __str__(self) -> str:
         return f"{self.key}: {self.reason}" if self.key else self.reason
 
     def __repr__(self) -> str:
         return f"ConfigProblem({self.key!r}, {self.reason!r})"
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters and line separators escaped (``\\n``, ``\\x00``)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 class ConfigError(A2pdError):

@@ -82,7 +82,9 @@ IsoTime = Annotated[str, BeforeValidator(_iso_time)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+    # Fields are read by their wire names only: with populate_by_name a notification lacking
+    # "messageStatus" but carrying "message_status" would decode as if it had the former.
+    model_config = ConfigDict(frozen=True, extra="allow")
 
 
 class BatchBody(_Model):
@@ -215,11 +217,21 @@ def decode_notification(envelope: Any, raw: bytes) -> Event | EventError:
     if not isinstance(path, str):
         return EventError("notification has no 'event' string", raw, uuid_str)
     try:
-        return model_for(path).model_validate(envelope)
+        event = model_for(path).model_validate(envelope)
     except ValidationError as exc:
         return EventError(describe(exc), raw, uuid_str)
     except RecursionError:
         return EventError("notification nested too deeply", raw, uuid_str)
+    # What cannot be written as UTF-8 JSON would fail later, in the journal or a sink, and
+    # stop the daemon: JSON's "\ud800" escape gives an unpaired surrogate that pydantic keeps,
+    # and pydantic's serializer has its own nesting limit.
+    try:
+        to_json(event).encode("utf-8")
+    except UnicodeEncodeError:
+        return EventError("a string holds an unpaired UTF-16 surrogate", raw, uuid_str)
+    except (ValueError, RecursionError) as exc:
+        return EventError(f"cannot be re-encoded as JSON ({type(exc).__name__})", raw, uuid_str)
+    return event
 
 
 def describe(exc: ValidationError, limit: int = 3) -> str:
@@ -236,15 +248,29 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
 
 def to_record(event: Event) -> dict[str, Any]:
     """The JSON-ready record sinks write: ``kind`` plus the notification as RingCentral sent it
-    (field names as on the wire, unknown fields kept, ``to`` always a list)."""
+    (field names as on the wire, unknown fields kept except a top-level ``kind``, ``to``
+    always a list)."""
     record: dict[str, Any] = {"kind": event.kind}
-    record.update(event.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    for key, value in event.model_dump(mode="json", by_alias=True, exclude_unset=True).items():
+        # an envelope field named "kind" must not overwrite ours (it is dropped)
+        if key != "kind":
+            record[key] = value
     return record
 
 
+#: characters JSON allows raw inside strings that line splitters other than "\n" treat as
+#: line ends (Python's str.splitlines, some log shippers): escaped so a record stays one line
+_LINE_BREAKS: Final = (("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\x85", "\\u0085"))
+
+
 def to_json(event: Event) -> str:
-    """``to_record`` as one compact JSON line (no newline)."""
-    return json.dumps(to_record(event), separators=(",", ":"), ensure_ascii=False)
+    """``to_record`` as one compact JSON line (no newline, and no character any common line
+    splitter takes for one)."""
+    text = json.dumps(to_record(event), separators=(",", ":"), ensure_ascii=False)
+    for char, escape in _LINE_BREAKS:
+        if char in text:
+            text = text.replace(char, escape)
+    return text
 
 
 def from_record(record: dict[str, Any]) -> Event | EventError:

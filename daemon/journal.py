@@ -124,6 +124,18 @@ class Pending:
     record: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class PendingLetter:
+    """A dead letter of received input, written with the next group commit."""
+
+    sink: str
+    reason: str
+    raw: bytes
+    size: int
+    uuid: str | None
+    at: float
+
+
 def targets_field(sinks: Iterable[str]) -> str:
     """How a row's target sinks are stored: ``,a,b,`` (so ``,a,`` in it is a test)."""
     return "," + ",".join(sinks) + ","
@@ -154,6 +166,7 @@ class Journal:
         self._appended = 0
         self._taken = 0
         self._durable = 0
+        self._pending_letters: list[PendingLetter] = []
         self._committed = anyio.Event()
         self._wake_committer = anyio.Event()
         self._room = anyio.Event()
@@ -221,7 +234,7 @@ class Journal:
             self.counters.inc("full_waits")
             self._room = anyio.Event() if self._room.is_set() else self._room
             await self._room.wait()
-        while len(self._pending) >= self.commit_max * 4:
+        while self.waiting >= self.commit_max * 4:
             await self.wait_committed()
         self._pending.append(Pending(uuid, kind, targets_field(sinks), record))
         self._pending_uuids.add(uuid)
@@ -236,6 +249,24 @@ class Journal:
         while self._durable < target:
             self._wake_committer.set()
             await self.wait_committed()
+    @property
+    def waiting(self) -> int:
+        """Appends and queued dead letters not committed yet."""
+        return len(self._pending) + len(self._pending_letters)
+
+    async def queue_dead_letter(self, sink: str, reason: str, raw: bytes, *,
+                                uuid: str | None = None) -> None:
+        """Dead-letter received input (a frame, a notification) with the next group commit,
+        like an event: the receive loop never waits for a transaction of its own, and a
+        crash loses at most the commit window, as it does for events. Waits when too many
+        appends are waiting."""
+        while self.waiting >= self.commit_max * 4:
+            await self.wait_committed()
+        kept = scrub(raw)[: self.max_raw_bytes]
+        self._pending_letters.append(
+            PendingLetter(sink, reason, kept, len(raw), uuid, self._clock()))
+        if self.waiting >= self.commit_max:
+            self._wake_committer.set()
 
     async def wait_committed(self) -> None:
         """Return after the next commit (or ``poke``)."""
@@ -266,7 +297,7 @@ class Journal:
                 delay = min(30.0, 0.1 * 2.0 ** min(failures, 9))
                 self.counters.inc("commit_failures")
                 log.error("journal_commit_failed", reason=exc.reason,
-                          pending=len(self._pending), retry_in=delay)
+                          pending=self.waiting, retry_in=delay)
                 await anyio.sleep(delay)
             else:
                 failures = 0
@@ -274,23 +305,31 @@ class Journal:
     async def commit(self) -> list[int]:
         """Write every pending append in one transaction; the seqs of the new rows."""
         batch, self._pending = self._pending, []
+        letters, self._pending_letters = self._pending_letters, []
         self._pending_uuids = set()
-        if not batch:
+        if not batch and not letters:
             return []
         now = self._clock()
         self._taken += len(batch)
         upto = self._taken
         try:
-            inserted, dropped = await self._db(self._insert, batch, now)
+            inserted, dropped = await self._db(self._insert, batch, now, letters)
         except BaseException:
             self._taken -= len(batch)
             # A failed transaction commits nothing, and a cancellation before the worker
             # thread ran commits nothing either: keep the batch, oldest first. (A cancel
             # while the thread runs lets it finish, so the batch is then in the database
-            # and a later commit drops it again as duplicates.)
+            # and a later commit drops it again as duplicates; its dead letters would be
+            # written twice, which is why cancellation only comes at shutdown, after the
+            # final commit.)
             self._pending = batch + self._pending
             self._pending_uuids.update(item.uuid for item in batch)
+            self._pending_letters = letters + self._pending_letters
             raise
+        if letters:
+            self.counters.inc("dead_letters", len(letters))
+            for letter in letters:
+                self.counters.inc(f"dead_letters.{letter.sink}")
         if dropped:
             self.counters.inc("dropped_full", dropped)
             log.error("journal_full_dropped_oldest", dropped=dropped,
@@ -307,11 +346,17 @@ class Journal:
         self.poke()
         return inserted
 
-    def _insert(self, batch: list[Pending], now: float) -> tuple[list[int], int]:
+    def _insert(self, batch: list[Pending], now: float,
+                letters: Sequence[PendingLetter] = ()) -> tuple[list[int], int]:
         conn = self._conn
         inserted: list[int] = []
         dropped = 0
         with conn:
+            conn.executemany(
+                "INSERT INTO dead_letters (sink, reason, raw, uuid, seq, attempts, "
+                "first_attempt, last_attempt, created, size) "
+                "VALUES (?, ?, ?, ?, NULL, 1, ?, ?, ?, ?)",
+                [(d.sink, d.reason, d.raw, d.uuid, d.at, d.at, d.at, d.size) for d in letters])
             for item in batch:
                 cur = conn.execute("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)",
                                    (item.uuid, now))
@@ -380,7 +425,7 @@ class Journal:
                               last_attempt: float | None = None) -> None:
         """Keep ``raw`` (cut to ``max_raw_bytes``, known secrets masked) with why it failed."""
         now = self._clock()
-        kept = scrub(raw[: self.max_raw_bytes])
+        kept = scrub(raw)[: self.max_raw_bytes]
         await self._db(self._add_dead_letter, sink, reason, kept, uuid, seq, attempts,
                        first_attempt or now, last_attempt or now, now, len(raw))
         self.counters.inc("dead_letters")

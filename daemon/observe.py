@@ -8,6 +8,9 @@ checks use. Metrics endpoints render the same map.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import anyio
 
 
@@ -41,3 +44,36 @@ class Counters:
                 self._changed = anyio.Event()
             await self._changed.wait()
         return self._values[key]
+
+
+class LogThrottle:
+    """At most ``burst`` log lines per ``window`` seconds for one kind of line; the lines
+    held back are counted, and the next line let through says how many (``suppressed``).
+
+    For lines hostile input can trigger at wire speed (a malformed frame, an undecodable
+    notification): counters and dead letters keep every one, the log keeps a sample, so a
+    flood cannot flood journald. No timers: a window ends when the next line comes.
+    """
+
+    def __init__(self, burst: int = 10, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.window = window
+        self._clock = clock
+        self._window_start = -float("inf")
+        self._in_window = 0
+        self._held = 0
+
+    def allow(self) -> int | None:
+        """``None``: skip this line; else log it, with the returned number of lines held
+        back since the last one logged."""
+        now = self._clock()
+        if now - self._window_start >= self.window:
+            self._window_start = now
+            self._in_window = 0
+        if self._in_window >= self.burst:
+            self._held += 1
+            return None
+        self._in_window += 1
+        held, self._held = self._held, 0
+        return held

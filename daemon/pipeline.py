@@ -27,7 +27,7 @@ from daemon.backoff import backoff
 from daemon.errors import SinkError
 from daemon.journal import Journal, JournalError, Row
 from daemon.logging import get_logger
-from daemon.observe import Counters
+from daemon.observe import Counters, LogThrottle
 from daemon.protocol import FrameError, ServerNotification
 from daemon.router import Router
 from daemon.sinks import RetryPolicy, Sink
@@ -38,7 +38,11 @@ log = get_logger("pipeline")
 #: added by another process, e.g. `a2pd dead-letters replay`)
 IDLE_POLL = 1.0
 T = TypeVar("T")
+#: decoded events kept so readers need not parse journal rows again: at most this many, and
+#: at most this many bytes of records (events can be as large as a frame: by count alone a
+#: stream of large events would make the cache grow to gigabytes)
 MODEL_CACHE = 8192
+MODEL_CACHE_BYTES = 16 * 1024 * 1024
 
 
 class Pipeline:
@@ -61,8 +65,11 @@ class Pipeline:
         self.retry_policy = RetryPolicy(initial=retry_initial, maximum=retry_max,
                                         max_attempts=max_attempts)
         self.compact_interval = compact_interval
-        self._models: OrderedDict[str, events.Event] = OrderedDict()
+        self._models: OrderedDict[str, tuple[events.Event, int]] = OrderedDict()
+        self._models_bytes = 0
         self._closing = False
+        #: a sample of notification_undecodable lines (each one is dead-lettered)
+        self._undecodable_log = LogThrottle()
         self.cursors: dict[str, int] = {}
         #: monotonic time a sink's current delivery began (absent: idle)
         self.busy_since: dict[str, float] = {}
@@ -80,9 +87,12 @@ class Pipeline:
         """Decode, route and journal one notification."""
         decoded = events.decode_notification(notification.body, notification.raw)
         if isinstance(decoded, events.EventError):
-            log.warning("notification_undecodable", reason=decoded.reason, uuid=decoded.uuid)
-            await self._journal(self.journal.add_dead_letter, "notification", decoded.reason,
-                                decoded.raw, uuid=decoded.uuid)
+            held = self._undecodable_log.allow()
+            if held is not None:
+                log.warning("notification_undecodable", reason=decoded.reason,
+                            uuid=decoded.uuid, suppressed=held)
+            await self.journal.queue_dead_letter("notification", decoded.reason, decoded.raw,
+                                                 uuid=decoded.uuid)
             return
         await self.ingest_event(decoded)
 
@@ -94,15 +104,24 @@ class Pipeline:
         if not targets:
             self.counters.inc("unrouted")
             log.info("event_unrouted", uuid=event.uuid, kind=kind)
-        self._models[event.uuid] = event
-        if len(self._models) > MODEL_CACHE:
-            self._models.popitem(last=False)
-        await self.journal.append(event.uuid, kind, targets,
-                                  events.to_json(event).encode("utf-8"))
+        record = events.to_json(event).encode("utf-8")
+        self._cache_model(event, len(record))
+        await self.journal.append(event.uuid, kind, targets, record)
+
+    def _cache_model(self, event: events.Event, size: int) -> None:
+        previous = self._models.pop(event.uuid, None)
+        if previous is not None:
+            self._models_bytes -= previous[1]
+        self._models[event.uuid] = (event, size)
+        self._models_bytes += size
+        while self._models and (len(self._models) > MODEL_CACHE
+                                or self._models_bytes > MODEL_CACHE_BYTES):
+            _, (_, evicted) = self._models.popitem(last=False)
+            self._models_bytes -= evicted
 
     async def ingest_bad_frame(self, error: FrameError) -> None:
         """Dead-letter a frame that did not decode (the session has counted it)."""
-        await self._journal(self.journal.add_dead_letter, "frame", error.reason, error.raw)
+        await self.journal.queue_dead_letter("frame", error.reason, error.raw)
 
     # -- the delivering side --------------------------------------------------------------
 
@@ -262,7 +281,8 @@ class Pipeline:
     async def _models_for(self, name: str, rows: Sequence[Row]) -> list[events.Event]:
         batch: list[events.Event] = []
         for row in rows:
-            model: events.Event | events.EventError | None = self._models.get(row.uuid)
+            cached = self._models.get(row.uuid)
+            model: events.Event | events.EventError | None = cached[0] if cached else None
             if model is None:
                 model = _decode_row(row)
             if isinstance(model, events.EventError):

@@ -27,6 +27,11 @@ CONNECTION_DETAILS: Final = "ConnectionDetails"
 HEARTBEAT: Final = "Heartbeat"
 ERROR: Final = "Error"
 
+#: the deepest nesting a frame may have (the frame array is level 1; a real notification
+#: is 4 deep). Deeper frames are FrameErrors, so the limit does not depend on the stack
+#: depth Python's json module and pydantic's serializer happen to allow (docs/reliability.md).
+MAX_DEPTH: Final = 64
+
 
 class Wsc(BaseModel):
     """The session-context token used to recover a dropped session."""
@@ -183,6 +188,13 @@ def error_code(body: Any) -> str | None:
 def decode(data: str | bytes) -> Message | FrameError:
     """Decode one WebSocket message. Never raises."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if isinstance(data, bytes | bytearray | memoryview):
+        # strictly UTF-8 (RFC 8259 §8.1): json.loads would also take UTF-16/32 and, through
+        # "surrogatepass", encoded surrogates
+        try:
+            data = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return FrameError("binary frame is not UTF-8 text", raw)
     try:
         parsed = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -191,6 +203,9 @@ def decode(data: str | bytes) -> Message | FrameError:
         return FrameError(f"not JSON: {type(exc).__name__}", raw)
     if not isinstance(parsed, list) or not 1 <= len(parsed) <= 2:
         return FrameError("not a JSON array of one or two elements", raw)
+    # only a frame with more brackets than the limit can be too deep: the walk is rare
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(parsed, MAX_DEPTH):
+        return FrameError(f"nested deeper than {MAX_DEPTH} levels", raw)
     if not isinstance(parsed[0], dict):
         return FrameError("header is not a JSON object", raw)
     try:
@@ -213,6 +228,20 @@ def decode(data: str | bytes) -> Message | FrameError:
     if kind == ERROR:
         return ErrorFrame(header, body)
     return UnknownFrame(header, body)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests deeper than ``limit`` (without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
 
 
 def _dumps(frame: list[Any]) -> str:

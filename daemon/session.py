@@ -29,6 +29,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import CloseCode
 
 from daemon import protocol
 from daemon.config import ConnectionConfig
@@ -41,7 +42,7 @@ from daemon.errors import (
     RateLimited,
 )
 from daemon.logging import get_logger, register_secret
-from daemon.observe import Counters
+from daemon.observe import Counters, LogThrottle
 
 log = get_logger("session")
 
@@ -64,9 +65,14 @@ class SessionState:
     connected: bool = False
     subscribed: bool = False
     connection_count: int = 0
-    #: frames_malformed, notifications, heartbeats_sent, recoveries_successful/failed,
+    #: frames (read by the receive loop), frames_malformed, frames_oversized (lost: over
+    #: max_frame_bytes), notifications, heartbeats_sent, recoveries_successful/failed,
     #: connections, subscriptions
     counters: Counters = field(default_factory=Counters)
+    #: a sample of frame_malformed lines (every frame is counted and dead-lettered)
+    malformed_log: LogThrottle = field(default_factory=LogThrottle)
+    #: a sample of gateway_error lines for errors that do not end the session
+    gateway_error_log: LogThrottle = field(default_factory=LogThrottle)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters.inc(name, n)
@@ -118,6 +124,16 @@ class _Connection:
         try:
             data = await self.ws.recv()
         except ConnectionClosed as exc:
+            if _oversized(exc):
+                # websockets refused a frame over max_size and closed with 1009. The frame
+                # (most likely a notification) is gone; a recovery would have the gateway
+                # replay it and fail again, so the next connection starts a fresh session.
+                self.state.count("frames_oversized")
+                log.error("frame_oversized", max_frame_bytes=self.cfg.max_frame_bytes,
+                          note="the frame is lost; reconnecting without recovery")
+                raise ConnectionLost(
+                    f"a frame exceeded connection.max_frame_bytes ({self.cfg.max_frame_bytes})",
+                    code="close-1009", recoverable=False) from exc
             raise _lost(exc) from exc
         self.last_inbound = anyio.current_time()
         if self._inbound_waiter is not None:
@@ -151,12 +167,16 @@ class _Connection:
     async def receive_loop(self) -> None:
         while True:
             data = await self.recv()
+            self.state.count("frames")
             message = protocol.decode(data)
             self.handling = True
             try:
                 if isinstance(message, protocol.FrameError):
                     self.state.count("frames_malformed")
-                    log.warning("frame_malformed", reason=message.reason, size=len(message.raw))
+                    held = self.state.malformed_log.allow()
+                    if held is not None:
+                        log.warning("frame_malformed", reason=message.reason,
+                                    size=len(message.raw), suppressed=held)
                     await self.on_bad_frame(message)
                     continue
                 await self.dispatch(message)
@@ -186,7 +206,11 @@ class _Connection:
             return
         if isinstance(message, protocol.ErrorFrame):
             code = message.error_code
-            log.warning("gateway_error", code=code, message=message.message)
+            ends_session = code in RECOVERABLE_ERRORS or code == "WSG-400"
+            held = None if ends_session else self.state.gateway_error_log.allow()
+            if ends_session or held is not None:
+                log.warning("gateway_error", code=code, message=message.message,
+                            suppressed=held or 0)
             if code in RECOVERABLE_ERRORS:
                 raise ConnectionLost("gateway closed the session", code=code, recoverable=True)
             if code == "WSG-400":
@@ -269,6 +293,12 @@ def _raise_subscribe_failure(reply: protocol.Message) -> None:
         raise ConfigError([ConfigProblem("subscription.event_filters",
                                          f"the platform rejected the filters ({code})")])
     raise ConnectionLost("subscription request failed", code=code, recoverable=False)
+
+
+def _oversized(exc: ConnectionClosed) -> bool:
+    """Whether we closed the connection because a frame was over ``max_size``."""
+    return exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG and \
+        exc.rcvd_then_sent is not True
 
 
 def _lost(exc: ConnectionClosed) -> ConnectionLost:

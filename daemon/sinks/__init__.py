@@ -24,7 +24,14 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationInfo
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    ValidationInfo,
+    model_validator,
+)
 
 from daemon.events import Event
 from daemon.observe import Counters
@@ -84,10 +91,27 @@ def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
 Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
 
 
+def refuse_bool_numbers(model: type[BaseModel], data: Any) -> Any:
+    """``data`` with ``true``/``false`` given for a number turned into text, so validation
+    reports that key as not a number (pydantic's lax mode would read ``true`` as 1)."""
+    if not isinstance(data, dict):
+        return data
+    fields = model.model_fields
+    return {key: str(value).lower()
+            if isinstance(value, bool) and key in fields
+            and fields[key].annotation in (int, float) else value
+            for key, value in data.items()}
+
+
 class SinkOptions(BaseModel):
     """Base for a sink type's options: unknown keys are configuration errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        return refuse_bool_numbers(cls, data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ write opens the path afresh (logrotate's create/move).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import string
@@ -27,7 +28,7 @@ from typing import IO, Annotated, Literal
 import anyio
 from pydantic import BeforeValidator, Field, field_validator
 
-from daemon.config import Duration
+from daemon.config import Duration, LocalPath
 from daemon.errors import SinkError
 from daemon.events import Event, field_values, to_json
 from daemon.sinks import Sink, SinkContext, SinkOptions
@@ -36,6 +37,8 @@ TEMPLATE_FIELDS = ("kind", "date", "hour", "month", "year", "from", "to", "batch
                    "direction", "status", "subscriptionId", "ownerId")
 _SAFE = re.compile(r"[^A-Za-z0-9+._-]")
 _MAX_COMPONENT = 100
+#: NAME_MAX on Linux filesystems; a longer name is ENAMETOOLONG, which a retry cannot fix
+_MAX_NAME_BYTES = 255
 
 
 def _template(value: object) -> object:
@@ -45,7 +48,7 @@ def _template(value: object) -> object:
 class FileOptions(SinkOptions):
     """Options of ``type = "file"``."""
 
-    directory: Path
+    directory: LocalPath
     path: Annotated[str, BeforeValidator(_template)] = "{kind}/{date}.jsonl"
     fsync: Literal["never", "interval", "always"] = "interval"
     fsync_interval: Duration = 1.0
@@ -80,6 +83,21 @@ def safe_component(value: str) -> str:
     if cleaned in ("", ".", ".."):
         return "_" * max(1, len(cleaned))
     return cleaned
+
+
+def fit_name(name: str) -> str:
+    """``name`` if it fits in NAME_MAX bytes, else its start, ``~`` and a hash of the whole,
+    keeping a short extension (distinct long names stay distinct)."""
+    encoded = name.encode("utf-8")
+    if len(encoded) <= _MAX_NAME_BYTES:
+        return name
+    digest = hashlib.blake2b(encoded, digest_size=8).hexdigest()
+    stem, ext = os.path.splitext(name)
+    if len(ext.encode("utf-8")) > 16:
+        stem, ext = name, ""
+    room = _MAX_NAME_BYTES - len(ext.encode("utf-8")) - len(digest) - 1
+    head = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return f"{head}~{digest}{ext}"
 
 
 def template_values(event: Event, now: datetime | None = None) -> dict[str, str]:
@@ -118,6 +136,9 @@ class FileSink(Sink):
     def path_for(self, event: Event) -> Path:
         """Where ``event`` goes; raises ``SinkError`` (permanent) if it would leave the base."""
         relative = self.options.path.format_map(template_values(event))
+        # several values in one name can exceed NAME_MAX: ENAMETOOLONG would be retried for
+        # ever and hold up every later event of this sink
+        relative = "/".join(fit_name(part) for part in relative.split("/"))
         candidate = Path(os.path.normpath(self.base / relative))
         if candidate == self.base or not candidate.is_relative_to(self.base):
             raise SinkError(f"path template gives {relative!r}, outside the base directory",

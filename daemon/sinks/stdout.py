@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import Literal, TextIO
 
-from daemon.errors import SinkError
+from daemon.errors import SinkError, one_line
 from daemon.events import BatchEvent, Event, MessageEvent, OptOutEvent, to_json
 from daemon.sinks import Sink, SinkContext, SinkOptions
 
@@ -18,7 +18,13 @@ class StdoutOptions(SinkOptions):
 
 
 def describe(event: Event) -> str:
-    """A one-line, human-readable summary of an event."""
+    """A one-line, human-readable summary of an event. Sender-controlled text (statuses,
+    ids, the event path) is shown with control characters escaped: a notification cannot
+    break the line or send escape sequences to the operator's terminal."""
+    return one_line(_describe(event))
+
+
+def _describe(event: Event) -> str:
     when = event.time
     stamp = when.isoformat(timespec="seconds") if when else "-"
     head = f"{stamp} {event.kind:<8}"
