@@ -335,7 +335,7 @@ class Daemon:
             gone = doc.get("disconnected_at") or doc.get("alive_at")
             if doc.get("wsc") and gone is not None:
                 state.wsc = protocol.Wsc.model_validate(doc["wsc"])
-                register_secret(state.wsc.token)
+                register_secret(state.wsc.token, kind="wsc")
                 state.wsc_oauth_session = doc.get("wsc_oauth_session")
                 state.subscription_id = doc.get("subscription_id")
                 state.recovery_timeout = float(doc.get("recovery_timeout") or 180.0)

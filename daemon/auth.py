@@ -242,7 +242,7 @@ class TokenManager:
                             float(data.get("expires_in") or 600))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlatformError("wstoken reply lacks ws_access_token/uri") from exc
-        register_secret(token.ws_access_token)
+        register_secret(token.ws_access_token, kind="wstoken")
         self.counters.inc("wstokens")
         return token
 

@@ -9,6 +9,7 @@ that would carry it anyway.
 from __future__ import annotations
 
 import logging as std_logging
+import re
 import sys
 from collections import deque
 from typing import Any, TextIO
@@ -19,34 +20,59 @@ from structlog.typing import EventDict, WrappedLogger
 _LEVELS = {"debug": std_logging.DEBUG, "info": std_logging.INFO,
            "warning": std_logging.WARNING, "error": std_logging.ERROR}
 
-# long-lived secrets (client secret, JWT) are kept for the life of the process; rotating
-# tokens only while they can still matter, so that set stays bounded
+# long-lived secrets (client secret, JWT, sink credentials) are kept for the life of the
+# process; rotating tokens per kind ("token": access/refresh, "wstoken", "wsc"), each kind
+# bounded on its own, so a flood of one kind (a new wsc with every notification) can never
+# push out a token of another kind that is still in use
 _permanent: list[str] = []
-_rotating: deque[str] = deque(maxlen=256)
+_rotating: dict[str, deque[str]] = {}
+ROTATING_KEEP = 64
 MASK = "***"
+_pattern: re.Pattern[str] | None = None
+_pattern_bytes: re.Pattern[bytes] | None = None
 
 
-def register_secret(value: str | None, *, permanent: bool = False) -> None:
+def register_secret(value: str | None, *, permanent: bool = False, kind: str = "token") -> None:
     """Mask ``value`` wherever it would appear in a log line (short values are ignored).
-    ``permanent`` for credentials that never rotate (never evicted)."""
-    if not value or len(value) < 6 or value in _permanent or value in _rotating:
+    ``permanent`` for credentials that never rotate (never evicted); otherwise the newest
+    ``ROTATING_KEEP`` of each ``kind`` are kept."""
+    global _pattern, _pattern_bytes
+    if not value or len(value) < 6 or value in _permanent:
         return
     if permanent:
+        for recent in _rotating.values():
+            if value in recent:
+                recent.remove(value)
         _permanent.append(value)
     else:
-        _rotating.append(value)
+        recent = _rotating.setdefault(kind, deque(maxlen=ROTATING_KEEP))
+        if value in recent:
+            return
+        recent.append(value)
+    _pattern = _pattern_bytes = None
 
 
 def _all_secrets() -> list[str]:
-    return [*_permanent, *_rotating]
+    return [*_permanent, *(s for recent in _rotating.values() for s in recent)]
+
+
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[bytes]] | None:
+    """One alternation of every secret, longest first (a secret inside another is masked
+    with it), compiled once per change: masking costs one scan, however many are known."""
+    global _pattern, _pattern_bytes
+    if _pattern is None or _pattern_bytes is None:
+        known = sorted(set(_all_secrets()), key=len, reverse=True)
+        if not known:
+            return None
+        _pattern = re.compile("|".join(re.escape(s) for s in known))
+        _pattern_bytes = re.compile(b"|".join(re.escape(s.encode()) for s in known))
+    return _pattern, _pattern_bytes
 
 
 def _mask(value: Any) -> Any:
     if isinstance(value, str):
-        for secret in _all_secrets():
-            if secret in value:
-                value = value.replace(secret, MASK)
-        return value
+        patterns = _patterns()
+        return patterns[0].sub(MASK, value) if patterns else value
     if isinstance(value, dict):
         return {k: _mask(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -58,16 +84,13 @@ def _mask(value: Any) -> Any:
 
 def scrub(raw: bytes) -> bytes:
     """``raw`` with every registered secret replaced by ``***`` (for bytes written to disk)."""
-    for secret in _all_secrets():
-        encoded = secret.encode()
-        if encoded in raw:
-            raw = raw.replace(encoded, MASK.encode())
-    return raw
+    patterns = _patterns()
+    return patterns[1].sub(MASK.encode(), raw) if patterns else raw
 
 
 def mask_secrets(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: replace registered secrets with ``***``."""
-    if not _permanent and not _rotating:
+    if _patterns() is None:
         return event_dict
     return {k: _mask(v) for k, v in event_dict.items()}
 

@@ -144,7 +144,7 @@ class _Connection:
     def track_wsc(self, message: protocol.Message) -> None:
         newer = protocol.newer_wsc(self.state.wsc, message)
         if newer is not None:
-            register_secret(newer.token)
+            register_secret(newer.token, kind="wsc")
             self.state.wsc = newer
             self.state.wsc_oauth_session = self.oauth_session
 

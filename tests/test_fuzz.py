@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,9 +114,6 @@ async def test_fuzz_run_keeps_the_daemon_up_and_accounts_for_every_frame(
     # what the second half measures is growth that no bound explains. (A 335k-frame run at
     # the default bound plateaus the same way: docs/reliability.md.)
     monkeypatch.setattr(pipeline_module, "MODEL_CACHE", 1024)
-    # Each dead letter is checked against every registered secret; tokens earlier tests
-    # registered (up to 256, process-wide) are not this daemon's and would only slow it down.
-    monkeypatch.setattr(a2pd_logging, "_rotating", deque(maxlen=256))
     generator = Generator(seed=SEED, valid_every=VALID_EVERY)
     outcomes: Counter[str] = Counter()
     labels: Counter[str] = Counter()

@@ -25,3 +25,14 @@ def test_short_values_are_not_treated_as_secrets() -> None:
     """A value too short to be a credential would mask ordinary words: it is ignored."""
     register_secret("abc")
     assert mask_secrets(None, "info", {"event": "abc"}) == {"event": "abc"}
+
+
+def test_a_flood_of_one_token_kind_keeps_the_others_masked() -> None:
+    """A new wsc with every notification must not push the access token in use out of the
+    registry: each kind of rotating token is bounded on its own."""
+    register_secret("access-token-in-use-0001")
+    for i in range(5000):
+        register_secret(f"wsc-token-{i:06d}", kind="wsc")
+    line = mask_secrets(None, "info", {"event": "x", "a": "access-token-in-use-0001",
+                                       "w": "wsc-token-004999"})
+    assert line == {"event": "x", "a": "***", "w": "***"}
