@@ -126,4 +126,5 @@ class Supervisor:
                 log.warning("platform_error", reason=exc.reason, status=exc.status,
                             code=exc.code, retry_in=round(delay, 3))
             self.reconnects += 1
+            self.state.count("reconnect_attempts")
             await anyio.sleep(delay)

@@ -842,6 +842,36 @@ async def test_control_api_mirrors_the_python_api() -> None:
     assert all(not r[1].startswith("/_emulator") for r in emu.requests)
 
 
+async def test_faults_over_the_control_api() -> None:
+    """Scripted token answers (with Retry-After), refused upgrades, expired access tokens
+    and refused refresh tokens, set over HTTP; bad requests are 400."""
+    async with platform() as (emu, http):
+        assert (await http.post("/_emulator/fault", json={
+            "fault": "http", "endpoint": "wstoken", "status": 429, "retry_after": 7,
+        })).status_code == 200
+        token = await login(http)
+        limited = await http.post("/restapi/oauth/wstoken",
+                                  headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert limited.status_code == 429
+        assert limited.headers["retry-after"] == "7"
+        assert limited.json()["errorCode"] == "CMN-301"
+        await http.post("/_emulator/fault", json={"fault": "expire-access"})
+        expired = await http.post("/restapi/oauth/wstoken",
+                                  headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert expired.status_code == 401
+        await http.post("/_emulator/fault", json={"fault": "break-refresh"})
+        refused = await refresh(http, token["refresh_token"])
+        assert refused.status_code == 400
+        assert (await http.post("/_emulator/fault", json={"fault": "refuse"})).status_code == 200
+        assert emu.faults.refusing
+        await http.post("/_emulator/fault", json={"fault": "accept"})
+        assert not emu.faults.refusing
+        assert (await http.post("/_emulator/fault", json={"fault": "nope"})).status_code == 400
+        assert (await http.post("/_emulator/fault", json={
+            "fault": "http", "endpoint": "nope", "status": 500})).status_code == 400
+    assert emu.faults.injected == {"wstoken.429": 1}
+
+
 async def test_traffic_run_publishes_to_a_subscribed_socket() -> None:
     """emu.traffic.run publishes its flows through emu.publish to live subscriptions."""
     async with platform(seed=7) as (emu, http), session(emu, http) as (sock, _):

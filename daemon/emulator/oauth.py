@@ -157,6 +157,10 @@ class OAuthServer:
         self.end_session(session.id)
         return [session.id]
 
+    def forget_refresh_tokens(self) -> None:
+        """Refuse every refresh token issued so far (a fault: the sessions live on)."""
+        self._refresh.clear()
+
     def end_session(self, session_id: str) -> None:
         """End an OAuth session: every token of it stops working."""
         session = self.sessions.get(session_id)

@@ -40,6 +40,7 @@ from daemon.emulator.errors import (
     EmulatorTimeout,
     NotRunning,
 )
+from daemon.emulator.faults import Faults, HttpFault
 from daemon.emulator.filters import split_query
 from daemon.emulator.gateway import (
     ConnectionInfo,
@@ -118,6 +119,10 @@ class Emulator:
         self._server: uvicorn.Server | None = None
         self._port: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        #: injected faults (daemon/emulator/faults.py)
+        self.faults = Faults()
+        self._unstalled = asyncio.Event()
+        self._unstalled.set()
         self.app: ASGIApp = _RequestRecorder(self._starlette(), self.requests)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -223,6 +228,41 @@ class Emulator:
         self._changed()
         return len(ids)
 
+    # -- faults (daemon/emulator/faults.py) -----------------------------------------------
+
+    def fail_http(self, endpoint: str, status: int, *, retry_after: float | str | None = None,
+                  times: int = 1, code: str = "") -> None:
+        """The next ``times`` calls of ``endpoint`` ("token", "wstoken") answer ``status``."""
+        self.faults.answer(endpoint, status, retry_after=retry_after, times=times, code=code)
+
+    def refuse_connections(self) -> None:
+        """Refuse WebSocket upgrades (HTTP 503) until ``accept_connections``."""
+        self.faults.refusing = True
+
+    def accept_connections(self) -> None:
+        self.faults.refusing = False
+
+    def stall_connections(self) -> list[int]:
+        """Every live connection stops answering and sending (TCP stays open)."""
+        ids = self.gateway.live_connections()
+        self.faults.stalled.update(ids)
+        self._unstalled.clear()
+        return ids
+
+    def unstall_connections(self) -> None:
+        self.faults.stalled.clear()
+        self._unstalled.set()
+
+    def expire_access_tokens(self) -> None:
+        """Every access token issued so far expires now (the sessions and sockets live on)."""
+        now = time.monotonic()
+        for session in self.oauth.sessions.values():
+            session.access_expires = min(session.access_expires, now - 1.0)
+
+    def break_refresh_tokens(self) -> None:
+        """Every refresh token issued so far is refused from now on (invalid_grant)."""
+        self.oauth.forget_refresh_tokens()
+
     def fail_next_recovery(self, code: str = "WSG-1005") -> None:
         """Make the next recovery attempt answer ``recoveryState: Failed`` with ``code``."""
         self.gateway.fail_next_recovery(code)
@@ -295,6 +335,10 @@ class Emulator:
     async def _websocket(self, websocket: WebSocket) -> None:
         raw_query = bytes(websocket.scope.get("query_string", b"")).decode("latin-1")
         query = dict(split_query(raw_query))
+        if self.faults.refuse():
+            await websocket.send_denial_response(_error(ApiError(
+                503, "CMN-211", "Service temporarily unavailable")))
+            return
         await websocket.accept()
         client = websocket.scope.get("client")
         live = _Live(self.gateway.new_connection_id(), websocket,
@@ -332,13 +376,15 @@ class Emulator:
             data = message.get("text")
             if data is None:
                 data = message.get("bytes")
-            if data is not None:
+            if data is not None and live.id not in self.faults.stalled:
                 self._dispatch(self.gateway.receive(live.id, data))
 
     async def _writer(self, live: _Live) -> None:
         try:
             while True:
                 item = await live.queue.get()
+                while live.id in self.faults.stalled and not live.aborted:
+                    await self._unstalled.wait()  # held, not lost: sent if unstalled
                 if live.aborted:
                     return
                 try:
@@ -374,6 +420,7 @@ class Emulator:
             Route(control + "publish-raw", self._control_publish_raw, methods=["POST"]),
             Route(control + "drop", self._control_drop, methods=["POST"]),
             Route(control + "fail-next-recovery", self._control_fail, methods=["POST"]),
+            Route(control + "fault", self._control_fault, methods=["POST"]),
             Route(control + "sent", self._control_sent, methods=["GET"]),
             Route(control + "generated", self._control_generated, methods=["GET"]),
             Route(control + "connections", self._control_connections, methods=["GET"]),
@@ -385,6 +432,9 @@ class Emulator:
 
     async def _token(self, request: Request) -> Response:
         form = await _form(request)
+        fault = self.faults.next_http("token")
+        if fault is not None:
+            return _fault_response(fault)
         try:
             info, evicted = self.oauth.token(form, request.headers.get("authorization"))
         except ApiError as exc:
@@ -403,6 +453,9 @@ class Emulator:
 
     async def _wstoken(self, request: Request) -> Response:
         await request.body()  # any body (empty, {} as JSON, form) is fine
+        fault = self.faults.next_http("wstoken")
+        if fault is not None:
+            return _fault_response(fault)
         try:
             session = self.oauth.authenticate(request.headers.get("authorization"))
         except ApiError as exc:
@@ -449,6 +502,34 @@ class Emulator:
         try:
             self.fail_next_recovery(str(doc.get("code", "WSG-1005")))
         except EmulatorConfigError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"ok": True})
+
+    async def _control_fault(self, request: Request) -> Response:
+        """``{"fault": "http", "endpoint", "status", "retry_after"?, "times"?}`` or one of
+        ``refuse``, ``accept``, ``stall``, ``unstall``, ``expire-access``, ``break-refresh``."""
+        doc = await _json(request)
+        fault = doc.get("fault")
+        try:
+            if fault == "http":
+                self.fail_http(str(doc.get("endpoint")), int(doc.get("status", 0)),
+                               retry_after=doc.get("retry_after"),
+                               times=int(doc.get("times", 1)))
+            elif fault == "refuse":
+                self.refuse_connections()
+            elif fault == "accept":
+                self.accept_connections()
+            elif fault == "stall":
+                return JSONResponse({"stalled": self.stall_connections()})
+            elif fault == "unstall":
+                self.unstall_connections()
+            elif fault == "expire-access":
+                self.expire_access_tokens()
+            elif fault == "break-refresh":
+                self.break_refresh_tokens()
+            else:
+                return JSONResponse({"error": f"unknown fault {fault!r}"}, status_code=400)
+        except (ValueError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"ok": True})
 
@@ -499,6 +580,13 @@ def _url_host(host: str) -> str:
 
 def _error(exc: ApiError) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _fault_response(fault: HttpFault) -> Response:
+    response = _error(ApiError(fault.status, fault.code, fault.message))
+    if fault.retry_after is not None:
+        response.headers["Retry-After"] = fault.retry_after
+    return response
 
 
 async def _form(request: Request) -> dict[str, str]:
