@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -76,6 +77,11 @@ def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
         if not cred_dir:
             raise ValueError("$CREDENTIALS_DIRECTORY is not set (systemd LoadCredential=)")
         path = Path(cred_dir) / where
+    return read_secret_file(path)
+
+
+def read_secret_file(path: Path) -> str:
+    """A secret kept in a file, stripped; ``ValueError`` naming the path (never the value)."""
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -85,6 +91,16 @@ def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
     if not text:
         raise ValueError(f"{path} is empty")
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info or query (either may carry a credential), for logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 #: a secret sink option (tokens, passwords, signing keys): inline or from env/file/credential

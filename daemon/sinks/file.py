@@ -61,20 +61,26 @@ class FileOptions(SinkOptions):
             raise ValueError("must not be empty")
         if value.startswith(("/", "\\")) or "\x00" in value:
             raise ValueError("must be a relative path inside 'directory'")
-        try:
-            parsed = list(string.Formatter().parse(value))
-        except ValueError as exc:
-            raise ValueError(f"bad template: {exc}") from None
-        for _literal, name, spec, conv in parsed:
-            if name is None:
-                continue
-            if name not in TEMPLATE_FIELDS:
-                raise ValueError(f"unknown field {{{name}}} (known: {', '.join(TEMPLATE_FIELDS)})")
-            if spec or conv:
-                raise ValueError(f"{{{name}}} takes no format spec or conversion")
+        check_template(value)
         if any(part in ("..", ".") for part in re.split(r"[/\\]", value)):
             raise ValueError("must not contain '.' or '..' segments")
         return value
+
+
+def check_template(value: str) -> None:
+    """A ``{field}`` template (file paths, stream names) names only known fields, plainly;
+    ``ValueError`` otherwise."""
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc}") from None
+    for _literal, name, spec, conv in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS:
+            raise ValueError(f"unknown field {{{name}}} (known: {', '.join(TEMPLATE_FIELDS)})")
+        if spec or conv:
+            raise ValueError(f"{{{name}}} takes no format spec or conversion")
 
 
 def safe_component(value: str) -> str:

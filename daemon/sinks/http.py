@@ -54,7 +54,7 @@ from daemon.config import Duration, DurationOrOff
 from daemon.errors import ConfigError, ConfigProblem, SinkError
 from daemon.events import Event, to_json
 from daemon.logging import get_logger, register_secret, scrub
-from daemon.sinks import RetryPolicy, Secret, Sink, SinkContext, SinkOptions
+from daemon.sinks import RetryPolicy, Secret, Sink, SinkContext, SinkOptions, redact_url
 
 log = get_logger("sink.http")
 
@@ -209,14 +209,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def redacted(url: str) -> str:
-    """``url`` without user info or query (either may carry a credential), for logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+#: URLs in logs and errors carry no credentials
+redacted = redact_url
 
 
 class HttpSink(Sink):

@@ -62,8 +62,8 @@ from daemon.config import Duration, DurationOrOff
 from daemon.errors import SinkError
 from daemon.events import Event, to_json
 from daemon.logging import get_logger, register_secret, scrub
-from daemon.sinks import Sink, SinkContext, SinkOptions
-from daemon.sinks.file import TEMPLATE_FIELDS, template_values
+from daemon.sinks import Sink, SinkContext, SinkOptions, read_secret_file, redact_url
+from daemon.sinks.file import check_template, template_values
 
 log = get_logger("sinks.redis")
 
@@ -222,17 +222,7 @@ class RedisOptions(SinkOptions):
     def _check_stream(cls, value: str) -> str:
         if not value:
             raise ValueError("must not be empty")
-        try:
-            parsed = list(string.Formatter().parse(value))
-        except ValueError as exc:
-            raise ValueError(f"bad template: {exc}") from None
-        for _literal, name, spec, conv in parsed:
-            if name is None:
-                continue
-            if name not in TEMPLATE_FIELDS:
-                raise ValueError(f"unknown field {{{name}}} (known: {', '.join(TEMPLATE_FIELDS)})")
-            if spec or conv:
-                raise ValueError(f"{{{name}}} takes no format spec or conversion")
+        check_template(value)
         return value
 
     @model_validator(mode="after")
@@ -308,24 +298,9 @@ def _resolve_secret(options: RedisOptions, name: str, env: Mapping[str, str],
 
 def _read(path: Path, what: str) -> SecretStr:
     try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"{what}: cannot read {path}: {exc.strerror or 'error'}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{what}: {path} is not UTF-8 text") from None
-    if not value:
-        raise ValueError(f"{what}: {path} is empty")
-    return SecretStr(value)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any user and password removed (``redis://host:port/db``)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+        return SecretStr(read_secret_file(path))
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 class RedisSink(Sink):
