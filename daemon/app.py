@@ -306,8 +306,8 @@ class Daemon:
 
     async def _save_session(self, store: SessionStore) -> None:
         doc = self._session_doc()
-        if doc == self._saved_session:
-            return
+        if doc == self._saved_session or doc["tokens"] is None:
+            return  # unchanged, or nothing worth keeping yet (no OAuth session)
         # only a wsc whose notifications are all durable may be presented after a crash
         assert self.journal is not None
         await self.journal.flush()

@@ -43,7 +43,7 @@ class Counters:
             if self._changed is None:
                 self._changed = anyio.Event()
             await self._changed.wait()
-        return self._values[key]
+        return self._values.get(key, 0)
 
 
 class LogThrottle:

@@ -255,6 +255,7 @@ class Pipeline:
                 await self._wait_for_rows(cursor)
                 continue
             mine = [row for row in rows if target in row.targets]
+            batch: list[events.Event] = []
             if mine:
                 batch = await self._models_for(name, mine)
                 if batch:
@@ -265,6 +266,10 @@ class Pipeline:
                         self.busy_since.pop(name, None)
             await self._journal(self.journal.advance, name, rows[-1].seq)
             self.cursors[name] = rows[-1].seq
+            if batch:
+                # logged once the cursor is saved too: a crash after this line never
+                # delivers these events again
+                log.debug("delivered", sink=name, events=len(batch), cursor=rows[-1].seq)
 
     async def _linger(self, linger: float, cursor: int, rows: list[Row]) -> list[Row]:
         """Wait up to ``linger`` seconds for a fuller batch (a sink that prefers fewer,
@@ -328,7 +333,6 @@ class Pipeline:
                     raise _Retired from None
                 continue
             self.counters.inc(f"delivered.{name}", len(batch))
-            log.debug("delivered", sink=name, events=len(batch))
             return
 
     async def _give_up(self, name: str, batch: Sequence[events.Event], reason: str,
