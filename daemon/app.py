@@ -182,8 +182,9 @@ class Daemon:
                 await tg.start(self._run_pipeline, pipeline, workers)
                 await self._start_ops(tg)
                 tg.start_soon(self._systemd_loops)
+                saver = anyio.CancelScope()
                 if store is not None:
-                    tg.start_soon(self._keep_session, store)
+                    tg.start_soon(self._keep_session, store, saver)
                 reading = anyio.CancelScope()
                 tg.start_soon(self._read, auth, supervisor, reading)
                 if handle_signals:
@@ -200,8 +201,11 @@ class Daemon:
                 if settings.platform.revoke_on_stop:
                     with anyio.move_on_after(5):
                         await auth.revoke()
-                if store is not None:
-                    await self._save_session(store)
+                saver.cancel()
+                if store is not None and journal.all_durable:
+                    # the committer is gone: save only when nothing is left uncommitted
+                    # (otherwise the periodic save, at most a second old, stands)
+                    await self._save_session(store, flush=False)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -304,13 +308,14 @@ class Daemon:
             "alive_at": None if gone is not None else wall // 5 * 5,
         }
 
-    async def _save_session(self, store: SessionStore) -> None:
+    async def _save_session(self, store: SessionStore, *, flush: bool = True) -> None:
         doc = self._session_doc()
         if doc == self._saved_session or doc["tokens"] is None:
             return  # unchanged, or nothing worth keeping yet (no OAuth session)
         # only a wsc whose notifications are all durable may be presented after a crash
         assert self.journal is not None
-        await self.journal.flush()
+        if flush:
+            await self.journal.flush()
         try:
             await anyio.to_thread.run_sync(store.save, doc)
         except OSError as exc:
@@ -320,10 +325,11 @@ class Daemon:
         self._saved_session = doc
         log.debug("session_state_saved", connected=doc["disconnected_at"] is None)
 
-    async def _keep_session(self, store: SessionStore) -> None:
-        while True:
-            await self._save_session(store)
-            await anyio.sleep(1.0)
+    async def _keep_session(self, store: SessionStore, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                await self._save_session(store)
+                await anyio.sleep(1.0)
 
     def _restore_session(self, store: SessionStore, auth: TokenManager,
                          supervisor: Supervisor) -> None:
@@ -461,6 +467,9 @@ class Daemon:
         """Apply a new configuration: ``settings``, or the config file re-read (SIGHUP).
         Routes, sinks and delivery settings change at once; other sections at the next
         start. A bad configuration is refused and the running one kept. True if applied."""
+        if self.stopping or self.pipeline is None or self.pipeline.stopped:
+            log.warning("reload_ignored", reason="the daemon is stopping")
+            return False
         self.notifier.reloading()
         try:
             if settings is None:
@@ -474,6 +483,12 @@ class Daemon:
                 self.pipeline.counters.inc("reloads_refused")
             log.error("reload_refused", source=exc.source,
                       problems=[str(p) for p in exc.problems],
+                      note="the running configuration is kept")
+            return False
+        except Exception as exc:  # noqa: BLE001 - e.g. a sink that cannot be built
+            if self.pipeline is not None:
+                self.pipeline.counters.inc("reloads_refused")
+            log.error("reload_refused", error=f"{type(exc).__name__}: {exc}",
                       note="the running configuration is kept")
             return False
         finally:
@@ -502,6 +517,8 @@ class Daemon:
                 sink = sink_class(spec.type)(name, spec.options, context)
                 built.append(sink)
                 sinks[name] = sink
+                if current is not None:
+                    sink.adopt(current)
         except BaseException:
             for sink in built:
                 await sink.aclose()

@@ -242,6 +242,11 @@ class Journal:
         if len(self._pending) >= self.commit_max:
             self._wake_committer.set()
 
+    @property
+    def all_durable(self) -> bool:
+        """Everything appended so far is committed."""
+        return self._durable >= self._appended
+
     async def flush(self) -> None:
         """Return once everything appended before this call is committed (the committer
         does the work; this only wakes it and waits)."""

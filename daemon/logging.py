@@ -49,11 +49,23 @@ def register_secret(value: str | None, *, permanent: bool = False, kind: str = "
         if value in recent:
             return
         recent.append(value)
+        if kind in VOLATILE:
+            return  # checked one by one: recompiling for each would cost far more
     _pattern = _pattern_bytes = None
 
 
-def _all_secrets() -> list[str]:
-    return [*_permanent, *(s for recent in _rotating.values() for s in recent)]
+#: kinds that change with nearly every notification (a new wsc): kept out of the compiled
+#: pattern and matched with plain substring checks
+VOLATILE = frozenset({"wsc"})
+
+
+def _stable_secrets() -> list[str]:
+    return [*_permanent, *(s for kind, recent in _rotating.items() if kind not in VOLATILE
+                           for s in recent)]
+
+
+def _volatile_secrets() -> list[str]:
+    return [s for kind in VOLATILE for s in _rotating.get(kind, ())]
 
 
 def _patterns() -> tuple[re.Pattern[str], re.Pattern[bytes]] | None:
@@ -61,7 +73,7 @@ def _patterns() -> tuple[re.Pattern[str], re.Pattern[bytes]] | None:
     with it), compiled once per change: masking costs one scan, however many are known."""
     global _pattern, _pattern_bytes
     if _pattern is None or _pattern_bytes is None:
-        known = sorted(set(_all_secrets()), key=len, reverse=True)
+        known = sorted(set(_stable_secrets()), key=len, reverse=True)
         if not known:
             return None
         _pattern = re.compile("|".join(re.escape(s) for s in known))
@@ -72,7 +84,12 @@ def _patterns() -> tuple[re.Pattern[str], re.Pattern[bytes]] | None:
 def _mask(value: Any) -> Any:
     if isinstance(value, str):
         patterns = _patterns()
-        return patterns[0].sub(MASK, value) if patterns else value
+        if patterns:
+            value = patterns[0].sub(MASK, value)
+        for secret in _volatile_secrets():
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
     if isinstance(value, dict):
         return {k: _mask(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -85,12 +102,18 @@ def _mask(value: Any) -> Any:
 def scrub(raw: bytes) -> bytes:
     """``raw`` with every registered secret replaced by ``***`` (for bytes written to disk)."""
     patterns = _patterns()
-    return patterns[1].sub(MASK.encode(), raw) if patterns else raw
+    if patterns:
+        raw = patterns[1].sub(MASK.encode(), raw)
+    for secret in _volatile_secrets():
+        encoded = secret.encode()
+        if encoded in raw:
+            raw = raw.replace(encoded, MASK.encode())
+    return raw
 
 
 def mask_secrets(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: replace registered secrets with ``***``."""
-    if _patterns() is None:
+    if _patterns() is None and not _volatile_secrets():
         return event_dict
     return {k: _mask(v) for k, v in event_dict.items()}
 

@@ -50,6 +50,16 @@ async def serve(host: str, port: int, snapshot: Snapshot, *,
 
 
 async def _connection(stream: SocketStream, snapshot: Snapshot) -> None:
+    """One client connection. Nothing a client does can end the server (or the daemon):
+    every failure ends only this connection."""
+    try:
+        await _serve_connection(stream, snapshot)
+    except Exception as exc:  # noqa: BLE001 - a bad client must never stop the daemon
+        log.warning("ops_request_failed", error=type(exc).__name__)
+        await stream.aclose()
+
+
+async def _serve_connection(stream: SocketStream, snapshot: Snapshot) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     async with stream:
         while True:
@@ -61,13 +71,16 @@ async def _connection(stream: SocketStream, snapshot: Snapshot) -> None:
                 return
             if request is None:
                 return
-            status, content_type, body = answer(request.method.decode(),
-                                                request.target.decode(), snapshot)
+            method = request.method.decode("ascii", "replace")
+            status, content_type, body = answer(method,
+                                                request.target.decode("ascii", "replace"),
+                                                snapshot)
             headers = [("content-type", content_type), ("content-length", str(len(body))),
                        ("cache-control", "no-store")]
             try:
                 await stream.send(conn.send(h11.Response(status_code=status, headers=headers)))
-                await stream.send(conn.send(h11.Data(data=body)))
+                if method != "HEAD":  # a HEAD answer has the headers of GET and no body
+                    await stream.send(conn.send(h11.Data(data=body)))
                 await stream.send(conn.send(h11.EndOfMessage()))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return

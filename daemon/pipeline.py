@@ -132,14 +132,21 @@ class Pipeline:
             tg.start_soon(self.journal.run_committer)
             tg.start_soon(self._compactor)
             await self.prepare()
-            async with anyio.create_task_group() as readers:
-                self._readers = readers
-                for name, sink in self.sinks.items():
-                    self._start_reader(name, sink)
-                task_status.started()
-            self._readers = None
+            try:
+                async with anyio.create_task_group() as readers:
+                    self._readers = readers
+                    for name, sink in self.sinks.items():
+                        self._start_reader(name, sink)
+                    task_status.started()
+            finally:
+                self._readers = None
             tg.cancel_scope.cancel()
         await self._journal(self.journal.compact, list(self.sinks))
+
+    @property
+    def stopped(self) -> bool:
+        """No readers run any more (closing finished, or the pipeline ended)."""
+        return self._readers is None
 
     def _start_reader(self, name: str, sink: Sink) -> None:
         assert self._readers is not None
@@ -156,6 +163,8 @@ class Pipeline:
         or delivered twice: a reader stops only between batches or between retries (a
         delivery still running is cancelled after ``grace`` seconds, and that batch is
         delivered again by the new reader)."""
+        if self._readers is None:
+            raise RuntimeError("the pipeline is not running")
         old = self.sinks
         retiring = [name for name, sink in old.items() if sinks.get(name) is not sink]
         for name in retiring:
@@ -308,7 +317,11 @@ class Pipeline:
                 await sink.send(batch)
             except SinkError as exc:
                 if exc.permanent:
-                    await self._narrow_permanent(name, sink, batch, attempt, first_attempt)
+                    if len(batch) == 1:  # nothing to narrow down: that event is refused
+                        await self._reject(name, batch[0], exc.reason, attempt)
+                    else:
+                        await self._narrow_permanent(name, sink, batch, attempt,
+                                                     first_attempt)
                     return
                 elapsed = anyio.current_time() - first_attempt
                 if (policy.max_attempts and attempt >= policy.max_attempts) or (
@@ -337,6 +350,10 @@ class Pipeline:
 
     async def _give_up(self, name: str, batch: Sequence[events.Event], reason: str,
                        attempts: int, first_attempt: float) -> None:
+        sink = self.sinks.get(name)
+        if sink is not None:
+            # events the destination already took (a batch delivered piecemeal) are done
+            batch = [event for event in batch if not sink.accepted(event.uuid)]
         log.error("sink_gave_up", sink=name, events=len(batch), attempts=attempts,
                   reason=reason)
         first = time.time() - (anyio.current_time() - first_attempt)
@@ -361,12 +378,14 @@ class Pipeline:
             if not exc.permanent:
                 await self._deliver(name, sink, batch)
                 return
-            log.error("sink_rejected_event", sink=name, uuid=event.uuid, reason=exc.reason)
-            await self._journal(self.journal.add_dead_letter, name, exc.reason,
-                                events.to_json(event).encode(), uuid=event.uuid,
-                                attempts=attempts + 1)
+            await self._reject(name, event, exc.reason, attempts + 1)
             return
         self.counters.inc(f"delivered.{name}")
+
+    async def _reject(self, name: str, event: events.Event, reason: str, attempts: int) -> None:
+        log.error("sink_rejected_event", sink=name, uuid=event.uuid, reason=reason)
+        await self._journal(self.journal.add_dead_letter, name, reason,
+                            events.to_json(event).encode(), uuid=event.uuid, attempts=attempts)
 
 
 class _Retired(Exception):

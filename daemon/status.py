@@ -16,7 +16,7 @@ import httpx
 
 from daemon import config
 from daemon.admin import state_dir
-from daemon.errors import ConfigError, ConfigProblem
+from daemon.errors import ConfigError, ConfigProblem, one_line
 
 EXIT_NOT_READY = 1
 EXIT_UNAVAILABLE = 69
@@ -101,4 +101,6 @@ def render(state: dict[str, Any]) -> str:
             lines.append(f"  {problem.get('timestamp', '')} {problem.get('level', ''):<7} "
                          f"{problem.get('component', '')}: {problem.get('event', '')} {extra}"
                          .rstrip())
-    return "\n".join(lines)
+    # values can come from a receiver or a notification (a sink's error text): escaped, so
+    # they cannot break lines or send escape sequences to the operator's terminal
+    return "\n".join(one_line(line) for line in lines)

@@ -105,6 +105,7 @@ class Receiver:
         return [r.json() for r in self.accepted]
 
     async def _connection(self, stream: SocketStream) -> None:
+        self.counters.inc("connections")
         conn = h11.Connection(h11.SERVER)
         tls = anyio.streams.tls.TLSAttribute
         peer_cert = bool(stream.extra(tls.peer_certificate, None))  # noqa: S610

@@ -122,6 +122,19 @@ async def test_retry_after_is_honoured_and_capped(tmp_path: Path) -> None:
     await journal.aclose()
 
 
+def test_basic_credentials_are_masked_as_sent(tmp_path: Path) -> None:
+    """A receiver echoing the Authorization header cannot leak the Basic credentials."""
+    import anyio.to_thread  # noqa: F401 - the sink is built outside an event loop here
+
+    from daemon.logging import scrub
+
+    options = HttpOptions.model_validate({"url": "https://example.com/hook", "auth": {
+        "type": "basic", "username": "a2pd", "password": "basic-password-123"}})
+    HttpSink("hook", options, SinkContext(tmp_path))
+    wire = base64.b64encode(b"a2pd:basic-password-123")
+    assert scrub(b"echo: Basic " + wire) == b"echo: Basic ***"
+
+
 def test_urls_in_logs_carry_no_credentials() -> None:
     """User info and query strings (either may hold a credential) never reach a log line."""
     assert redacted("https://u:pw@hooks.example.com:8443/a2p?token=t") == \
@@ -136,6 +149,8 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after(formatdate(now + 30, usegmt=True), now) == 30.0
     assert parse_retry_after(formatdate(now - 30, usegmt=True), now) == 0.0
     assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("\u00b2", now) is None  # a digit to str.isdigit, not a number
+    assert parse_retry_after("Mon, 01 Jan 99999 00:00:00 GMT", now) is None
     assert parse_retry_after(None, now) is None
 
 
@@ -227,6 +242,41 @@ async def test_concurrent_requests_deliver_each_event_once(tmp_path: Path) -> No
     uuids = [verified(r)["uuid"] for r in receiver.accepted]
     assert sorted(uuids) == sorted(e.uuid for e in stream)
     assert len(uuids) == len(set(uuids))
+    await journal.aclose()
+
+
+@pytest.mark.parametrize("location", ["/found", "http://elsewhere.invalid/hook"])
+async def test_only_same_origin_307_308_redirects_are_followed(tmp_path: Path,
+                                                               location: str) -> None:
+    """Even with follow_redirects, a 302 (which would turn the POST into a body-less GET)
+    and a redirect to another origin (which would carry the secrets there) are dead
+    letters, never "delivered"."""
+
+    def rule(request: Request) -> Answer | None:
+        if request.target == "/hook":
+            return Answer(302 if location == "/found" else 307, (("location", location),))
+        return None
+
+    receiver = Receiver(rule=rule)
+    journal = await open_journal(tmp_path)
+    async with receiver.running():
+        sink = http_sink(journal, receiver.url, follow_redirects=True,
+                         secret_headers={"X-Key": "redirect-secret-key"})
+        pipeline = pipeline_for(journal, sink)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(pipeline.run)
+                await pipeline.ingest_event(make_events(1)[0])
+                with anyio.fail_after(TIMEOUT):
+                    await pipeline.counters.wait_for("dead_letters.hook", 1)
+                await pipeline.close()
+        finally:
+            await sink.aclose()
+    assert [r.target for r in receiver.requests] == ["/hook"]
+    assert not receiver.accepted
+    [letter] = await journal.dead_letters("hook")
+    assert "only 307/308 to the same origin" in letter.reason
+    assert pipeline.counters["delivered.hook"] == 0
     await journal.aclose()
 
 
@@ -374,6 +424,10 @@ async def test_credentials_come_from_env_and_files_and_never_leak(tmp_path: Path
     ({"timeout": "fast"}, "timeout", ""),
     ({"ca_file": "/nonexistent/ca.pem"}, "ca_file", "not a readable file"),
     ({"retries": 3}, "retries", "unknown key"),
+    ({"headers": {"X-Team": "caf\u00e9"}}, "headers", "printable ASCII"),
+    ({"secret_headers": {"X-Key": "two\nlines"}}, "secret_headers", "printable ASCII"),
+    ({"auth": {"type": "bearer", "token": "tok\r\nX-Evil: 1"}}, "auth.bearer.token",
+     "printable ASCII"),
     ({"url": "https://u:p@example.com/", "auth": {"type": "basic", "username": "u",
                                                    "password": "p"}}, "", "either"),
 ])
@@ -435,6 +489,7 @@ retry_initial = 0.01
     bodies = [verified(r) for r in receiver.accepted]
     assert sorted(b["kind"] for b in bodies) == ["batch", "inbound", "optin", "optout",
                                                  "outbound"]
+    assert receiver.counters["connections"] == 1  # one kept-alive connection for all
     assert {b["uuid"] for b in bodies} == {s.uuid for s in emu.sent}
     assert not readme_verify(OLD_SECRET, receiver.accepted[0].headers, receiver.accepted[0].body)
     tampered = receiver.accepted[0].body.replace(b'"uuid"', b'"uuId"')
@@ -470,3 +525,68 @@ def test_example_config_http_block_is_valid(tmp_path: Path) -> None:
     assert options.auth is not None
     assert options.signing_secrets[0].get_secret_value() == SECRET
     assert options.secret_headers["X-Api-Key"].get_secret_value() == "k"
+
+
+async def test_giving_up_dead_letters_only_what_the_receiver_never_took(
+        tmp_path: Path) -> None:
+    """One event of a batch keeps failing until max_attempts: only it and those after it
+    go to the dead letters; the ones the receiver accepted are not dead-lettered (a replay
+    would send them twice)."""
+    stream = make_events(5)
+    bad = stream[3].uuid
+    receiver = Receiver(rule=lambda r: Answer(503) if r.json()["uuid"] == bad else None)
+    journal = await open_journal(tmp_path)
+    async with receiver.running():
+        sink = http_sink(journal, receiver.url, max_attempts=2)
+        try:
+            pipeline = pipeline_for(journal, sink)
+            async with anyio.create_task_group() as tg:
+                await tg.start(pipeline.run)
+                for event in stream:
+                    await pipeline.ingest_event(event)
+                with anyio.fail_after(TIMEOUT):
+                    await pipeline.counters.wait_for("dead_letters.hook", 1)
+                await pipeline.close()
+        finally:
+            await sink.aclose()
+    letters = await journal.dead_letters("hook")
+    assert [d.uuid for d in letters] == [stream[3].uuid, stream[4].uuid]
+    assert [r.json()["uuid"] for r in receiver.accepted] == [e.uuid for e in stream[:3]]
+    await journal.aclose()
+
+
+async def test_a_reload_replacing_the_sink_does_not_resend_what_arrived(tmp_path: Path) -> None:
+    """A batch half-delivered when a reload replaces the sink (same url, other options):
+    the new sink sends only what the receiver has not taken yet."""
+    from daemon.router import Route, Router
+
+    stream = make_events(5)
+    failing = {stream[3].uuid}
+    receiver = Receiver(rule=lambda r: Answer(503) if r.json()["uuid"] in failing else None)
+    journal = await open_journal(tmp_path)
+    async with receiver.running():
+        old = http_sink(journal, receiver.url, retry_initial=0.5, retry_max=0.5)
+        new = http_sink(journal, receiver.url, timeout=3.0)
+        new.adopt(old)
+        pipeline = pipeline_for(journal, old)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(pipeline.run)
+                for event in stream:
+                    await pipeline.ingest_event(event)
+                with anyio.fail_after(TIMEOUT):
+                    await pipeline.counters.wait_for("retries.hook", 1)
+                failing.clear()
+                new.adopt(old)  # what the app does when it builds the replacement
+                retired = await pipeline.reconfigure(Router((Route("all", ("hook",)),), ()),
+                                                     {"hook": new})
+                assert retired == [old]
+                with anyio.fail_after(TIMEOUT):
+                    await pipeline.counters.wait_for("delivered.hook", 5)
+                await pipeline.close()
+        finally:
+            await old.aclose()
+            await new.aclose()
+    uuids = [r.json()["uuid"] for r in receiver.accepted]
+    assert uuids == [e.uuid for e in stream]
+    await journal.aclose()

@@ -187,6 +187,26 @@ async def test_metrics_are_valid_prometheus_text_with_the_counts(tmp_path: Path)
     assert status["counters"]["received.outbound"] == 7
 
 
+def test_status_view_escapes_what_others_wrote() -> None:
+    """A receiver's answer quoted in a recent problem cannot reach the terminal raw."""
+    from daemon.status import render
+
+    state = {"version": "x", "pid": 1, "uptime_seconds": 5.0, "state": "subscribed",
+             "ready": True, "not_ready": [], "events_per_second": 0.0,
+             "connection": {"subscribed": True, "subscription_id": "s", "connections": 1,
+                            "recoveries_successful": 0, "recoveries_failed": 0,
+                            "last_event_age_seconds": 1.0},
+             "journal": {"events": 0, "oldest_age_seconds": None},
+             "sinks": {"hook": {"type": "http", "backlog": 0, "busy_seconds": None,
+                                "ready": True, "delivered": 0, "retries": 1,
+                                "dead_letters": 0}},
+             "recent_problems": [{"timestamp": "t", "level": "warning", "component": "pipeline",
+                                  "event": "sink_retry", "reason": "HTTP 500: \x1b[2J\ngotcha"}]}
+    shown = render(state)
+    assert "\x1b" not in shown
+    assert "\\x1b[2J\\ngotcha" in shown
+
+
 def test_http_sink_latency_renders_as_a_histogram() -> None:
     """The http sink's bucket counters become a cumulative Prometheus histogram."""
     counters = {"http_latency_ms_le_5.hook": 1, "http_latency_ms_le_10.hook": 3,
@@ -274,6 +294,7 @@ async def test_a_bad_reload_is_refused_and_the_old_config_keeps_running(tmp_path
             assert daemon.pipeline is not None
             assert daemon.pipeline.counters["reloads_refused"] == 1
     assert [r["body"]["id"] for r in read_records(tmp_path / "events")] == ["still-flowing"]
+    assert not await daemon.reload()  # stopped: a late SIGHUP is ignored, never a crash
 
 
 def test_cli_status_without_a_daemon_says_so(tmp_path: Path) -> None:
@@ -288,3 +309,29 @@ def test_cli_status_without_a_daemon_says_so(tmp_path: Path) -> None:
     assert result.returncode == 69
     assert "no daemon answers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_odd_requests_never_stop_the_daemon(tmp_path: Path) -> None:
+    """HEAD, garbage, a request cut short and an oversized head each get an answer or a
+    closed connection; the endpoint (and the daemon) keep serving."""
+    emu = emulator()
+    async with emu.running(), running_daemon(settings_for(emu, tmp_path)) as daemon, \
+                httpx.AsyncClient() as client:
+        head = await client.head(ops_url(daemon, "/healthz"))
+        assert head.status_code == 200
+        assert head.content == b""
+        assert daemon.ops_port is not None
+        for raw in (b"garbage\r\n\r\n", b"GET /status HTTP/1.1\r\nHost: x\r\n",
+                    b"GET /" + b"x" * 70000 + b" HTTP/1.1\r\n\r\n",
+                    b"GET /healthz HTTP/1.1\r\nHost: \xff\r\n\r\n"):
+            async with await anyio.connect_tcp("127.0.0.1", daemon.ops_port) as sock:
+                await sock.send(raw)
+                await sock.send_eof()
+                with anyio.fail_after(TIMEOUT):
+                    try:
+                        while await sock.receive():
+                            pass
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        pass
+        assert (await client.get(ops_url(daemon, "/healthz"))).status_code == 200
+        assert (await client.post(ops_url(daemon, "/healthz"))).status_code == 405

@@ -105,3 +105,41 @@ async def test_other_credentials_ignore_the_saved_state(tmp_path: Path) -> None:
     assert SessionStore(tmp_path, "secret-b", "jwt-a").load() is None
     (tmp_path / "session.json").write_text("not json")
     assert store.load() is None
+
+
+async def test_a_forced_stop_with_pending_events_ends_and_keeps_them(tmp_path: Path) -> None:
+    """A second stop request while appends wait for their group commit: the daemon still
+    ends promptly (no wait for a committer that is gone) and the journal's close commits
+    them, so the next start delivers them."""
+    from functools import partial
+
+    from daemon.app import Daemon
+    from daemon.journal import Journal
+    from tests.harness import settings_for
+
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, journal={"commit_interval": 3600.0})
+        daemon = Daemon(settings)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(daemon.run, handle_signals=False))
+            with anyio.fail_after(TIMEOUT):
+                await daemon.subscribed.wait()
+                assert daemon.pipeline is not None
+                for i in range(3):
+                    await emu.publish("message", {**seed("outbound.json")["body"],
+                                                  "id": f"p{i}"})
+                await daemon.pipeline.counters.wait_for("received.outbound", 3)
+            assert daemon.journal is not None
+            assert not daemon.journal.all_durable
+            daemon.request_stop()
+            daemon.request_stop()
+            with anyio.fail_after(TIMEOUT):
+                while not daemon.journal._closed:
+                    await daemon.journal.wait_committed()
+        # run() returned (the task group ended)
+    journal = await Journal.open_for_admin(tmp_path / "state" / "journal.db")
+    try:
+        assert len(await journal.read(0, 10)) == 3
+    finally:
+        await journal.aclose()

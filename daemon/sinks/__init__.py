@@ -171,6 +171,14 @@ class Sink:
         """Deliver ``batch`` in order; raise ``SinkError`` if any of it was not delivered."""
         raise NotImplementedError
 
+    def accepted(self, uuid: str) -> bool:
+        """True if this sink knows the event already reached its destination (a sink that
+        delivers a batch piecemeal can say so; the pipeline then never dead-letters it)."""
+        return False
+
+    def adopt(self, previous: Sink) -> None:
+        """Take over what ``previous`` (the sink this one replaces on reload) knew."""
+
     async def reopen(self) -> None:
         """Reopen output files (after logrotate); nothing to do for most sinks."""
 

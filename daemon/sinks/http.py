@@ -20,7 +20,8 @@ What an answer means:
       (or a network error/timeout)  5xx); a Retry-After (seconds or HTTP-date) is honoured,
                                    capped by ``retry_after_max``; after ``max_attempts`` /
                                    ``max_elapsed`` (0: never) the events are dead-lettered
-    3xx (redirects not followed)  dead letter: the URL is wrong
+    3xx                           dead letter: the URL is wrong (with follow_redirects,
+                                   307/308 to the same origin are followed first)
     any other status              dead letter, with the status and a bounded, scrubbed
                                    snippet of the response body
 
@@ -36,6 +37,7 @@ import binascii
 import gzip
 import hashlib
 import hmac
+import re
 import ssl
 import time
 from collections import OrderedDict
@@ -43,7 +45,7 @@ from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import anyio
 import httpx
@@ -60,6 +62,8 @@ log = get_logger("sink.http")
 
 #: latency histogram bucket bounds, milliseconds (cumulative counters, Prometheus style)
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+#: redirect hops followed (307/308, same origin) before the answer counts as refused
+MAX_REDIRECTS = 5
 #: answers that are retried unless ``retry_statuses`` says otherwise
 DEFAULT_RETRY: tuple[int | str, ...] = (408, 429, "5xx")
 #: accepted uuids remembered per sink, so a retried batch skips what already arrived
@@ -88,9 +92,26 @@ def _readable_file(path: Path | None) -> Path | None:
 ReadableFile = Annotated[Path | None, AfterValidator(_readable_file)]
 
 
+#: an HTTP header name (RFC 9110 token)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_value_ok(value: str) -> bool:
+    """Printable ASCII (and tab), one line: anything else is refused by HTTP libraries
+    with an error that would quote it, or splits the header."""
+    return value.isascii() and all(c == "\t" or 32 <= ord(c) < 127 for c in value)
+
+
 class BearerAuth(SinkOptions):
     type: Literal["bearer"]
     token: Secret
+
+    @field_validator("token")
+    @classmethod
+    def _one_line(cls, value: SecretStr) -> SecretStr:
+        if not _header_value_ok(value.get_secret_value()):
+            raise ValueError("the token must be printable ASCII on one line")
+        return value
 
 
 class BasicAuth(SinkOptions):
@@ -156,14 +177,18 @@ class HttpOptions(SinkOptions):
 
     @field_validator("headers", "secret_headers")
     @classmethod
-    def _header_names(cls, values: dict[str, Any]) -> dict[str, Any]:
+    def _headers(cls, values: dict[str, Any]) -> dict[str, Any]:
         reserved = {"content-type", "content-length", "content-encoding", "host",
                     "webhook-id", "webhook-timestamp", "webhook-signature"}
-        for name in values:
+        for name, value in values.items():
             if name.lower() in reserved:
                 raise ValueError(f"{name!r} is set by the sink itself")
-            if not name or any(c in name for c in " :\r\n\t"):
+            if not _TOKEN.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid header name")
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not _header_value_ok(text):
+                # never the value: it may be a secret
+                raise ValueError(f"the value of {name!r} must be printable ASCII on one line")
         return values
 
     @model_validator(mode="after")
@@ -198,11 +223,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not str.isdigit alone: "²" is a digit too
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
@@ -211,6 +236,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 #: URLs in logs and errors carry no credentials
 redacted = redact_url
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
 class HttpSink(Sink):
@@ -241,9 +271,15 @@ class HttpSink(Sink):
             headers["authorization"] = "Bearer " + self._secret(options.auth.token)
         elif isinstance(options.auth, BasicAuth):
             auth = httpx.BasicAuth(options.auth.username, self._secret(options.auth.password))
+            # what goes on the wire: a receiver echoing headers must not reveal it either
+            pair = f"{options.auth.username}:{options.auth.password.get_secret_value()}"
+            register_secret(base64.b64encode(pair.encode()).decode(), permanent=True)
         parts = urlsplit(options.url)
         if parts.password:
             register_secret(parts.password, permanent=True)
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}"
+            register_secret(unquote(parts.password), permanent=True)
+            register_secret(base64.b64encode(pair.encode()).decode(), permanent=True)
         if parts.query:
             register_secret(parts.query, permanent=True)
         for secret in options.signing_secrets:
@@ -251,9 +287,18 @@ class HttpSink(Sink):
         self._client = httpx.AsyncClient(
             headers=headers, auth=auth, verify=self._tls_context(),
             timeout=httpx.Timeout(options.timeout),
-            follow_redirects=options.follow_redirects,
+            # redirects are followed by _post itself (307/308, same origin only)
+            follow_redirects=False,
             limits=httpx.Limits(max_connections=options.concurrency,
                                 max_keepalive_connections=options.concurrency))
+
+    def accepted(self, uuid: str) -> bool:
+        return uuid in self._acked
+
+    def adopt(self, previous: Sink) -> None:
+        # the same receiver already has these: the replacement must not send them again
+        if isinstance(previous, HttpSink) and previous.options.url == self.options.url:
+            self._acked.update(previous._acked)
 
     @staticmethod
     def _secret(value: SecretStr) -> str:
@@ -355,15 +400,22 @@ class HttpSink(Sink):
         name = self.name
         self.counters.inc(f"http_requests.{name}")
         started = time.monotonic()
+        url = self.options.url
         try:
-            async with self._client.stream(self.options.method, self.options.url,
-                                           content=content, headers=headers) as response:
-                status = response.status_code
-                snippet = b""
-                if not 200 <= status < 300:
-                    snippet = await self._snippet(response)
-                retry_after = response.headers.get("retry-after")
-                location = response.headers.get("location", "")
+            for _hop in range(MAX_REDIRECTS + 1):
+                async with self._client.stream(self.options.method, url, content=content,
+                                               headers=headers) as response:
+                    status = response.status_code
+                    # a 2xx body is read (bounded) so the connection can be reused
+                    snippet = await self._snippet(response, 65536 if 200 <= status < 300
+                                                  else self.options.response_snippet)
+                    retry_after = response.headers.get("retry-after")
+                    location = response.headers.get("location", "")
+                target = urljoin(url, location) if location else ""
+                if not (self.options.follow_redirects and status in (307, 308) and target
+                        and _same_origin(url, target)):
+                    break
+                url = target  # 307/308 keep the method and body; other origins are refused
         except httpx.TimeoutException as exc:
             self._failed()
             raise SinkError(f"{self.where}: timed out ({type(exc).__name__})") from None
@@ -386,14 +438,16 @@ class HttpSink(Sink):
             raise SinkError(f"{self.where}: HTTP {status}" + (f": {text}" if text else ""),
                             retry_after=wait)
         if 300 <= status < 400:
-            raise SinkError(f"{self.where}: HTTP {status} redirect to {redacted(location)} "
-                            "not followed (set follow_redirects = true or fix the url)",
+            why = ("only 307/308 to the same origin are followed: fix the url"
+                   if self.options.follow_redirects else
+                   "not followed (fix the url, or set follow_redirects for 307/308)")
+            raise SinkError(f"{self.where}: HTTP {status} redirect to "
+                            f"{redacted(urljoin(url, location)) if location else '?'} {why}",
                             permanent=True)
         raise SinkError(f"{self.where}: HTTP {status}" + (f": {text}" if text else ""),
                         permanent=True)
 
-    async def _snippet(self, response: httpx.Response) -> bytes:
-        limit = self.options.response_snippet
+    async def _snippet(self, response: httpx.Response, limit: int) -> bytes:
         kept = b""
         if limit:
             async for chunk in response.aiter_bytes():
