@@ -32,6 +32,8 @@ class HttpFault:
 
 
 ENDPOINTS = ("token", "wstoken")
+#: most scripted answers queued by one call (the control API is reachable over HTTP)
+MAX_TIMES = 10_000
 
 
 @dataclass
@@ -49,8 +51,8 @@ class Faults:
                retry_after: float | str | None = None, times: int = 1) -> None:
         if endpoint not in self.http:
             raise ValueError(f"unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})")
-        if not 400 <= status <= 599 or times < 1:
-            raise ValueError("status must be 4xx/5xx and times >= 1")
+        if not 400 <= status <= 599 or not 1 <= times <= MAX_TIMES:
+            raise ValueError(f"status must be 4xx/5xx and times 1..{MAX_TIMES}")
         default_code = {429: "CMN-301", 401: "OAU-128", 503: "CMN-211"}.get(status, "CMN-102")
         fault = HttpFault(status, code or default_code,
                           message or ("Request rate exceeded" if status == 429 else
