@@ -114,6 +114,9 @@ async def test_failed_recovery_gap_is_backfilled_once(tmp_path: Path) -> None:
             assert counters["backfill_duplicates"] == live
             assert counters.snapshot("backfilled.") == {
                 "outbound": 3, "batch": 1, "optout": 1}
+            print(f"\nlost in the gap {lost}, received live {live}, backfilled "
+                  f"{sum(counters.snapshot('backfilled.').values())}, duplicates dropped "
+                  f"{counters['backfill_duplicates']}")
             # live traffic after the gap is not repeated by a later gap's backfill either
             await emu.publish("message", plain("after-0"))
             await delivered(daemon, "archive", live + lost + 1)
@@ -226,6 +229,45 @@ async def test_backfill_disabled_records_no_gap(tmp_path: Path) -> None:
             await delivered(daemon, "archive", 6)
             assert daemon.backfill is None
     assert emu.a2p.calls == []
+
+
+async def test_backfill_invents_nothing_outside_the_subscription(tmp_path: Path) -> None:
+    """Only records a subscribed filter would have notified are rebuilt: with an inbound
+    filter for one number, lost outbound messages, batches and opt-outs (never notified)
+    stay out, and an inbound message to another number too."""
+    emu = emulator()
+    inbound = seed("inbound.json")["body"]
+    subscription = ('[subscription]\nevent_filters = ["/restapi/v1.0/account/~/a2p-sms/'
+                    f'messages?direction=Inbound&to={inbound["to"][0]}"]\n')
+
+    def reply(msg_id: str, to: str = inbound["to"][0]) -> dict[str, Any]:
+        stamp = now_iso()
+        return {**inbound, "id": msg_id, "to": [to], "creationTime": stamp,
+                "lastModifiedTime": stamp}
+
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL + subscription)
+        async with running_daemon(settings) as daemon:
+            await emu.publish("message", reply("live-in"))
+            await delivered(daemon, "archive", 1)
+            emu.fail_next_recovery()
+            await emu.drop_connections(mode="abrupt")
+            await emu.publish("message", reply("lost-in-0"))
+            await emu.publish("message", reply("lost-in-1"))
+            await emu.publish("message", reply("other-number", to="+12406680999"))
+            await emu.publish("message", plain("outbound-0"))
+            await emu.publish("batch", batch("b-0", "Completed"))
+            await emu.publish("optout", seed("optout.json")["body"])
+            await backfilled(daemon)
+            await delivered(daemon, "archive", 3)
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            assert counters.snapshot("backfilled.") == {"inbound": 2}
+            assert counters["backfill_skipped"] == 2  # outbound-0, other-number
+            assert counters["backfill_duplicates"] == 1  # live-in, inside the margin
+    assert {path.rsplit("/", 1)[1] for path, _, _ in emu.a2p.calls} == {"messages"}
+    records = read_records(tmp_path / "events")
+    assert sorted(r["body"]["id"] for r in records) == ["live-in", "lost-in-0", "lost-in-1"]
+    assert [r["kind"] for r in records] == ["inbound"] * 3
 
 
 def test_filters_decide_what_a_record_may_become() -> None:
