@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
-from daemon import events
+from daemon import config, events
 from daemon.app import Daemon, open_journal
 from daemon.backfill import parse_filters, synthetic
 from daemon.emulator import Emulator
+from daemon.errors import ConfigError
 from tests.harness import (
     TIMEOUT,
     delivered,
@@ -22,6 +24,7 @@ from tests.harness import (
     seed,
     session_count,
     settings_for,
+    settings_text,
 )
 
 FAST_BACKFILL = '[backfill]\nretry_initial = 0.05\nretry_max = 0.2\n'
@@ -96,9 +99,11 @@ def check_once(tmp_path: Path, live: int, lost: int) -> list[dict[str, Any]]:
     return records
 
 
-async def test_failed_recovery_gap_is_backfilled_once(tmp_path: Path) -> None:
+async def test_failed_recovery_gap_is_backfilled_once(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """Events published while a recovery fails arrive once each, marked backfilled; events
-    received live before the gap (inside the margin) are listed again and dropped."""
+    received live before the gap (inside the margin) are listed again and dropped; no
+    token reaches the log."""
     emu = emulator()
     async with emu.running():
         settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
@@ -121,6 +126,10 @@ async def test_failed_recovery_gap_is_backfilled_once(tmp_path: Path) -> None:
             await emu.publish("message", plain("after-0"))
             await delivered(daemon, "archive", live + lost + 1)
     check_once(tmp_path, live + 1, lost)
+    out = capsys.readouterr().out
+    assert "gap_backfilled" in out
+    for secret in emu.issued_secrets():
+        assert secret not in out
 
 
 async def test_expired_recovery_window_gap_is_backfilled_once(tmp_path: Path) -> None:
@@ -304,3 +313,16 @@ def test_synthetic_events_have_the_notification_model_and_content_key() -> None:
     assert isinstance(decoded, events.OptOutEvent)
     assert decoded.kind == "optin"
     assert events.superseded_keys(decoded) == ("optout:+16505550111:+14155550122:true",)
+
+
+async def test_bad_backfill_config_names_the_key(tmp_path: Path) -> None:
+    """A bad [backfill] value is a config error naming its key path (exit 78 in the CLI)."""
+    emu = emulator()
+    async with emu.running():
+        for line, key in (("per_page = 0", "backfill.per_page"),
+                          ("max_window = \"soon\"", "backfill.max_window"),
+                          ("colour = 1", "backfill.colour")):
+            text = settings_text(emu, tmp_path, extra=f"[backfill]\n{line}\n")
+            with pytest.raises(ConfigError) as info:
+                config.loads(text, source="test", env={})
+            assert [p.key for p in info.value.problems] == [key]
