@@ -35,6 +35,7 @@ import httpx
 
 from daemon import __version__, config, ops, protocol
 from daemon.auth import TokenManager
+from daemon.backfill import Backfill
 from daemon.config import Settings
 from daemon.errors import A2pdError, ConfigError, ConfigProblem
 from daemon.journal import Journal
@@ -49,7 +50,7 @@ from daemon.supervisor import Supervisor
 OPS_FILE = "ops.json"
 #: settings sections a reload cannot change (they apply at the next start)
 RESTART_SECTIONS = ("platform", "subscription", "connection", "state", "journal", "log",
-                    "ops")
+                    "ops", "backfill")
 
 log = get_logger("daemon")
 
@@ -117,6 +118,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.supervisor: Supervisor | None = None
         self.auth: TokenManager | None = None
+        self.backfill: Backfill | None = None
         self.sinks: dict[str, Sink] = {}
 
     def request_stop(self) -> None:
@@ -169,9 +171,16 @@ class Daemon:
                 auth = TokenManager(settings.platform, settings.client_secret.get_secret_value(),
                                     settings.jwt.get_secret_value(), settings.connection, http)
                 self.auth = auth
-                supervisor = Supervisor(auth, list(settings.subscription.event_filters),
-                                        settings.connection, pipeline.ingest,
-                                        pipeline.ingest_bad_frame, self._subscribed)
+                filters = list(settings.subscription.event_filters)
+                backfill = None
+                if settings.backfill.enabled:
+                    backfill = Backfill(settings.backfill, auth, http, settings.platform.server,
+                                        filters, pipeline,
+                                        http_timeout=settings.platform.http_timeout)
+                self.backfill = backfill
+                supervisor = Supervisor(auth, filters, settings.connection, pipeline.ingest,
+                                        pipeline.ingest_bad_frame, self._subscribed,
+                                        on_gap=backfill.gap_opened if backfill else None)
                 self.supervisor = supervisor
                 store = None
                 if settings.state.persist_session:
@@ -186,7 +195,7 @@ class Daemon:
                 if store is not None:
                     tg.start_soon(self._keep_session, store, saver)
                 reading = anyio.CancelScope()
-                tg.start_soon(self._read, auth, supervisor, reading)
+                tg.start_soon(self._read, auth, supervisor, reading, backfill)
                 if handle_signals:
                     tg.start_soon(self._watch_signals)
                 log.info("daemon_started", sinks=sorted(sinks), state_dir=str(self.state_dir),
@@ -240,11 +249,14 @@ class Daemon:
             self._drained.set()
 
     async def _read(self, auth: TokenManager, supervisor: Supervisor,
-                    scope: anyio.CancelScope) -> None:
+                    scope: anyio.CancelScope, backfill: Backfill | None = None) -> None:
         with scope:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(auth.run_refresher)
+                    if backfill is not None:
+                        # gaps a previous run left pending are rebuilt first
+                        tg.start_soon(backfill.run)
                     await supervisor.run()
             except* A2pdError as group:
                 self._fail(group.exceptions[0])

@@ -202,6 +202,23 @@ class JournalConfig(_Section):
     compact_interval: Duration = 1.0
 
 
+class BackfillConfig(_Section):
+    """Rebuilding an unrecovered gap from the A2P REST lists (PROTOCOL.md §5.4, §8 step 7)."""
+
+    enabled: bool = True
+    #: the window starts this long before the last notification received before the gap
+    #: (a state change is stamped before its notification leaves the platform)
+    margin: DurationOrOff = 60.0
+    #: records asked for per list page (the platform's maximum and default is 1000)
+    per_page: int = Field(default=1000, ge=1, le=1000)
+    #: a longer gap is cut to its newest part (the lists' default window is 24 h)
+    max_window: Duration = 24 * 3600.0
+    #: first delay after a failed list call (doubles, capped at retry_max; a 429's
+    #: Retry-After is obeyed)
+    retry_initial: Duration = 1.0
+    retry_max: Duration = 60.0
+
+
 class DeliveryConfig(_Section):
     """How events move from the journal to the sinks."""
 
@@ -284,6 +301,7 @@ class _RawSettings(_Section):
     state: StateConfig = StateConfig()
     journal: JournalConfig = JournalConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    backfill: BackfillConfig = BackfillConfig()
     log: LogConfig = LogConfig()
     ops: OpsConfig = OpsConfig()
     sinks: dict[str, dict[str, Any]] = Field(min_length=1)
@@ -317,6 +335,7 @@ class Settings:
     sinks: dict[str, SinkSpec]
     router: Router
     source: str
+    backfill: BackfillConfig
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
@@ -385,6 +404,7 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str]) -> S
         sinks=sinks,
         router=router,
         source=source,
+        backfill=raw.backfill,
     )
 
 

@@ -321,3 +321,36 @@ def field_values(event: Event, name: str) -> tuple[str, ...]:
         }
         return values.get(name, ())
     return ()
+
+
+# Content keys: what identifies an A2P state change whatever notification (or REST list
+# record) carried it. The backfill uses them to drop rebuilt events already delivered.
+
+
+def content_key(event: Event) -> str | None:
+    """``message:<id>:<status>:<lastModifiedTime>``, ``batch:<id>:<status>:<lastModifiedTime>``
+    or ``optout:<from>:<to>:<active>`` (opt-out notifications carry no time: the key names the
+    pair's state, and an event of the opposite state forgets it, see ``superseded_keys``);
+    None for other events."""
+    body = event.body
+    if isinstance(body, MessageBody):
+        return f"message:{body.id}:{body.message_status}:{body.last_modified_time or ''}"
+    if isinstance(body, BatchBody):
+        return f"batch:{body.id}:{body.status}:{body.last_modified_time or ''}"
+    if isinstance(body, OptOutBody):
+        return f"optout:{body.from_}:{body.to}:{'true' if body.active else 'false'}"
+    return None
+
+
+def superseded_keys(event: Event) -> tuple[str, ...]:
+    """Content keys this event makes stale (an opt-in ends the pair's opt-out state)."""
+    body = event.body
+    if isinstance(body, OptOutBody):
+        return (f"optout:{body.from_}:{body.to}:{'false' if body.active else 'true'}",)
+    return ()
+
+
+def is_backfilled(event: Event) -> bool:
+    """Whether the event was rebuilt from the REST lists (``"backfilled": true``)."""
+    extra = event.model_extra or {}
+    return extra.get("backfilled") is True

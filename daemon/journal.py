@@ -8,6 +8,10 @@ backfill rebuilds.
 
     events       seq (order), uuid (unique), kind, targets (",sink,sink,"), received, record
     seen         uuid → first seen: deduplication beyond compaction, for ``dedup_window``
+    content      ``key:``/``bkey:`` + events.content_key (received live / backfilled) → last
+                 seen, for ``dedup_window``: a backfilled event equal to one already
+                 journaled is dropped, and so is a live one the backfill journaled first
+    gaps         unrecovered gaps waiting for the backfill (start, wall time), until done
     cursors      sink → last delivered seq (a sink reads in order, at its own pace)
     dead_letters sink, uuid, seq, reason, attempts, first/last attempt, raw bytes
 
@@ -54,6 +58,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE TABLE IF NOT EXISTS seen (uuid TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
+CREATE TABLE IF NOT EXISTS content (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS content_at ON content (at);
+CREATE TABLE IF NOT EXISTS gaps (
+    id INTEGER PRIMARY KEY,
+    start REAL NOT NULL,
+    opened REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
@@ -122,6 +133,34 @@ class Pending:
     kind: str
     targets: str
     record: bytes
+    #: events.content_key (None: the event has none)
+    key: str | None = None
+    #: content keys this event makes stale
+    drop: tuple[str, ...] = ()
+    #: rebuilt by the backfill: dropped when its content key was seen in any way
+    backfilled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """An unrecovered gap waiting for the backfill: events since ``start`` (wall time)."""
+
+    id: int
+    start: float
+    opened: float
+
+
+LIVE, BACKFILLED = "key:", "bkey:"
+
+
+def _known(item: Pending, present: Callable[[str], bool]) -> bool:
+    """Whether ``item`` repeats a content key already journaled: a backfilled event whose
+    state was received live or backfilled before; a live event the backfill got first."""
+    if item.key is None:
+        return False
+    if item.backfilled:
+        return present(LIVE + item.key) or present(BACKFILLED + item.key)
+    return present(BACKFILLED + item.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +216,10 @@ class Journal:
         #: when the oldest journaled event was received (refreshed at commit and compaction)
         self.oldest_received = self._oldest()
         self._closed = False
+        #: whether any backfilled content key is remembered: until then a live event cannot
+        #: repeat one, and its lookup is skipped
+        self._backfilled_keys = self._scalar(
+            "SELECT COUNT(*) FROM content WHERE key >= ? AND key < ?", BACKFILLED, "bkey;") > 0
         #: models of recent rows, so steady-state delivery never re-parses JSON
         self.cache: OrderedDict[int, Any] = OrderedDict()
         self.cache_size = 4096
@@ -223,11 +266,19 @@ class Journal:
 
     # -- appending ----------------------------------------------------------------------------
 
-    async def append(self, uuid: str, kind: str, sinks: Sequence[str], record: bytes) -> None:
+    async def append(self, uuid: str, kind: str, sinks: Sequence[str], record: bytes, *,
+                     key: str | None = None, drop: tuple[str, ...] = (),
+                     backfilled: bool = False) -> None:
         """Queue an event for the next group commit; waits when the journal is full
-        (``block``) or too many appends are waiting."""
+        (``block``) or too many appends are waiting. ``key``/``drop``/``backfilled``: content
+        deduplication against the backfill (see ``_known``)."""
         if uuid in self._pending_uuids:
             self.counters.inc("duplicates")
+            return
+        item = Pending(uuid, kind, targets_field(sinks), record, key, drop, backfilled)
+        if (backfilled or self._backfilled_keys) and \
+                _known(item, self._pending_uuids.__contains__):
+            self.counters.inc("backfill_duplicates")
             return
         while self.full_policy == "block" and self.max_events and \
                 self._count + len(self._pending) >= self.max_events:
@@ -236,8 +287,10 @@ class Journal:
             await self._room.wait()
         while self.waiting >= self.commit_max * 4:
             await self.wait_committed()
-        self._pending.append(Pending(uuid, kind, targets_field(sinks), record))
+        self._pending.append(item)
         self._pending_uuids.add(uuid)
+        if key is not None:
+            self._pending_uuids.add((BACKFILLED if backfilled else LIVE) + key)
         self._appended += 1
         if len(self._pending) >= self.commit_max:
             self._wake_committer.set()
@@ -318,7 +371,8 @@ class Journal:
         self._taken += len(batch)
         upto = self._taken
         try:
-            inserted, dropped = await self._db(self._insert, batch, now, letters)
+            inserted, dropped, known, backfilled = await self._db(self._insert, batch, now,
+                                                                  letters)
         except BaseException:
             self._taken -= len(batch)
             # A failed transaction commits nothing, and a cancellation before the worker
@@ -328,7 +382,10 @@ class Journal:
             # written twice, which is why cancellation only comes at shutdown, after the
             # final commit.)
             self._pending = batch + self._pending
-            self._pending_uuids.update(item.uuid for item in batch)
+            for item in batch:
+                self._pending_uuids.add(item.uuid)
+                if item.key is not None:
+                    self._pending_uuids.add((BACKFILLED if item.backfilled else LIVE) + item.key)
             self._pending_letters = letters + self._pending_letters
             raise
         if letters:
@@ -340,7 +397,11 @@ class Journal:
             log.error("journal_full_dropped_oldest", dropped=dropped,
                       max_events=self.max_events,
                       note="undelivered events were dropped to make room")
-        self.counters.inc("duplicates", len(batch) - len(inserted))
+        self.counters.inc("duplicates", len(batch) - len(inserted) - known)
+        if known:
+            self.counters.inc("backfill_duplicates", known)
+        for kind in backfilled:
+            self.counters.inc(f"backfilled.{kind}")
         self.counters.inc("committed", len(inserted))
         self._durable = max(self._durable, upto)
         self._count += len(inserted) - dropped
@@ -351,11 +412,16 @@ class Journal:
         self.poke()
         return inserted
 
-    def _insert(self, batch: list[Pending], now: float,
-                letters: Sequence[PendingLetter] = ()) -> tuple[list[int], int]:
+    def _insert(self, batch: list[Pending], now: float, letters: Sequence[PendingLetter] = (),
+                ) -> tuple[list[int], int, int, list[str]]:
         conn = self._conn
         inserted: list[int] = []
-        dropped = 0
+        dropped = known = 0
+        backfilled: list[str] = []
+
+        def present(key: str) -> bool:
+            return conn.execute("SELECT 1 FROM content WHERE key = ?", (key,)).fetchone() \
+                is not None
         with conn:
             conn.executemany(
                 "INSERT INTO dead_letters (sink, reason, raw, uuid, seq, attempts, "
@@ -363,10 +429,21 @@ class Journal:
                 "VALUES (?, ?, ?, ?, NULL, 1, ?, ?, ?, ?)",
                 [(d.sink, d.reason, d.raw, d.uuid, d.at, d.at, d.at, d.size) for d in letters])
             for item in batch:
+                if (item.backfilled or self._backfilled_keys) and _known(item, present):
+                    known += 1
+                    conn.execute("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)",
+                                 (item.uuid, now))
+                    continue
                 cur = conn.execute("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)",
                                    (item.uuid, now))
                 if cur.rowcount == 0:
                     continue
+                if item.key is not None:
+                    conn.execute("INSERT OR REPLACE INTO content (key, at) VALUES (?, ?)",
+                                 ((BACKFILLED if item.backfilled else LIVE) + item.key, now))
+                for stale in item.drop:
+                    conn.execute("DELETE FROM content WHERE key IN (?, ?)",
+                                 (LIVE + stale, BACKFILLED + stale))
                 # OR IGNORE: a uuid whose seen-row expired (dedup_window) while its event is
                 # still journaled (max_age) is a duplicate too, never an integrity error
                 cur = conn.execute(
@@ -376,13 +453,45 @@ class Journal:
                 if cur.rowcount == 0 or cur.lastrowid is None:
                     continue
                 inserted.append(cur.lastrowid)
+                if item.backfilled:
+                    backfilled.append(item.kind)
+                    self._backfilled_keys = True
             if self.full_policy == "drop_oldest" and self.max_events:
                 over = self._count + len(inserted) - self.max_events
                 if over > 0:
                     dropped = conn.execute("DELETE FROM events WHERE seq IN "
                                            "(SELECT seq FROM events ORDER BY seq LIMIT ?)",
                                            (over,)).rowcount
-        return inserted, dropped
+        return inserted, dropped, known, backfilled
+
+    # -- gaps (the backfill's work list) ------------------------------------------------------
+
+    async def add_gap(self, start: float) -> int:
+        """Remember an unrecovered gap beginning at ``start`` (wall time); its id."""
+        return await self._db(self._add_gap, start, self._clock())
+
+    def _add_gap(self, start: float, now: float) -> int:
+        with self._conn:
+            cur = self._conn.execute("INSERT INTO gaps (start, opened) VALUES (?, ?)",
+                                     (start, now))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    async def gaps(self) -> list[Gap]:
+        """Gaps not backfilled yet, oldest first."""
+        return await self._db(self._gaps)
+
+    def _gaps(self) -> list[Gap]:
+        rows = self._conn.execute("SELECT id, start, opened FROM gaps ORDER BY id").fetchall()
+        return [Gap(int(r[0]), float(r[1]), float(r[2])) for r in rows]
+
+    async def close_gap(self, gap_id: int) -> None:
+        """The gap is backfilled (its events are committed)."""
+        await self._db(self._close_gap, gap_id)
+
+    def _close_gap(self, gap_id: int) -> None:
+        with self._conn:
+            self._conn.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -525,6 +634,7 @@ class Journal:
                 expired = conn.execute("DELETE FROM events WHERE received < ?",
                                        (now - self.max_age,)).rowcount
             conn.execute("DELETE FROM seen WHERE at < ?", (now - self.dedup_window,))
+            conn.execute("DELETE FROM content WHERE at < ?", (now - self.dedup_window,))
             # recounted here: rows another process added (replays) are included
             self._count = self._scalar("SELECT COUNT(*) FROM events")
             self.oldest_received = self._oldest()

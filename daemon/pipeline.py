@@ -50,7 +50,7 @@ class Pipeline:
 
     Counters (shared with the journal): ``received.<kind>``, ``committed``, ``duplicates``,
     ``unrouted``, ``dead_letters``, ``delivered.<sink>``, ``retries.<sink>``,
-    ``dropped_full``, ``compacted``.
+    ``dropped_full``, ``compacted``, ``backfilled.<kind>``, ``backfill_duplicates``.
     """
 
     def __init__(self, router: Router, sinks: Mapping[str, Sink], journal: Journal, *,
@@ -97,16 +97,22 @@ class Pipeline:
         await self.ingest_event(decoded)
 
     async def ingest_event(self, event: events.Event) -> None:
+        """Route and journal one decoded event (a notification's, or one the backfill rebuilt:
+        those are counted as ``backfilled.<kind>`` by the journal once committed)."""
         kind = event.kind
-        self.last_event_at = anyio.current_time()
-        self.counters.inc(f"received.{kind}")
+        backfilled = events.is_backfilled(event)
+        if not backfilled:
+            self.last_event_at = anyio.current_time()
+            self.counters.inc(f"received.{kind}")
         targets = self.router.sinks_for(event)
         if not targets:
             self.counters.inc("unrouted")
             log.info("event_unrouted", uuid=event.uuid, kind=kind)
         record = events.to_json(event).encode("utf-8")
         self._cache_model(event, len(record))
-        await self.journal.append(event.uuid, kind, targets, record)
+        await self.journal.append(event.uuid, kind, targets, record,
+                                  key=events.content_key(event),
+                                  drop=events.superseded_keys(event), backfilled=backfilled)
 
     def _cache_model(self, event: events.Event, size: int) -> None:
         previous = self._models.pop(event.uuid, None)

@@ -347,6 +347,10 @@ async def run_session(
             tg.start_soon(conn.heartbeat_loop)
             if state.subscription_id is None:
                 await conn.subscribe(filters)
+            else:
+                # recovered: the subscription carried over; one line says it is active
+                # either way (operators and tests wait for "subscribed")
+                log.info("subscribed", subscription_id=state.subscription_id, recovered=True)
             state.subscribed = True
             if on_subscribed is not None:
                 on_subscribed()

@@ -7,10 +7,16 @@ backoff before the next. A session that stayed up for ``stable_after`` resets th
 and is followed by an immediate reconnect, so recovery happens inside the window.
 Credentials, permission and filter problems are not retried: they propagate and stop the
 daemon with a clear message.
+
+When a session could not be recovered (a fresh one after a disconnect, or ``recoveryState:
+Failed``), ``on_gap`` is called once the new subscription is active with the wall time the
+gap began: the last notification received before it, or the disconnect (the backfill
+rebuilds it from the REST lists, daemon/backfill.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -21,6 +27,7 @@ from daemon.backoff import backoff
 from daemon.config import ConnectionConfig
 from daemon.errors import ConnectionLost, PlatformError, RateLimited
 from daemon.logging import get_logger
+from daemon.protocol import ServerNotification
 from daemon.session import (
     BadFrameHandler,
     NotificationHandler,
@@ -40,11 +47,17 @@ class Supervisor:
 
     def __init__(self, auth: TokenManager, filters: list[str], cfg: ConnectionConfig,
                  on_notification: NotificationHandler, on_bad_frame: BadFrameHandler,
-                 on_subscribed: Callable[[], None] | None = None) -> None:
+                 on_subscribed: Callable[[], None] | None = None,
+                 on_gap: Callable[[float], None] | None = None) -> None:
         self.auth = auth
         self.filters = filters
         self.cfg = cfg
-        self.on_notification = on_notification
+        self._deliver = on_notification
+        self.on_gap = on_gap
+        #: wall time of the last notification received (None: none since the start)
+        self.last_notification_wall: float | None = None
+        #: wall time an open gap began (reported to ``on_gap`` once subscribed again)
+        self._gap_from: float | None = None
         self.on_bad_frame = on_bad_frame
         self.on_subscribed = on_subscribed
         self.state = SessionState()
@@ -71,8 +84,27 @@ class Supervisor:
                 return False
         return True
 
-    def _subscribed(self, started_at: list[float]) -> None:
+    async def on_notification(self, notification: ServerNotification) -> None:
+        self.last_notification_wall = time.time()
+        await self._deliver(notification)
+
+    def _gap_start(self) -> float:
+        """Where an unrecovered gap begins: the last notification received, else the
+        disconnect (wall time)."""
+        if self.last_notification_wall is not None:
+            return self.last_notification_wall
+        disconnected = self.state.disconnected_at
+        away = anyio.current_time() - disconnected if disconnected is not None else 0.0
+        return time.time() - away
+
+    def _subscribed(self, started_at: list[float], failed_before: int) -> None:
         started_at.append(anyio.current_time())
+        failed = self.state.counters["recoveries_failed"] > failed_before
+        if failed and self._gap_from is None:
+            self._gap_from = self._gap_start()
+        if self._gap_from is not None and self.on_gap is not None:
+            self.on_gap(self._gap_from)
+        self._gap_from = None
         self._gap_open = False
         if self.on_subscribed is not None:
             self.on_subscribed()
@@ -91,9 +123,11 @@ class Supervisor:
                     if not self._gap_open:
                         # a fresh session after a disconnect: what was sent meanwhile is lost
                         self._gap_open = True
+                        self._gap_from = self._gap_start()
                         self.gaps += 1
                         log.warning("gap_opened", note="events sent while disconnected are "
                                     "not recoverable")
+                failed_before = self.state.counters["recoveries_failed"]
                 url = connect_url(token.uri, token.ws_access_token,
                                   self.state.wsc if present else None)
                 log.info("connecting", recovery=present, attempt=self.state.connection_count + 1)
@@ -106,7 +140,7 @@ class Supervisor:
                     on_bad_frame=self.on_bad_frame,
                     presented_wsc=present,
                     oauth_session=self.auth.session_id,
-                    on_subscribed=partial(self._subscribed, subscribed_at),
+                    on_subscribed=partial(self._subscribed, subscribed_at, failed_before),
                 )
             except RateLimited as exc:
                 delay = max(exc.retry_after, next(delays))

@@ -51,6 +51,8 @@ from daemon.emulator.gateway import (
     SentRecord,
 )
 from daemon.emulator.oauth import OAuthServer
+from daemon.emulator.rest import A2pStore
+from daemon.emulator.rest import routes as a2p_routes
 from daemon.emulator.traffic import Traffic
 
 #: a client must answer a server ping within this many seconds (PROTOCOL 2.8)
@@ -110,6 +112,8 @@ class Emulator:
         self.oauth = OAuthServer(self.config, time.monotonic, new_id)
         self.gateway = Gateway(self.config, self.oauth, time.monotonic, time.time, rng)
         self.traffic = Traffic(self, seed=self.config.seed)
+        #: the A2P REST list endpoints' data: the current state of what was published
+        self.a2p = A2pStore(self.config.account_id, time.time)
         #: every notification frame written to a socket, in order (replays included)
         self.sent: list[SentRecord] = []
         #: ``(method, path, status)`` of every platform HTTP call (control API excluded)
@@ -201,6 +205,7 @@ class Emulator:
     async def publish(self, kind: str, body: dict[str, Any]) -> int:
         """Publish an A2P event (``batch``/``message``/``optout``); notifications generated."""
         count, sends = self.gateway.publish(kind, body)
+        self.a2p.record(kind, body)
         self._dispatch(sends)
         return count
 
@@ -426,6 +431,7 @@ class Emulator:
             Route(control + "connections", self._control_connections, methods=["GET"]),
             Route(control + "requests", self._control_requests, methods=["GET"]),
             Route(control + "traffic", self._control_traffic, methods=["POST"]),
+            *a2p_routes(self.a2p, self.oauth),
             Route("/{path:path}", self._not_found,
                   methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ])

@@ -1,0 +1,328 @@
+"""Gap backfill end to end: the daemon rebuilds an unrecovered gap from the emulator's A2P
+REST lists (real loopback HTTP and WebSockets), plus the pure helpers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from daemon import config, events
+from daemon.app import Daemon, open_journal
+from daemon.backfill import parse_filters, synthetic
+from daemon.emulator import Emulator
+from daemon.errors import ConfigError
+from tests.harness import (
+    TIMEOUT,
+    delivered,
+    emulator,
+    read_records,
+    running_daemon,
+    seed,
+    session_count,
+    settings_for,
+    settings_text,
+)
+
+FAST_BACKFILL = '[backfill]\nretry_initial = 0.05\nretry_max = 0.2\n'
+
+
+def now_iso() -> str:
+    """The current UTC time as the A2P bodies write it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def plain(msg_id: str, status: str = "Delivered") -> dict[str, Any]:
+    """An outbound message body stamped now."""
+    stamp = now_iso()
+    body = {**seed("outbound.json")["body"], "id": msg_id, "messageStatus": status,
+            "creationTime": stamp, "lastModifiedTime": stamp}
+    body.pop("errorCode", None)
+    return body
+
+
+def batch(batch_id: str, status: str) -> dict[str, Any]:
+    """A batch body stamped now."""
+    stamp = now_iso()
+    return {**seed("batch.json")["body"], "id": batch_id, "status": status,
+            "creationTime": stamp, "lastModifiedTime": stamp}
+
+
+async def publish_live(emu: Emulator, daemon: Daemon) -> int:
+    """Four messages and a batch received live; how many."""
+    for i in range(4):
+        await emu.publish("message", plain(f"live-{i}"))
+    await emu.publish("batch", batch("live-batch", "Completed"))
+    await delivered(daemon, "archive", 5)
+    return 5
+
+
+async def publish_while_away(emu: Emulator, count: int) -> int:
+    """Drop the socket and publish ``count`` messages, a batch and an opt-out before the
+    daemon can reconnect (no await yields in between); how many events were lost."""
+    await emu.drop_connections(mode="abrupt")
+    before = len(emu.generated)
+    for i in range(count):
+        await emu.publish("message", plain(f"lost-{i}"))
+    await emu.publish("batch", batch("lost-batch", "Completed"))
+    await emu.publish("optout", seed("optout.json")["body"])
+    assert not any(g.live for g in emu.generated[before:])
+    return count + 2
+
+
+async def backfilled(daemon: Daemon, gaps: int = 1) -> None:
+    """Wait until ``gaps`` gaps were backfilled."""
+    assert daemon.pipeline is not None
+    with anyio.fail_after(TIMEOUT):
+        await daemon.pipeline.counters.wait_for("gaps_backfilled", gaps)
+
+
+def check_once(tmp_path: Path, live: int, lost: int) -> list[dict[str, Any]]:
+    """Every event is in the sink exactly once; the lost ones marked backfilled."""
+    records = read_records(tmp_path / "events")
+    keys = [events.content_key(e) for e in map(events.from_record, records)
+            if not isinstance(e, events.EventError)]
+    assert len(keys) == len(records) == live + lost
+    assert len(set(keys)) == len(keys), "an event was delivered twice"
+    marked = [r for r in records if r.get("backfilled") is True]
+    assert len(marked) == lost
+    for record in marked:
+        assert record["uuid"].startswith("backfill:")
+        body = record["body"]
+        assert str(body.get("id", "")).startswith("lost") or record["kind"] == "optout"
+    for record in records:
+        if "id" in record["body"] and str(record["body"]["id"]).startswith("live"):
+            assert "backfilled" not in record
+    return records
+
+
+async def test_failed_recovery_gap_is_backfilled_once(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Events published while a recovery fails arrive once each, marked backfilled; events
+    received live before the gap (inside the margin) are listed again and dropped; no
+    token reaches the log."""
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            emu.fail_next_recovery()
+            lost = await publish_while_away(emu, 3)
+            await backfilled(daemon)
+            await delivered(daemon, "archive", live + lost)
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            state = daemon.supervisor.state  # type: ignore[union-attr]
+            assert state.counters["recoveries_failed"] == 1
+            assert counters["backfill_duplicates"] == live
+            assert counters.snapshot("backfilled.") == {
+                "outbound": 3, "batch": 1, "optout": 1}
+            print(f"\nlost in the gap {lost}, received live {live}, backfilled "
+                  f"{sum(counters.snapshot('backfilled.').values())}, duplicates dropped "
+                  f"{counters['backfill_duplicates']}")
+            # live traffic after the gap is not repeated by a later gap's backfill either
+            await emu.publish("message", plain("after-0"))
+            await delivered(daemon, "archive", live + lost + 1)
+    check_once(tmp_path, live + 1, lost)
+    out = capsys.readouterr().out
+    assert "gap_backfilled" in out
+    for secret in emu.issued_secrets():
+        assert secret not in out
+
+
+async def test_expired_recovery_window_gap_is_backfilled_once(tmp_path: Path) -> None:
+    """With a recovery window too short to use, the daemon opens a fresh session; what was
+    published meanwhile is rebuilt from the lists, once."""
+    emu = emulator(recovery_timeout=1.0)
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            lost = await publish_while_away(emu, 4)
+            await backfilled(daemon)
+            await delivered(daemon, "archive", live + lost)
+            assert daemon.supervisor is not None
+            assert daemon.supervisor.gaps == 1
+            assert daemon.supervisor.state.counters["recoveries_failed"] == 0
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            assert counters["backfill_duplicates"] == live
+    check_once(tmp_path, live, lost)
+
+
+async def test_backfill_follows_pages(tmp_path: Path) -> None:
+    """With per_page = 2 the lists come in several pages; every lost event arrives once."""
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL + "per_page = 2\n")
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            emu.fail_next_recovery()
+            lost = await publish_while_away(emu, 7)
+            await backfilled(daemon)
+            await delivered(daemon, "archive", live + lost)
+    messages = [c for c in emu.a2p.calls if c[0].endswith("/messages")]
+    # 4 live + 7 lost messages in the window, 2 a page
+    assert len(messages) == 6
+    assert all(status == 200 for _, status, _ in messages)
+    check_once(tmp_path, live, lost)
+
+
+async def test_rate_limited_list_waits_for_retry_after(tmp_path: Path) -> None:
+    """A 429 from a list is obeyed: the next call comes no sooner than Retry-After, and the
+    gap is still rebuilt once."""
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            emu.a2p.fail_lists(429, times=1, retry_after=0.5)
+            emu.fail_next_recovery()
+            lost = await publish_while_away(emu, 2)
+            await backfilled(daemon)
+            await delivered(daemon, "archive", live + lost)
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            assert counters["backfill_rate_limited"] == 1
+            assert counters["backfill_errors"] == 0
+    first, second = emu.a2p.calls[0], emu.a2p.calls[1]
+    assert first[1] == 429
+    assert second[1] == 200
+    assert second[2] - first[2] >= 0.5
+    check_once(tmp_path, live, lost)
+
+
+async def test_pending_gap_survives_a_restart(tmp_path: Path) -> None:
+    """A gap whose backfill cannot run (the lists fail) is kept in the journal; the next
+    start rebuilds it, once."""
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            emu.a2p.fail_lists(503, times=None)
+            emu.fail_next_recovery()
+            lost = await publish_while_away(emu, 3)
+            assert daemon.pipeline is not None
+            with anyio.fail_after(TIMEOUT):
+                await daemon.pipeline.counters.wait_for("backfill_errors", 2)
+            assert daemon.pipeline.counters["gaps_backfilled"] == 0
+        journal = await open_journal(settings, Path(settings.state.directory))
+        try:
+            assert len(await journal.gaps()) == 1
+        finally:
+            await journal.aclose()
+        emu.a2p.clear_fault()
+        async with running_daemon(settings) as daemon:
+            await backfilled(daemon)
+            await delivered(daemon, "archive", lost)
+        journal = await open_journal(settings, Path(settings.state.directory))
+        try:
+            assert await journal.gaps() == []
+        finally:
+            await journal.aclose()
+    check_once(tmp_path, live, lost)
+
+
+async def test_backfill_disabled_records_no_gap(tmp_path: Path) -> None:
+    """``[backfill] enabled = false``: a failed recovery is only counted; no list is read."""
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra="[backfill]\nenabled = false\n")
+        async with running_daemon(settings) as daemon:
+            await publish_live(emu, daemon)
+            emu.fail_next_recovery()
+            await publish_while_away(emu, 1)
+            await session_count(daemon, "subscriptions", 2)
+            await emu.publish("message", plain("after-0"))
+            await delivered(daemon, "archive", 6)
+            assert daemon.backfill is None
+    assert emu.a2p.calls == []
+
+
+async def test_backfill_invents_nothing_outside_the_subscription(tmp_path: Path) -> None:
+    """Only records a subscribed filter would have notified are rebuilt: with an inbound
+    filter for one number, lost outbound messages, batches and opt-outs (never notified)
+    stay out, and an inbound message to another number too."""
+    emu = emulator()
+    inbound = seed("inbound.json")["body"]
+    subscription = ('[subscription]\nevent_filters = ["/restapi/v1.0/account/~/a2p-sms/'
+                    f'messages?direction=Inbound&to={inbound["to"][0]}"]\n')
+
+    def reply(msg_id: str, to: str = inbound["to"][0]) -> dict[str, Any]:
+        stamp = now_iso()
+        return {**inbound, "id": msg_id, "to": [to], "creationTime": stamp,
+                "lastModifiedTime": stamp}
+
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL + subscription)
+        async with running_daemon(settings) as daemon:
+            await emu.publish("message", reply("live-in"))
+            await delivered(daemon, "archive", 1)
+            emu.fail_next_recovery()
+            await emu.drop_connections(mode="abrupt")
+            await emu.publish("message", reply("lost-in-0"))
+            await emu.publish("message", reply("lost-in-1"))
+            await emu.publish("message", reply("other-number", to="+12406680999"))
+            await emu.publish("message", plain("outbound-0"))
+            await emu.publish("batch", batch("b-0", "Completed"))
+            await emu.publish("optout", seed("optout.json")["body"])
+            await backfilled(daemon)
+            await delivered(daemon, "archive", 3)
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            assert counters.snapshot("backfilled.") == {"inbound": 2}
+            assert counters["backfill_skipped"] == 2  # outbound-0, other-number
+            assert counters["backfill_duplicates"] == 1  # live-in, inside the margin
+    assert {path.rsplit("/", 1)[1] for path, _, _ in emu.a2p.calls} == {"messages"}
+    records = read_records(tmp_path / "events")
+    assert sorted(r["body"]["id"] for r in records) == ["live-in", "lost-in-0", "lost-in-1"]
+    assert [r["kind"] for r in records] == ["inbound"] * 3
+
+
+def test_filters_decide_what_a_record_may_become() -> None:
+    """Only records a subscribed filter would have notified are rebuilt; ``+`` stays a plus."""
+    filters = parse_filters([
+        "/restapi/v1.0/account/~/a2p-sms/messages?direction=Inbound&to=+16505550111",
+        "/restapi/v1.0/account/~/a2p-sms/batches",
+        "/restapi/v1.0/account/~/extension/~/presence",
+    ])
+    assert [f.resource for f in filters] == ["messages", "batches"]
+    inbound = {"direction": "Inbound", "to": ["+16505550111"], "from": "+14155550122"}
+    assert filters[0].matches(inbound)
+    assert not filters[0].matches({**inbound, "direction": "Outbound"})
+    assert not filters[0].matches({**inbound, "to": ["+16505550999"]})
+
+
+def test_synthetic_events_have_the_notification_model_and_content_key() -> None:
+    """A list record becomes the same event model as its notification, with the same
+    content key, marked backfilled; an opt-out list record maps status to ``active``."""
+    body = seed("outbound.json")["body"]
+    live = events.decode_notification(seed("outbound.json"), b"")
+    envelope = synthetic("messages", body, "/restapi/v1.0/account/~/a2p-sms/messages", "1")
+    rebuilt = events.decode_notification(envelope, b"")
+    assert isinstance(live, events.MessageEvent)
+    assert isinstance(rebuilt, events.MessageEvent)
+    assert events.content_key(rebuilt) == events.content_key(live)
+    assert events.is_backfilled(rebuilt)
+    assert not events.is_backfilled(live)
+    assert events.to_record(rebuilt)["backfilled"] is True
+    optout = synthetic("opt-outs", {"from": "+16505550111", "to": "+14155550122",
+                                    "status": "OptIn", "lastModifiedTime": now_iso()},
+                       "/restapi/v1.0/account/~/a2p-sms/opt-outs", None)
+    decoded = events.decode_notification(optout, b"")
+    assert isinstance(decoded, events.OptOutEvent)
+    assert decoded.kind == "optin"
+    assert events.superseded_keys(decoded) == ("optout:+16505550111:+14155550122:true",)
+
+
+async def test_bad_backfill_config_names_the_key(tmp_path: Path) -> None:
+    """A bad [backfill] value is a config error naming its key path (exit 78 in the CLI)."""
+    emu = emulator()
+    async with emu.running():
+        for line, key in (("per_page = 0", "backfill.per_page"),
+                          ("max_window = \"soon\"", "backfill.max_window"),
+                          ("colour = 1", "backfill.colour")):
+            text = settings_text(emu, tmp_path, extra=f"[backfill]\n{line}\n")
+            with pytest.raises(ConfigError) as info:
+                config.loads(text, source="test", env={})
+            assert [p.key for p in info.value.problems] == [key]
