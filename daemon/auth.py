@@ -133,11 +133,13 @@ class TokenManager:
         tokens = self._tokens
         if tokens is None:
             return None
+        # whole seconds: the two clocks' offset jitters by microseconds from call to call,
+        # and an unchanged token must export unchanged (the daemon saves on change)
         offset = time.time() - self._clock()
         return {"access": tokens.access, "refresh": tokens.refresh,
-                "issued": tokens.issued + offset,
-                "access_expires": tokens.access_expires + offset,
-                "refresh_expires": tokens.refresh_expires + offset,
+                "issued": round(tokens.issued + offset),
+                "access_expires": round(tokens.access_expires + offset),
+                "refresh_expires": round(tokens.refresh_expires + offset),
                 "session_id": tokens.session_id, "owner_id": tokens.owner_id}
 
     def restore(self, doc: dict[str, Any]) -> bool:
