@@ -2,13 +2,13 @@
 
 A seeded schedule injects, between bursts of traffic, every fault the emulator has: abrupt
 drops, close frames, WSG-902/903, refused upgrades, a stalled peer, token and wstoken
-errors with Retry-After, access tokens expiring mid-connection, recoveries answered
-`Failed` and refresh tokens that stop working (the last two lose events that only the REST
-backfill can bring back) — plus three restarts of the daemon process (two SIGTERM, one
-SIGKILL). Afterwards, against the emulator's log of every notification it generated: each
-is in the file sink exactly once — by uuid, or once as its backfilled equivalent (same
-message/batch id, status and time, or the same opt-out pair and state) — and nothing is
-invented.
+errors with Retry-After, access tokens expiring mid-connection, malformed and oversized
+frames, recoveries answered `Failed` and refresh tokens that stop working (the last three
+lose events that only the REST backfill can bring back) — plus three restarts of the
+daemon process (two SIGTERM, one SIGKILL). Afterwards, against the emulator's log of every
+notification it generated: each event is in the file sink exactly once — by uuid, or as
+its backfilled equivalent (same message/batch id, status and time, or the same opt-out
+pair and state) — and nothing is invented.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ SEED = 20261123
 ROUNDS = 60
 RESTARTS = {12: "term", 30: "kill", 47: "term"}
 FAULTS = ["abrupt", "close", "error902", "error903", "refuse", "stall", "token", "wstoken",
-          "expire", "failed-recovery", "refresh-refused", "none"]
+          "expire", "failed-recovery", "refresh-refused", "garbage", "oversized", "none"]
+#: small enough that an oversized frame is cheap to make
+MAX_FRAME = 64 * 1024
 BODIES = [("message", "outbound.json"), ("message", "outbound.json"),
           ("message", "outbound_failed.json"), ("message", "inbound.json"),
           ("batch", "batch.json"), ("optout", "optout.json"), ("optout", "optin.json")]
@@ -109,6 +111,13 @@ async def inject(emu: Emulator, fault: str) -> None:
         emu.fail_next_recovery(random.Random(len(emu.generated)).choice(
             ["WSG-1003", "WSG-1005"]))
         await emu.drop_connections(mode="abrupt")
+    elif fault == "garbage":
+        await emu.publish_raw_frame(b'\xff[{"type": "ServerNotification"}, not json')
+        await emu.publish_raw_frame(  # a known A2P event path with a body that is no body
+            '[{"type": "ServerNotification", "messageId": "x"}, {"uuid": "u", '
+            '"event": "/restapi/v1.0/account/~/a2p-sms/messages", "body": 5}]')
+    elif fault == "oversized":
+        await emu.publish_raw_frame('["' + "x" * (MAX_FRAME + 1) + '"]')
     elif fault == "refresh-refused":
         emu.break_refresh_tokens()
         emu.expire_access_tokens()
@@ -136,7 +145,7 @@ async def test_chaos_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         config.write_text(settings_text(
             emu, tmp_path, log_level="debug",
             connection={"heartbeat_interval": 0.3, "heartbeat_timeout": 0.5,
-                        "backoff_max": 0.3}))
+                        "backoff_max": 0.3, "max_frame_bytes": MAX_FRAME}))
 
         async def burst(n: int) -> None:
             nonlocal generated, published
@@ -224,3 +233,5 @@ async def test_chaos_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert backfilled > 0
     assert applied["failed-recovery"] > 0
     assert applied["refresh-refused"] > 0
+    assert applied["oversized"] > 0
+    assert applied["garbage"] > 0
