@@ -28,9 +28,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
 )
+from pydantic_core import PydanticSerializationError
 
 KINDS: Final = ("batch", "inbound", "outbound", "optout", "optin", "other")
 
@@ -130,6 +132,19 @@ class _Envelope(_Model):
     timestamp: IsoTime | None = None
     subscription_id: str | None = Field(default=None, alias="subscriptionId")
     owner_id: LooseId | None = Field(default=None, alias="ownerId")
+    #: the record's JSON once encoded (``record_json``): encoded once, then shared by the
+    #: journal and every sink
+    _record: bytes | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # an event's value is its fields: whether its record JSON is cached does not count
+        if not isinstance(other, _Envelope):
+            return NotImplemented
+        return (type(self) is type(other) and self.__dict__ == other.__dict__
+                and self.__pydantic_extra__ == other.__pydantic_extra__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.__dict__.values()))
 
     @property
     def time(self) -> datetime | None:
@@ -242,9 +257,27 @@ def to_record(event: Event) -> dict[str, Any]:
     return record
 
 
+def record_json(event: Event) -> bytes:
+    """``to_record`` as one compact line of UTF-8 JSON (no newline), encoded once per event:
+    the journal stores these bytes and every sink writes them, so nothing is serialised
+    twice. Serialised by pydantic-core from the model (the ``kind`` key first)."""
+    cached = event._record
+    if cached is not None:
+        return cached
+    try:
+        dumped = event.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
+        encoded = b'{"kind":' + json.dumps(event.kind).encode() + b"," + dumped[1:]
+    except (PydanticSerializationError, UnicodeEncodeError, ValueError):
+        # what pydantic-core will not write (a lone surrogate, say): the stdlib's way
+        encoded = json.dumps(to_record(event), separators=(",", ":"),
+                             ensure_ascii=False).encode("utf-8")
+    event._record = encoded
+    return encoded
+
+
 def to_json(event: Event) -> str:
-    """``to_record`` as one compact JSON line (no newline)."""
-    return json.dumps(to_record(event), separators=(",", ":"), ensure_ascii=False)
+    """``record_json`` as text."""
+    return record_json(event).decode("utf-8")
 
 
 def from_record(record: dict[str, Any]) -> Event | EventError:
@@ -252,6 +285,22 @@ def from_record(record: dict[str, Any]) -> Event | EventError:
     envelope = {k: v for k, v in record.items() if k != "kind"}
     raw = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
     return decode_notification(envelope, raw)
+
+
+def from_record_json(data: bytes) -> Event | EventError:
+    """Decode a record from its JSON (a journal row); the event keeps ``data`` as its
+    ``record_json``, so it is written exactly as it was journaled."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return EventError("journal row is not JSON", data)
+    if not isinstance(record, dict):
+        return EventError("journal row is not an object", data)
+    record.pop("kind", None)
+    decoded = decode_notification(record, data)
+    if not isinstance(decoded, EventError):
+        decoded._record = data
+    return decoded
 
 
 # Field accessors used by the router (and by file-sink path templates).

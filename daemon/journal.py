@@ -1,10 +1,11 @@
 """The durable journal: an embedded SQLite database (WAL) between receiving and delivering.
 
 An event counts as received once its row is committed here. Commits are grouped: appends
-collect in memory and one transaction writes them every ``commit_interval`` (or sooner
-when ``commit_max`` are waiting), so throughput stays high while a crash loses at most
-one interval of events the platform can still replay (session recovery) or that the
-backfill rebuilds.
+collect in memory and one transaction writes them all — as soon as the previous commit is
+done (``commit_interval`` 0: group commit, the lowest latency, and under load the groups
+grow by themselves), or every ``commit_interval`` (or sooner when ``commit_max`` are
+waiting) — so throughput stays high while a crash loses only uncommitted appends, which
+the platform can still replay (session recovery) or the backfill rebuilds.
 
     events       seq (order), uuid (unique), kind, targets (",sink,sink,"), received, record
     seen         uuid → first seen: deduplication beyond compaction, for ``dedup_window``
@@ -21,6 +22,7 @@ Only this module touches SQLite. All database work runs in one worker thread at 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections import OrderedDict
@@ -141,6 +143,8 @@ class Journal:
         self._conn = conn
         self._limiter = anyio.CapacityLimiter(1)
         self.commit_interval = commit_interval
+        #: group commit: every append wakes the committer (which commits once it is free)
+        self.eager = commit_interval <= 0
         self.commit_max = commit_max
         self.fsync = fsync
         self.max_events = max_events
@@ -221,7 +225,7 @@ class Journal:
             await self.wait_committed()
         self._pending.append(Pending(uuid, kind, targets_field(sinks), record))
         self._pending_uuids.add(uuid)
-        if len(self._pending) >= self.commit_max:
+        if self.eager or len(self._pending) >= self.commit_max:
             self._wake_committer.set()
 
     async def wait_committed(self) -> None:
@@ -234,14 +238,15 @@ class Journal:
         committed.set()
 
     async def run_committer(self) -> None:
-        """Commit pending appends every ``commit_interval``, or sooner when many wait.
+        """Commit pending appends as soon as the last commit is done (``commit_interval``
+        0), or every ``commit_interval``, or sooner when many wait.
 
         A full disk or a lock held by another process is retried with backoff, loudly, while
         appends wait (backpressure reaches the socket); nothing pending is dropped. Other
         errors (corrupt, read-only) end the committer and so the daemon."""
         failures = 0
         while True:
-            with anyio.move_on_after(self.commit_interval):
+            with anyio.move_on_after(math.inf if self.eager else self.commit_interval):
                 await self._wake_committer.wait()
             self._wake_committer = anyio.Event()
             try:

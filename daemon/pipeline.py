@@ -13,7 +13,6 @@ to the offending events, which go to the dead letters.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -97,8 +96,7 @@ class Pipeline:
         self._models[event.uuid] = event
         if len(self._models) > MODEL_CACHE:
             self._models.popitem(last=False)
-        await self.journal.append(event.uuid, kind, targets,
-                                  events.to_json(event).encode("utf-8"))
+        await self.journal.append(event.uuid, kind, targets, events.record_json(event))
 
     async def ingest_bad_frame(self, error: FrameError) -> None:
         """Dead-letter a frame that did not decode (the session has counted it)."""
@@ -319,7 +317,7 @@ class Pipeline:
         for event in batch:
             await self._journal(
                 self.journal.add_dead_letter, name, f"gave up after {attempts} attempts: {reason}",
-                events.to_json(event).encode(), uuid=event.uuid, attempts=attempts,
+                events.record_json(event), uuid=event.uuid, attempts=attempts,
                 first_attempt=first, last_attempt=time.time())
 
     async def _narrow_permanent(self, name: str, sink: Sink, batch: Sequence[events.Event],
@@ -339,7 +337,7 @@ class Pipeline:
                 return
             log.error("sink_rejected_event", sink=name, uuid=event.uuid, reason=exc.reason)
             await self._journal(self.journal.add_dead_letter, name, exc.reason,
-                                events.to_json(event).encode(), uuid=event.uuid,
+                                events.record_json(event), uuid=event.uuid,
                                 attempts=attempts + 1)
             return
         self.counters.inc(f"delivered.{name}")
@@ -350,10 +348,7 @@ class _Retired(Exception):
 
 
 def _decode_row(row: Row) -> events.Event | events.EventError:
-    try:
-        record = json.loads(row.record)
-    except ValueError:
-        return events.EventError("journal row is not JSON", row.record, row.uuid)
-    if not isinstance(record, dict):
-        return events.EventError("journal row is not an object", row.record, row.uuid)
-    return events.from_record(record)
+    decoded = events.from_record_json(row.record)
+    if isinstance(decoded, events.EventError):
+        return events.EventError(decoded.reason, row.record, row.uuid)
+    return decoded

@@ -29,7 +29,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from daemon.config import Duration
 from daemon.errors import SinkError
-from daemon.events import Event, field_values, to_json
+from daemon.events import Event, field_values, record_json
 from daemon.sinks import Sink, SinkContext, SinkOptions
 
 TEMPLATE_FIELDS = ("kind", "date", "hour", "month", "year", "from", "to", "batchId",
@@ -82,18 +82,27 @@ def safe_component(value: str) -> str:
     return cleaned
 
 
-def template_values(event: Event, now: datetime | None = None) -> dict[str, str]:
-    """The values a path template can use for ``event``, already made safe."""
-    stamp = event.time or now or datetime.now(UTC)
-    stamp = stamp.astimezone(UTC)
-    values = {
-        "date": stamp.strftime("%Y-%m-%d"),
-        "hour": stamp.strftime("%H"),
-        "month": stamp.strftime("%Y-%m"),
-        "year": stamp.strftime("%Y"),
-    }
-    for name in ("kind", "from", "to", "batchId", "direction", "status", "subscriptionId",
-                 "ownerId"):
+_TIME_FIELDS = {"date": "%Y-%m-%d", "hour": "%H", "month": "%Y-%m", "year": "%Y"}
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The field names a (validated) path template uses, each once."""
+    return tuple(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template)
+                               if name))
+
+
+def template_values(event: Event, now: datetime | None = None,
+                    names: Sequence[str] = TEMPLATE_FIELDS) -> dict[str, str]:
+    """The values a path template can use for ``event`` (only ``names``), already safe."""
+    values: dict[str, str] = {}
+    stamp: datetime | None = None
+    for name in names:
+        time_format = _TIME_FIELDS.get(name)
+        if time_format is not None:
+            if stamp is None:
+                stamp = (event.time or now or datetime.now(UTC)).astimezone(UTC)
+            values[name] = stamp.strftime(time_format)
+            continue
         found = field_values(event, name)
         values[name] = safe_component(found[0]) if found else "unknown"
     return values
@@ -108,6 +117,9 @@ class FileSink(Sink):
     def __init__(self, name: str, options: FileOptions, context: SinkContext) -> None:
         super().__init__(name, options, context)
         self.base = Path(os.path.abspath(options.directory))
+        self._fields = template_fields(options.path)
+        #: relative path → checked absolute path (a handful per day; cleared when large)
+        self._paths: dict[str, Path] = {}
         self._files: OrderedDict[Path, IO[bytes]] = OrderedDict()
         self._dirty: set[Path] = set()
         self._last_fsync = time.monotonic()
@@ -117,17 +129,27 @@ class FileSink(Sink):
 
     def path_for(self, event: Event) -> Path:
         """Where ``event`` goes; raises ``SinkError`` (permanent) if it would leave the base."""
-        relative = self.options.path.format_map(template_values(event))
+        relative = self.options.path.format_map(
+            template_values(event, names=self._fields)) if self._fields else self.options.path
+        known = self._paths.get(relative)
+        if known is not None:
+            return known
         candidate = Path(os.path.normpath(self.base / relative))
         if candidate == self.base or not candidate.is_relative_to(self.base):
             raise SinkError(f"path template gives {relative!r}, outside the base directory",
                             permanent=True)
+        if len(self._paths) >= 4 * self.options.max_open_files:
+            self._paths.clear()
+        self._paths[relative] = candidate
         return candidate
 
     async def send(self, batch: Sequence[Event]) -> None:
-        grouped: dict[Path, list[str]] = {}
+        grouped: dict[Path, list[bytes]] = {}
         for event in batch:
-            grouped.setdefault(self.path_for(event), []).append(to_json(event) + "\n")
+            lines = grouped.get(path := self.path_for(event))
+            if lines is None:
+                lines = grouped[path] = []
+            lines.append(record_json(event))
         await anyio.to_thread.run_sync(self._write, grouped)
 
     def _open(self, path: Path) -> IO[bytes]:
@@ -149,15 +171,16 @@ class FileSink(Sink):
         self._files[path] = handle
         return handle
 
-    def _write(self, grouped: dict[Path, list[str]]) -> None:
+    def _write(self, grouped: dict[Path, list[bytes]]) -> None:
         with self._io_lock:
             self._write_locked(grouped)
 
-    def _write_locked(self, grouped: dict[Path, list[str]]) -> None:
+    def _write_locked(self, grouped: dict[Path, list[bytes]]) -> None:
         try:
             for path, lines in grouped.items():
                 handle = self._open(path)
-                handle.write("".join(lines).encode("utf-8"))
+                lines.append(b"")  # the last line's newline
+                handle.write(b"\n".join(lines))
                 handle.flush()
                 self._dirty.add(path)
             policy = self.options.fsync
