@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -37,7 +38,21 @@ log = get_logger("pipeline")
 #: added by another process, e.g. `a2pd dead-letters replay`)
 IDLE_POLL = 1.0
 T = TypeVar("T")
-MODEL_CACHE = 8192
+#: decoded events kept for the readers (~4 KB each): a few batches' worth
+MODEL_CACHE = 2048
+#: a kept event no reader has taken after this long never will be (a duplicate the journal
+#: dropped at commit, a sink removed by a reload): it may make room for a new one
+MODEL_TTL = 60.0
+
+
+@dataclass(slots=True)
+class _Kept:
+    """A decoded event waiting for the readers of the sinks it is routed to."""
+
+    event: events.Event
+    #: sinks that have not taken it yet
+    remaining: int
+    at: float
 
 
 class Pipeline:
@@ -60,7 +75,8 @@ class Pipeline:
         self.retry_policy = RetryPolicy(initial=retry_initial, maximum=retry_max,
                                         max_attempts=max_attempts)
         self.compact_interval = compact_interval
-        self._models: OrderedDict[str, events.Event] = OrderedDict()
+        #: uuid → the event decoded at ingest, until every sink it goes to took it
+        self._models: OrderedDict[str, _Kept] = OrderedDict()
         self._closing = False
         self.cursors: dict[str, int] = {}
         #: monotonic time a sink's current delivery began (absent: idle)
@@ -77,7 +93,9 @@ class Pipeline:
 
     async def ingest(self, notification: ServerNotification) -> None:
         """Decode, route and journal one notification."""
-        decoded = events.decode_notification(notification.body, notification.raw)
+        decoded: events.Event | events.EventError | None = notification.event
+        if decoded is None:
+            decoded = events.decode_notification(notification.body, notification.raw)
         if isinstance(decoded, events.EventError):
             log.warning("notification_undecodable", reason=decoded.reason, uuid=decoded.uuid)
             await self._journal(self.journal.add_dead_letter, "notification", decoded.reason,
@@ -93,10 +111,23 @@ class Pipeline:
         if not targets:
             self.counters.inc("unrouted")
             log.info("event_unrouted", uuid=event.uuid, kind=kind)
-        self._models[event.uuid] = event
-        if len(self._models) > MODEL_CACHE:
-            self._models.popitem(last=False)
+        if targets:
+            self._keep(event, len(targets))
         await self.journal.append(event.uuid, kind, targets, events.record_json(event))
+
+    def _keep(self, event: events.Event, sinks: int) -> None:
+        """Keep ``event`` for its readers, so they need not decode its journal row. When
+        full, new events are not kept (readers far behind decode theirs from the journal)
+        rather than dropping the ones readers are about to take, unless the oldest is
+        stale."""
+        models, now = self._models, anyio.current_time()
+        if len(models) >= MODEL_CACHE and event.uuid not in models:
+            oldest = next(iter(models.values()))
+            if now - oldest.at < MODEL_TTL:
+                self.counters.inc("model_cache_full")
+                return
+            models.popitem(last=False)
+        models[event.uuid] = _Kept(event, sinks, now)
 
     async def ingest_bad_frame(self, error: FrameError) -> None:
         """Dead-letter a frame that did not decode (the session has counted it)."""
@@ -260,8 +291,14 @@ class Pipeline:
     async def _models_for(self, name: str, rows: Sequence[Row]) -> list[events.Event]:
         batch: list[events.Event] = []
         for row in rows:
-            model: events.Event | events.EventError | None = self._models.get(row.uuid)
-            if model is None:
+            model: events.Event | events.EventError
+            kept = self._models.get(row.uuid)
+            if kept is not None:
+                model = kept.event
+                kept.remaining -= 1
+                if kept.remaining <= 0:
+                    del self._models[row.uuid]
+            else:
                 model = _decode_row(row)
             if isinstance(model, events.EventError):
                 await self._journal(self.journal.add_dead_letter, name, model.reason,
