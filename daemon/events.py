@@ -79,7 +79,7 @@ def parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-LooseId = Annotated[str, BeforeValidator(_id_to_str), StringConstraints(min_length=1)]
+LooseId = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_id_to_str)]
 IsoTime = Annotated[str, BeforeValidator(_iso_time)]
 
 
@@ -127,7 +127,7 @@ class OptOutBody(_Model):
 
 
 class _Envelope(_Model):
-    uuid: Annotated[str, BeforeValidator(_id_to_str), StringConstraints(min_length=1)]
+    uuid: Annotated[str, StringConstraints(min_length=1), BeforeValidator(_id_to_str)]
     event: str
     timestamp: IsoTime | None = None
     subscription_id: str | None = Field(default=None, alias="subscriptionId")

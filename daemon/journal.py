@@ -25,7 +25,7 @@ import json
 import math
 import sqlite3
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,8 @@ from daemon.observe import Counters
 log = get_logger("journal")
 
 SCHEMA_VERSION = 1
+#: rows of the latest commits kept in memory for the readers (~1 KB each)
+RECENT_ROWS = 2048
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -164,9 +166,9 @@ class Journal:
         #: when the oldest journaled event was received (refreshed at commit and compaction)
         self.oldest_received = self._oldest()
         self._closed = False
-        #: models of recent rows, so steady-state delivery never re-parses JSON
-        self.cache: OrderedDict[int, Any] = OrderedDict()
-        self.cache_size = 4096
+        #: the rows of the latest commits, in seq order: readers that keep up read them
+        #: from here instead of from the database (no worker-thread round trip)
+        self._recent: deque[Row] = deque(maxlen=RECENT_ROWS)
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -271,7 +273,7 @@ class Journal:
             return []
         now = self._clock()
         try:
-            inserted, dropped = await self._db(self._insert, batch, now)
+            inserted, dropped, rows = await self._db(self._insert, batch, now)
         except BaseException:
             # A failed transaction commits nothing, and a cancellation before the worker
             # thread ran commits nothing either: keep the batch, oldest first. (A cancel
@@ -280,6 +282,10 @@ class Journal:
             self._pending = batch + self._pending
             self._pending_uuids.update(item.uuid for item in batch)
             raise
+        if dropped:
+            self._recent.clear()  # some of them may be gone: read from the database
+        else:
+            self._recent.extend(rows)
         if dropped:
             self.counters.inc("dropped_full", dropped)
             log.error("journal_full_dropped_oldest", dropped=dropped,
@@ -295,9 +301,10 @@ class Journal:
         self.poke()
         return inserted
 
-    def _insert(self, batch: list[Pending], now: float) -> tuple[list[int], int]:
+    def _insert(self, batch: list[Pending], now: float) -> tuple[list[int], int, list[Row]]:
         conn = self._conn
         inserted: list[int] = []
+        rows: list[Row] = []
         dropped = 0
         with conn:
             for item in batch:
@@ -314,19 +321,48 @@ class Journal:
                 if cur.rowcount == 0 or cur.lastrowid is None:
                     continue
                 inserted.append(cur.lastrowid)
+                rows.append(Row(cur.lastrowid, item.uuid, item.kind, item.targets, item.record))
             if self.full_policy == "drop_oldest" and self.max_events:
                 over = self._count + len(inserted) - self.max_events
                 if over > 0:
                     dropped = conn.execute("DELETE FROM events WHERE seq IN "
                                            "(SELECT seq FROM events ORDER BY seq LIMIT ?)",
                                            (over,)).rowcount
-        return inserted, dropped
+        return inserted, dropped, rows
 
     # -- reading ------------------------------------------------------------------------------
 
     async def read(self, after: int, limit: int) -> list[Row]:
         """Committed rows with ``seq > after``, oldest first."""
+        recent = self._read_recent(after, limit)
+        if recent:
+            return recent
         return await self._db(self._read, after, limit)
+
+    def _read_recent(self, after: int, limit: int) -> list[Row]:
+        """Rows ``after + 1, after + 2, …`` from the latest commits; empty (ask the database)
+        unless they follow each other up to ``limit`` rows or the newest commit: a gap can
+        only be rows another process added (a dead-letter replay), which only the database
+        has."""
+        recent = self._recent
+        if not recent or not recent[0].seq <= after + 1 <= recent[-1].seq:
+            return []
+        index = after + 1 - recent[0].seq  # exact unless the kept rows have gaps
+        if index >= len(recent) or recent[index].seq != after + 1:
+            index = next((i for i, row in enumerate(recent) if row.seq == after + 1), -1)
+            if index < 0:
+                return []
+        rows: list[Row] = []
+        expected = after + 1
+        for i in range(index, min(len(recent), index + limit)):
+            row = recent[i]
+            if row.seq != expected:
+                break
+            rows.append(row)
+            expected += 1
+        if not rows or (len(rows) < limit and rows[-1] is not recent[-1]):
+            return []
+        return rows
 
     def _read(self, after: int, limit: int) -> list[Row]:
         rows = self._conn.execute(
@@ -439,6 +475,7 @@ class Journal:
         """Delete events every listed sink has passed, and uuids older than the dedup window."""
         removed, expired = await self._db(self._compact, list(sinks), self._clock())
         if expired:
+            self._recent.clear()
             self.counters.inc("expired", expired)
             log.error("journal_max_age_dropped", events=expired, max_age=self.max_age,
                       note="undelivered events older than max_age were removed")

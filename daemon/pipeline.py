@@ -38,6 +38,8 @@ log = get_logger("pipeline")
 #: added by another process, e.g. `a2pd dead-letters replay`)
 IDLE_POLL = 1.0
 T = TypeVar("T")
+#: the receive side lets the readers run after this many events
+INGEST_SLICE = 32
 #: decoded events kept for the readers (~4 KB each): a few batches' worth
 MODEL_CACHE = 2048
 #: a kept event no reader has taken after this long never will be (a duplicate the journal
@@ -78,6 +80,7 @@ class Pipeline:
         #: uuid → the event decoded at ingest, until every sink it goes to took it
         self._models: OrderedDict[str, _Kept] = OrderedDict()
         self._closing = False
+        self._ingested = 0
         self.cursors: dict[str, int] = {}
         #: monotonic time a sink's current delivery began (absent: idle)
         self.busy_since: dict[str, float] = {}
@@ -114,6 +117,12 @@ class Pipeline:
         if targets:
             self._keep(event, len(targets))
         await self.journal.append(event.uuid, kind, targets, events.record_json(event))
+        self._ingested += 1
+        if self._ingested % INGEST_SLICE == 0:
+            # A burst arrives faster than the socket is read dry, so the receive loop would
+            # run for hundreds of frames between the readers' turns: yield, so delivery
+            # keeps pace and finds the events it needs still kept in memory.
+            await anyio.lowlevel.checkpoint()
 
     def _keep(self, event: events.Event, sinks: int) -> None:
         """Keep ``event`` for its readers, so they need not decode its journal row. When
