@@ -1,6 +1,6 @@
 """a2pd side by side with the raw WebSocket limit and the official SDK, on one workload.
 
-    python bench/side_by_side.py [--repeat 3] [--events 100000] [--full] [--only NAME ...]
+    python bench/side_by_side.py [--repeat 3] [--events 50000] [--full] [--only NAME ...]
 
 Consumers, each in its own process, each against a fresh emulator in a process of its own
 (bench/source.py), taking turns within every round so they share the machine's state:
@@ -444,8 +444,8 @@ def chart(summary: dict[str, dict[str, float | None]], path: Path, title: str) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--events", type=int, default=100_000,
-                        help="events in the max-rate phase (default 100,000)")
+    parser.add_argument("--events", type=int, default=50_000,
+                        help="events in the max-rate phase (default 50,000)")
     parser.add_argument("--full", action="store_true",
                         help="1,000,000 events in the max-rate phase (RSS growth over 1M)")
     parser.add_argument("--only", nargs="+", choices=CONSUMERS, default=list(CONSUMERS))
