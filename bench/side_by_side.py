@@ -449,6 +449,8 @@ def main() -> int:
     parser.add_argument("--full", action="store_true",
                         help="1,000,000 events in the max-rate phase (RSS growth over 1M)")
     parser.add_argument("--only", nargs="+", choices=CONSUMERS, default=list(CONSUMERS))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep every process' output and logs (printed: where)")
     parser.add_argument("--output", default="side_by_side",
                         help="results file name (without extension) under bench/results")
     args = parser.parse_args()
@@ -465,7 +467,10 @@ def main() -> int:
                 print(f"{doc['events_per_s']:,.0f} events/s, load {doc['load'][0]:.2f}",
                       flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"outputs and logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     summary = summarise(runs)
     checks = targets(summary)
     loads = [doc["load"][0] for rounds in runs.values() for doc in rounds]

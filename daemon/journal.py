@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +41,9 @@ from daemon.observe import Counters
 log = get_logger("journal")
 
 SCHEMA_VERSION = 1
+#: SQLite's automatic checkpoint only past this many WAL pages (~40 MB): the compactor
+#: checkpoints every second off the commit path (``Journal.checkpoint``)
+AUTOCHECKPOINT_PAGES = 10_000
 #: rows of the latest commits kept in memory for the readers (~1 KB each)
 RECENT_ROWS = 2048
 T = TypeVar("T")
@@ -166,6 +170,8 @@ class Journal:
         #: when the oldest journaled event was received (refreshed at commit and compaction)
         self.oldest_received = self._oldest()
         self._closed = False
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
         #: the rows of the latest commits, in seq order: readers that keep up read them
         #: from here instead of from the database (no worker-thread round trip)
         self._recent: deque[Row] = deque(maxlen=RECENT_ROWS)
@@ -538,6 +544,37 @@ class Journal:
                 await self.commit()
             finally:
                 await self._db(self._conn.close)
+                await anyio.to_thread.run_sync(self._close_checkpointer)
+
+    async def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file, and sync it, from a connection
+        of its own in a worker thread of its own: commits and reads go on meanwhile (a
+        passive checkpoint never blocks them), where SQLite's automatic checkpoint would
+        stall the commit that crosses its threshold for the whole copy and sync. Called
+        by the pipeline's compactor; the automatic checkpoint stays as a safety net for a
+        WAL that grows past ``AUTOCHECKPOINT_PAGES`` anyway."""
+        try:
+            await anyio.to_thread.run_sync(self._checkpoint)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    def _checkpoint(self) -> None:
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, timeout=1.0,
+                                                     isolation_level=None,
+                                                     check_same_thread=False)
+                self._checkpointer.execute(
+                    f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _close_checkpointer(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
 
 
 def _kind_of(record: bytes) -> str:
@@ -572,6 +609,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool) -> None:
     # FULL: fsync at every commit; NORMAL: WAL survives a process crash, and loses at most
     # the last commits on power loss
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     check = conn.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok":
         raise JournalError(f"the journal is corrupt ({check}); move it aside to start afresh",

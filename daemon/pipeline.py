@@ -242,6 +242,7 @@ class Pipeline:
         while True:
             await anyio.sleep(self.compact_interval)
             await self._journal(self.journal.compact, list(self.sinks))
+            await self._journal(self.journal.checkpoint)
 
     async def _wait_for_rows(self, cursor: int) -> None:
         if self.journal.last_seq > cursor or self._closing:

@@ -341,3 +341,19 @@ async def test_reads_come_from_recent_commits_and_see_rows_added_elsewhere(
     first = (await journal.read(0, 1))[0]
     assert [r.uuid for r in await journal.read(first.seq, 10)] == ["elsewhere", "b"]
     await journal.aclose()
+
+
+async def test_checkpoint_moves_committed_rows_into_the_database_file(tmp_path: Path) -> None:
+    """checkpoint() copies the WAL into journal.db from its own connection (the automatic
+    checkpoint is far off), and the journal goes on committing and reading after it."""
+    journal = await open_journal(tmp_path)
+    for i in range(200):
+        await journal.append(f"u{i}", "outbound", ["s"], b"x" * 500)
+    await journal.commit()
+    before = (tmp_path / "journal.db").stat().st_size
+    await journal.checkpoint()
+    assert (tmp_path / "journal.db").stat().st_size > before + 200 * 500
+    await journal.append("after", "outbound", ["s"], b"y")
+    await journal.commit()
+    assert len(await journal.read(0, 1000)) == 201
+    await journal.aclose()

@@ -44,6 +44,9 @@ STAMP_WIDTH = 19
 INDEX_WIDTH = 12
 #: frames per chunk at most (one ``transport.write`` each)
 CHUNK = 64
+#: a new connection gets burst frames only this long after it opened, once its writer
+#: queue is empty (ConnectionDetails and any replay are written first)
+SETTLE = 0.05
 _KINDS = ("batch", "message", "optout")
 _INDEX = "\x00i\x00"
 _STAMP = "\x00s\x00"
@@ -263,10 +266,16 @@ class Burst:
 
     def _protocol(self, connection_id: int) -> Any:
         # the uvicorn protocol under a live connection (the lookup Emulator._abort does);
-        # None when it is gone or closing
+        # None when it is gone or closing, or not settled yet: the normal path's frames
+        # (ConnectionDetails first, replays) go through the connection's writer queue, and
+        # a burst frame must never overtake them
         live = self.emu._lives.get(connection_id)  # same package, read only
         server = self.emu._server
         if live is None or live.aborted or server is None or live.client is None:
+            return None
+        connection = self.emu.gateway.connections.get(connection_id)
+        if (connection is None or not live.queue.empty()
+                or self.emu.gateway.clock() - connection.opened < SETTLE):
             return None
         for protocol in server.server_state.connections:
             if getattr(protocol, "client", None) == live.client:

@@ -6,8 +6,9 @@ inside the base directory, so a hostile field (``../../etc``, an absolute path, 
 long string) can never write elsewhere.
 
 fsync policy: ``never`` (flush to the OS after each batch), ``interval`` (also fsync when at
-least ``fsync_interval`` has passed since the last fsync, checked on each write and at
-close), ``always`` (fsync after every batch). ``reopen()`` closes every file so the next
+least ``fsync_interval`` has passed since the last fsync, checked on each write, in a
+background thread so no batch waits for it, and at close), ``always`` (fsync after every
+batch, before it is acknowledged). ``reopen()`` closes every file so the next
 write opens the path afresh (logrotate's create/move).
 """
 
@@ -126,6 +127,9 @@ class FileSink(Sink):
         # writes and closes run in worker threads: a SIGHUP reopen must not close a handle
         # a write is using
         self._io_lock = threading.Lock()
+        #: the running "interval" fsync round, and the error of the last one
+        self._syncing: threading.Thread | None = None
+        self._background_error: OSError | None = None
 
     def path_for(self, event: Event) -> Path:
         """Where ``event`` goes; raises ``SinkError`` (permanent) if it would leave the base."""
@@ -177,6 +181,9 @@ class FileSink(Sink):
 
     def _write_locked(self, grouped: dict[Path, list[bytes]]) -> None:
         try:
+            failed, self._background_error = self._background_error, None
+            if failed is not None:
+                raise failed
             for path, lines in grouped.items():
                 handle = self._open(path)
                 lines.append(b"")  # the last line's newline
@@ -185,14 +192,50 @@ class FileSink(Sink):
                 self._dirty.add(path)
             policy = self.options.fsync
             now = time.monotonic()
-            if policy == "always" or (
-                policy == "interval" and now - self._last_fsync >= self.options.fsync_interval
-            ):
+            if policy == "always":
                 self._fsync_dirty()
+                self._last_fsync = now
+            elif policy == "interval" and now - self._last_fsync >= self.options.fsync_interval:
+                self._fsync_in_background()
                 self._last_fsync = now
         except OSError as exc:
             # ENOSPC, EACCES, EIO: the operator can fix these, so they are retried, loudly
             raise SinkError(f"cannot write {exc.filename or 'file'}: {exc.strerror}") from exc
+
+    def _fsync_in_background(self) -> None:
+        """The "interval" fsync, in a thread of its own: a batch is acknowledged once its
+        lines are with the OS (as every batch between two fsyncs always was), so it need not
+        wait while the OS writes a second's worth of data to disk. The files are fsynced
+        through duplicated descriptors (a reopen may close the originals meanwhile); one
+        fsync round at a time; a failure is raised by the next write, as a SinkError."""
+        if self._syncing is not None and self._syncing.is_alive():
+            return  # the previous round is still running: the next interval retries
+        fds = []
+        for path in self._dirty:
+            handle = self._files.get(path)
+            if handle is not None:
+                fds.append(os.dup(handle.fileno()))
+        self._dirty.clear()
+        if not fds:
+            return
+
+        def sync() -> None:
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+            except OSError as exc:
+                self._background_error = exc
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        self._syncing = threading.Thread(target=sync, name=f"fsync-{self.name}", daemon=True)
+        self._syncing.start()
+
+    def _join_background(self) -> None:
+        if self._syncing is not None:
+            self._syncing.join()
+            self._syncing = None
 
     def _fsync_dirty(self) -> None:
         for path in list(self._dirty):
@@ -215,9 +258,13 @@ class FileSink(Sink):
             self._close_all_locked()
 
     def _close_all_locked(self) -> None:
+        self._join_background()
         while self._files:
             path, handle = self._files.popitem(last=False)
             self._close_one(path, handle)
+        failed, self._background_error = self._background_error, None
+        if failed is not None:
+            raise failed
 
     async def reopen(self) -> None:
         await anyio.to_thread.run_sync(self._close_all)
