@@ -303,6 +303,9 @@ def throughput(source: Source, tail: Tail, pid: int, events: int) -> dict[str, A
     got = len(tail.seen) - before
     elapsed = (tail.seen[-1] - report["first_ns"]) / 1e9
     samples = [kb for t, _, kb in tail.rss if t >= report["first_ns"]]
+    # RSS once a tenth of the events went through (caches and buffers filled): what grows
+    # after that is what would keep growing
+    tenth = next((kb for _, seen, kb in tail.rss if seen >= before + events // 10), rss1)
     return {
         "events": events, "complete": complete, "delivered": got,
         "events_per_s": got / elapsed,
@@ -314,6 +317,8 @@ def throughput(source: Source, tail: Tail, pid: int, events: int) -> dict[str, A
         "rss_start_mb": rss0 / 1024, "rss_end_mb": rss1 / 1024,
         "rss_growth_mb": (rss1 - rss0) / 1024,
         "rss_max_during_mb": max(samples, default=rss1) / 1024,
+        "rss_after_10pct_mb": tenth / 1024,
+        "rss_growth_after_10pct_mb": (rss1 - tenth) / 1024,
     }
 
 
@@ -364,6 +369,7 @@ SUMMARY = (
     ("p99.9 ms @5k/s", ("latency_5000", "p99.9"), "{:.2f}"),
     ("peak RSS MB", ("peak_rss_mb",), "{:.1f}"),
     ("RSS growth MB", ("rss_growth_mb",), "{:+.1f}"),
+    ("RSS growth after 10% MB", ("rss_growth_after_10pct_mb",), "{:+.1f}"),
     ("recovery s", ("recovery_s",), "{:.2f}"),
 )
 
