@@ -28,9 +28,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
 )
+from pydantic_core import PydanticSerializationError
 
 KINDS: Final = ("batch", "inbound", "outbound", "optout", "optin", "other")
 
@@ -77,7 +79,7 @@ def parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-LooseId = Annotated[str, BeforeValidator(_id_to_str), StringConstraints(min_length=1)]
+LooseId = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_id_to_str)]
 IsoTime = Annotated[str, BeforeValidator(_iso_time)]
 
 
@@ -127,11 +129,24 @@ class OptOutBody(_Model):
 
 
 class _Envelope(_Model):
-    uuid: Annotated[str, BeforeValidator(_id_to_str), StringConstraints(min_length=1)]
+    uuid: Annotated[str, StringConstraints(min_length=1), BeforeValidator(_id_to_str)]
     event: str
     timestamp: IsoTime | None = None
     subscription_id: str | None = Field(default=None, alias="subscriptionId")
     owner_id: LooseId | None = Field(default=None, alias="ownerId")
+    #: the record's JSON once encoded (``record_json``): encoded once, then shared by the
+    #: journal and every sink
+    _record: bytes | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # an event's value is its fields: whether its record JSON is cached does not count
+        if not isinstance(other, _Envelope):
+            return NotImplemented
+        return (type(self) is type(other) and self.__dict__ == other.__dict__
+                and self.__pydantic_extra__ == other.__pydantic_extra__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.__dict__.values()))
 
     @property
     def time(self) -> datetime | None:
@@ -263,14 +278,33 @@ def to_record(event: Event) -> dict[str, Any]:
 _LINE_BREAKS: Final = (("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\x85", "\\u0085"))
 
 
+_LINE_BREAKS_UTF8: Final = tuple((char.encode(), escape.encode()) for char, escape in _LINE_BREAKS)
+
+
+def record_json(event: Event) -> bytes:
+    """``to_record`` as one compact line of UTF-8 JSON (no newline), encoded once per event:
+    the journal stores these bytes and every sink writes them, so nothing is serialised
+    twice. Serialised by pydantic-core from the model (the ``kind`` key first)."""
+    cached = event._record
+    if cached is not None:
+        return cached
+    try:
+        dumped = event.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")
+        encoded = b'{"kind":' + json.dumps(event.kind).encode() + b"," + dumped[1:]
+    except (PydanticSerializationError, UnicodeEncodeError, ValueError):
+        # what pydantic-core will not write (a lone surrogate, say): the stdlib's way
+        encoded = json.dumps(to_record(event), separators=(",", ":"),
+                             ensure_ascii=False).encode("utf-8")
+    for char, escape in _LINE_BREAKS_UTF8:
+        if char in encoded:
+            encoded = encoded.replace(char, escape)
+    event._record = encoded
+    return encoded
+
+
 def to_json(event: Event) -> str:
-    """``to_record`` as one compact JSON line (no newline, and no character any common line
-    splitter takes for one)."""
-    text = json.dumps(to_record(event), separators=(",", ":"), ensure_ascii=False)
-    for char, escape in _LINE_BREAKS:
-        if char in text:
-            text = text.replace(char, escape)
-    return text
+    """``record_json`` as text."""
+    return record_json(event).decode("utf-8")
 
 
 def from_record(record: dict[str, Any]) -> Event | EventError:
@@ -278,6 +312,22 @@ def from_record(record: dict[str, Any]) -> Event | EventError:
     envelope = {k: v for k, v in record.items() if k != "kind"}
     raw = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
     return decode_notification(envelope, raw)
+
+
+def from_record_json(data: bytes) -> Event | EventError:
+    """Decode a record from its JSON (a journal row); the event keeps ``data`` as its
+    ``record_json``, so it is written exactly as it was journaled."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return EventError("journal row is not JSON", data)
+    if not isinstance(record, dict):
+        return EventError("journal row is not an object", data)
+    record.pop("kind", None)
+    decoded = decode_notification(record, data)
+    if not isinstance(decoded, EventError):
+        decoded._record = data
+    return decoded
 
 
 # Field accessors used by the router (and by file-sink path templates).

@@ -1,10 +1,11 @@
 """The durable journal: an embedded SQLite database (WAL) between receiving and delivering.
 
 An event counts as received once its row is committed here. Commits are grouped: appends
-collect in memory and one transaction writes them every ``commit_interval`` (or sooner
-when ``commit_max`` are waiting), so throughput stays high while a crash loses at most
-one interval of events the platform can still replay (session recovery) or that the
-backfill rebuilds.
+collect in memory and one transaction writes them all — as soon as the previous commit is
+done (``commit_interval`` 0: group commit, the lowest latency, and under load the groups
+grow by themselves), or every ``commit_interval`` (or sooner when ``commit_max`` are
+waiting) — so throughput stays high while a crash loses only uncommitted appends, which
+the platform can still replay (session recovery) or the backfill rebuilds.
 
     events       seq (order), uuid (unique), kind, targets (",sink,sink,"), received, record
     seen         uuid → first seen: deduplication beyond compaction, for ``dedup_window``
@@ -25,9 +26,11 @@ Only this module touches SQLite. All database work runs in one worker thread at 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,11 @@ from daemon.observe import Counters
 log = get_logger("journal")
 
 SCHEMA_VERSION = 1
+#: SQLite's automatic checkpoint only past this many WAL pages (~40 MB): the compactor
+#: checkpoints every second off the commit path (``Journal.checkpoint``)
+AUTOCHECKPOINT_PAGES = 10_000
+#: rows of the latest commits kept in memory for the readers (~1 KB each)
+RECENT_ROWS = 2048
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -192,6 +200,8 @@ class Journal:
         self._conn = conn
         self._limiter = anyio.CapacityLimiter(1)
         self.commit_interval = commit_interval
+        #: group commit: every append wakes the committer (which commits once it is free)
+        self.eager = commit_interval <= 0
         self.commit_max = commit_max
         self.fsync = fsync
         self.max_events = max_events
@@ -220,9 +230,11 @@ class Journal:
         #: repeat one, and its lookup is skipped
         self._backfilled_keys = self._scalar(
             "SELECT COUNT(*) FROM content WHERE key >= ? AND key < ?", BACKFILLED, "bkey;") > 0
-        #: models of recent rows, so steady-state delivery never re-parses JSON
-        self.cache: OrderedDict[int, Any] = OrderedDict()
-        self.cache_size = 4096
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
+        #: the rows of the latest commits, in seq order: readers that keep up read them
+        #: from here instead of from the database (no worker-thread round trip)
+        self._recent: deque[Row] = deque(maxlen=RECENT_ROWS)
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -292,7 +304,7 @@ class Journal:
         if key is not None:
             self._pending_uuids.add((BACKFILLED if backfilled else LIVE) + key)
         self._appended += 1
-        if len(self._pending) >= self.commit_max:
+        if self.eager or len(self._pending) >= self.commit_max:
             self._wake_committer.set()
 
     @property
@@ -336,14 +348,15 @@ class Journal:
         committed.set()
 
     async def run_committer(self) -> None:
-        """Commit pending appends every ``commit_interval``, or sooner when many wait.
+        """Commit pending appends as soon as the last commit is done (``commit_interval``
+        0), or every ``commit_interval``, or sooner when many wait.
 
         A full disk or a lock held by another process is retried with backoff, loudly, while
         appends wait (backpressure reaches the socket); nothing pending is dropped. Other
         errors (corrupt, read-only) end the committer and so the daemon."""
         failures = 0
         while True:
-            with anyio.move_on_after(self.commit_interval):
+            with anyio.move_on_after(math.inf if self.eager else self.commit_interval):
                 await self._wake_committer.wait()
             self._wake_committer = anyio.Event()
             try:
@@ -371,8 +384,8 @@ class Journal:
         self._taken += len(batch)
         upto = self._taken
         try:
-            inserted, dropped, known, backfilled = await self._db(self._insert, batch, now,
-                                                                  letters)
+            inserted, dropped, known, backfilled, rows = await self._db(
+                self._insert, batch, now, letters)
         except BaseException:
             self._taken -= len(batch)
             # A failed transaction commits nothing, and a cancellation before the worker
@@ -392,6 +405,10 @@ class Journal:
             self.counters.inc("dead_letters", len(letters))
             for letter in letters:
                 self.counters.inc(f"dead_letters.{letter.sink}")
+        if dropped:
+            self._recent.clear()  # some of them may be gone: read from the database
+        else:
+            self._recent.extend(rows)
         if dropped:
             self.counters.inc("dropped_full", dropped)
             log.error("journal_full_dropped_oldest", dropped=dropped,
@@ -413,9 +430,10 @@ class Journal:
         return inserted
 
     def _insert(self, batch: list[Pending], now: float, letters: Sequence[PendingLetter] = (),
-                ) -> tuple[list[int], int, int, list[str]]:
+                ) -> tuple[list[int], int, int, list[str], list[Row]]:
         conn = self._conn
         inserted: list[int] = []
+        rows: list[Row] = []
         dropped = known = 0
         backfilled: list[str] = []
 
@@ -456,13 +474,14 @@ class Journal:
                 if item.backfilled:
                     backfilled.append(item.kind)
                     self._backfilled_keys = True
+                rows.append(Row(cur.lastrowid, item.uuid, item.kind, item.targets, item.record))
             if self.full_policy == "drop_oldest" and self.max_events:
                 over = self._count + len(inserted) - self.max_events
                 if over > 0:
                     dropped = conn.execute("DELETE FROM events WHERE seq IN "
                                            "(SELECT seq FROM events ORDER BY seq LIMIT ?)",
                                            (over,)).rowcount
-        return inserted, dropped, known, backfilled
+        return inserted, dropped, known, backfilled, rows
 
     # -- gaps (the backfill's work list) ------------------------------------------------------
 
@@ -497,7 +516,35 @@ class Journal:
 
     async def read(self, after: int, limit: int) -> list[Row]:
         """Committed rows with ``seq > after``, oldest first."""
+        recent = self._read_recent(after, limit)
+        if recent:
+            return recent
         return await self._db(self._read, after, limit)
+
+    def _read_recent(self, after: int, limit: int) -> list[Row]:
+        """Rows ``after + 1, after + 2, …`` from the latest commits; empty (ask the database)
+        unless they follow each other up to ``limit`` rows or the newest commit: a gap can
+        only be rows another process added (a dead-letter replay), which only the database
+        has."""
+        recent = self._recent
+        if not recent or not recent[0].seq <= after + 1 <= recent[-1].seq:
+            return []
+        index = after + 1 - recent[0].seq  # exact unless the kept rows have gaps
+        if index >= len(recent) or recent[index].seq != after + 1:
+            index = next((i for i, row in enumerate(recent) if row.seq == after + 1), -1)
+            if index < 0:
+                return []
+        rows: list[Row] = []
+        expected = after + 1
+        for i in range(index, min(len(recent), index + limit)):
+            row = recent[i]
+            if row.seq != expected:
+                break
+            rows.append(row)
+            expected += 1
+        if not rows or (len(rows) < limit and rows[-1] is not recent[-1]):
+            return []
+        return rows
 
     def _read(self, after: int, limit: int) -> list[Row]:
         rows = self._conn.execute(
@@ -610,6 +657,7 @@ class Journal:
         """Delete events every listed sink has passed, and uuids older than the dedup window."""
         removed, expired = await self._db(self._compact, list(sinks), self._clock())
         if expired:
+            self._recent.clear()
             self.counters.inc("expired", expired)
             log.error("journal_max_age_dropped", events=expired, max_age=self.max_age,
                       note="undelivered events older than max_age were removed")
@@ -673,6 +721,37 @@ class Journal:
                 await self.commit()
             finally:
                 await self._db(self._conn.close)
+                await anyio.to_thread.run_sync(self._close_checkpointer)
+
+    async def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file, and sync it, from a connection
+        of its own in a worker thread of its own: commits and reads go on meanwhile (a
+        passive checkpoint never blocks them), where SQLite's automatic checkpoint would
+        stall the commit that crosses its threshold for the whole copy and sync. Called
+        by the pipeline's compactor; the automatic checkpoint stays as a safety net for a
+        WAL that grows past ``AUTOCHECKPOINT_PAGES`` anyway."""
+        try:
+            await anyio.to_thread.run_sync(self._checkpoint)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    def _checkpoint(self) -> None:
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, timeout=1.0,
+                                                     isolation_level=None,
+                                                     check_same_thread=False)
+                self._checkpointer.execute(
+                    f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _close_checkpointer(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
 
 
 def _kind_of(record: bytes) -> str:
@@ -707,6 +786,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool) -> None:
     # FULL: fsync at every commit; NORMAL: WAL survives a process crash, and loses at most
     # the last commits on power loss
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     check = conn.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok":
         raise JournalError(f"the journal is corrupt ({check}); move it aside to start afresh",

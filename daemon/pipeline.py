@@ -13,10 +13,10 @@ to the offending events, which go to the dead letters.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -38,11 +38,27 @@ log = get_logger("pipeline")
 #: added by another process, e.g. `a2pd dead-letters replay`)
 IDLE_POLL = 1.0
 T = TypeVar("T")
-#: decoded events kept so readers need not parse journal rows again: at most this many, and
-#: at most this many bytes of records (events can be as large as a frame: by count alone a
-#: stream of large events would make the cache grow to gigabytes)
-MODEL_CACHE = 8192
+#: the receive side lets the readers run after this many events
+INGEST_SLICE = 32
+#: decoded events kept for the readers (~4 KB each): a few batches' worth, and at most this
+#: many bytes of records (events can be as large as a frame: by count alone a stream of
+#: large events would make the cache grow to gigabytes)
+MODEL_CACHE = 2048
 MODEL_CACHE_BYTES = 16 * 1024 * 1024
+#: a kept event no reader has taken after this long never will be (a duplicate the journal
+#: dropped at commit, a sink removed by a reload): it may make room for a new one
+MODEL_TTL = 60.0
+
+
+@dataclass(slots=True)
+class _Kept:
+    """A decoded event waiting for the readers of the sinks it is routed to."""
+
+    event: events.Event
+    #: sinks that have not taken it yet
+    remaining: int
+    at: float
+    size: int
 
 
 class Pipeline:
@@ -65,9 +81,11 @@ class Pipeline:
         self.retry_policy = RetryPolicy(initial=retry_initial, maximum=retry_max,
                                         max_attempts=max_attempts)
         self.compact_interval = compact_interval
-        self._models: OrderedDict[str, tuple[events.Event, int]] = OrderedDict()
+        #: uuid → the event decoded at ingest, until every sink it goes to took it
+        self._models: OrderedDict[str, _Kept] = OrderedDict()
         self._models_bytes = 0
         self._closing = False
+        self._ingested = 0
         #: a sample of notification_undecodable lines (each one is dead-lettered)
         self._undecodable_log = LogThrottle()
         self.cursors: dict[str, int] = {}
@@ -85,7 +103,9 @@ class Pipeline:
 
     async def ingest(self, notification: ServerNotification) -> None:
         """Decode, route and journal one notification."""
-        decoded = events.decode_notification(notification.body, notification.raw)
+        decoded: events.Event | events.EventError | None = notification.event
+        if decoded is None:
+            decoded = events.decode_notification(notification.body, notification.raw)
         if isinstance(decoded, events.EventError):
             held = self._undecodable_log.allow()
             if held is not None:
@@ -108,22 +128,39 @@ class Pipeline:
         if not targets:
             self.counters.inc("unrouted")
             log.info("event_unrouted", uuid=event.uuid, kind=kind)
-        record = events.to_json(event).encode("utf-8")
-        self._cache_model(event, len(record))
+        record = events.record_json(event)
+        if targets:
+            self._keep(event, len(targets), len(record))
         await self.journal.append(event.uuid, kind, targets, record,
                                   key=events.content_key(event),
                                   drop=events.superseded_keys(event), backfilled=backfilled)
+        self._ingested += 1
+        if self._ingested % INGEST_SLICE == 0:
+            # A burst arrives faster than the socket is read dry, so the receive loop would
+            # run for hundreds of frames between the readers' turns: yield, so delivery
+            # keeps pace and finds the events it needs still kept in memory.
+            await anyio.lowlevel.checkpoint()
 
-    def _cache_model(self, event: events.Event, size: int) -> None:
-        previous = self._models.pop(event.uuid, None)
-        if previous is not None:
-            self._models_bytes -= previous[1]
-        self._models[event.uuid] = (event, size)
+    def _keep(self, event: events.Event, sinks: int, size: int) -> None:
+        """Keep ``event`` for its readers, so they need not decode its journal row. When
+        full (by count or bytes), new events are not kept (readers far behind decode theirs
+        from the journal) rather than dropping the ones readers are about to take, unless
+        the oldest is stale."""
+        models, now = self._models, anyio.current_time()
+        if event.uuid in models:
+            return
+        while models and (len(models) >= MODEL_CACHE
+                          or self._models_bytes + size > MODEL_CACHE_BYTES):
+            oldest = next(iter(models.values()))
+            if now - oldest.at < MODEL_TTL:
+                self.counters.inc("model_cache_full")
+                return
+            _, gone = models.popitem(last=False)
+            self._models_bytes -= gone.size
+        if size > MODEL_CACHE_BYTES:
+            return
+        models[event.uuid] = _Kept(event, sinks, now, size)
         self._models_bytes += size
-        while self._models and (len(self._models) > MODEL_CACHE
-                                or self._models_bytes > MODEL_CACHE_BYTES):
-            _, (_, evicted) = self._models.popitem(last=False)
-            self._models_bytes -= evicted
 
     async def ingest_bad_frame(self, error: FrameError) -> None:
         """Dead-letter a frame that did not decode (the session has counted it)."""
@@ -238,6 +275,7 @@ class Pipeline:
         while True:
             await anyio.sleep(self.compact_interval)
             await self._journal(self.journal.compact, list(self.sinks))
+            await self._journal(self.journal.checkpoint)
 
     async def _wait_for_rows(self, cursor: int) -> None:
         if self.journal.last_seq > cursor or self._closing:
@@ -301,9 +339,15 @@ class Pipeline:
     async def _models_for(self, name: str, rows: Sequence[Row]) -> list[events.Event]:
         batch: list[events.Event] = []
         for row in rows:
-            cached = self._models.get(row.uuid)
-            model: events.Event | events.EventError | None = cached[0] if cached else None
-            if model is None:
+            model: events.Event | events.EventError
+            kept = self._models.get(row.uuid)
+            if kept is not None:
+                model = kept.event
+                kept.remaining -= 1
+                if kept.remaining <= 0:
+                    del self._models[row.uuid]
+                    self._models_bytes -= kept.size
+            else:
                 model = _decode_row(row)
             if isinstance(model, events.EventError):
                 await self._journal(self.journal.add_dead_letter, name, model.reason,
@@ -366,7 +410,7 @@ class Pipeline:
         for event in batch:
             await self._journal(
                 self.journal.add_dead_letter, name, f"gave up after {attempts} attempts: {reason}",
-                events.to_json(event).encode(), uuid=event.uuid, attempts=attempts,
+                events.record_json(event), uuid=event.uuid, attempts=attempts,
                 first_attempt=first, last_attempt=time.time())
 
     async def _narrow_permanent(self, name: str, sink: Sink, batch: Sequence[events.Event],
@@ -391,7 +435,7 @@ class Pipeline:
     async def _reject(self, name: str, event: events.Event, reason: str, attempts: int) -> None:
         log.error("sink_rejected_event", sink=name, uuid=event.uuid, reason=reason)
         await self._journal(self.journal.add_dead_letter, name, reason,
-                            events.to_json(event).encode(), uuid=event.uuid, attempts=attempts)
+                            events.record_json(event), uuid=event.uuid, attempts=attempts)
 
 
 class _Retired(Exception):
@@ -399,10 +443,7 @@ class _Retired(Exception):
 
 
 def _decode_row(row: Row) -> events.Event | events.EventError:
-    try:
-        record = json.loads(row.record)
-    except ValueError:
-        return events.EventError("journal row is not JSON", row.record, row.uuid)
-    if not isinstance(record, dict):
-        return events.EventError("journal row is not an object", row.record, row.uuid)
-    return events.from_record(record)
+    decoded = events.from_record_json(row.record)
+    if isinstance(decoded, events.EventError):
+        return events.EventError(decoded.reason, row.record, row.uuid)
+    return decoded

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from daemon.events import describe
+from daemon.events import (
+    BatchEvent,
+    Event,
+    MessageEvent,
+    OptOutEvent,
+    OtherEvent,
+    describe,
+    model_for,
+)
 
 SUBSCRIPTION_PATH: Final = "/restapi/v1.0/subscription"
 
@@ -115,11 +123,18 @@ class ClientResponse:
 
 @dataclass(frozen=True, slots=True)
 class ServerNotification:
-    """A notification frame; ``body`` is the event envelope (uuid, event, body, …)."""
+    """A notification frame; ``body`` is the event envelope (uuid, event, body, …), and
+    ``event`` the envelope already decoded when the frame took the fast path."""
 
     header: Header
-    body: Any
+    _body: Any
     raw: bytes
+    event: Event | None = None
+
+    @property
+    def body(self) -> Any:
+        """The envelope as parsed JSON (parsed on demand after the fast path)."""
+        return self._body if self._body is not None else json.loads(self.raw)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +203,11 @@ def error_code(body: Any) -> str | None:
 def decode(data: str | bytes) -> Message | FrameError:
     """Decode one WebSocket message. Never raises."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    # only a frame that cannot nest deeper than the limit takes the fast path (the general
+    # path checks the depth precisely)
+    fast = _notification(raw) if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH else None
+    if fast is not None:
+        return fast
     if isinstance(data, bytes | bytearray | memoryview):
         # strictly UTF-8 (RFC 8259 §8.1): json.loads would also take UTF-16/32 and, through
         # "surrogatepass", encoded surrogates
@@ -242,6 +262,43 @@ def _too_deep(value: Any, limit: int) -> bool:
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
     return False
+
+
+_EVENT_KEY = b'"event":'
+_JSON_SPACE = b" \t\r\n"
+#: per event model: the whole notification frame validated from its JSON in one pass
+_FRAME_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {
+    BatchEvent: TypeAdapter(tuple[Header, BatchEvent]),
+    MessageEvent: TypeAdapter(tuple[Header, MessageEvent]),
+    OptOutEvent: TypeAdapter(tuple[Header, OptOutEvent]),
+    OtherEvent: TypeAdapter(tuple[Header, OtherEvent]),
+}
+
+
+def _notification(raw: bytes) -> ServerNotification | None:
+    """The fast path for the frame that matters, a well-formed notification: header and
+    envelope validated straight from the JSON (pydantic-core, one pass, no intermediate
+    dicts) into the event model its ``event`` path names. None for anything else, and
+    for anything that does not validate: ``decode`` then takes the general path, which
+    says precisely what is wrong."""
+    at = raw.find(_EVENT_KEY)
+    if at < 0:
+        return None
+    start = at + len(_EVENT_KEY)
+    while raw[start:start + 1] in _JSON_SPACE and start < len(raw):
+        start += 1
+    if raw[start:start + 1] != b'"':
+        return None
+    path = raw[start + 1:raw.find(b'"', start + 1)].decode("utf-8", "replace")
+    try:
+        header, event = cast(tuple[Header, Event],
+                             _FRAME_ADAPTERS[model_for(path)].validate_json(raw))
+    except (ValidationError, RecursionError):
+        return None
+    # the "event" key found first must have been the envelope's (not one in the header)
+    if header.type != SERVER_NOTIFICATION or type(event) is not model_for(event.event):
+        return None
+    return ServerNotification(header, None, raw, event)
 
 
 def _dumps(frame: list[Any]) -> str:

@@ -187,3 +187,25 @@ def test_record_uses_wire_names() -> None:
                            "body"}
     assert record["body"]["from"] == "+16505550111"
     assert record["body"]["errorCode"] == "SMS-CAR-411"
+
+
+def test_record_json_is_encoded_once_and_matches_the_record() -> None:
+    """record_json is the JSON of to_record with ``kind`` first, computed once per event;
+    an event with its record cached still equals one without."""
+    event = decode(load("outbound.json"))
+    first = events.record_json(event)
+    assert first.startswith(b'{"kind":"outbound",')
+    assert json.loads(first) == events.to_record(event)
+    assert events.record_json(event) is first
+    assert event == decode(load("outbound.json"))
+
+
+def test_an_event_from_a_journal_row_writes_the_row_bytes() -> None:
+    """from_record_json decodes a stored record and keeps its exact bytes for the sinks."""
+    event = decode(load("batch.json"))
+    data = events.record_json(event)
+    again = events.from_record_json(data)
+    assert again == event
+    assert events.record_json(again) is data
+    assert isinstance(events.from_record_json(b"[1]"), EventError)
+    assert isinstance(events.from_record_json(b"{"), EventError)

@@ -308,3 +308,52 @@ async def test_max_age_removes_old_undelivered_events_loudly(tmp_path: Path) -> 
     assert journal.counters["expired"] == 1
     assert (await journal.stats())["events"] == 1
     await journal.aclose()
+
+
+async def test_group_commit_commits_as_soon_as_an_append_arrives(tmp_path: Path) -> None:
+    """With commit_interval 0 the committer commits at once (no interval to wait out)."""
+    journal = await open_journal(tmp_path, commit_interval=0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run_committer)
+        with anyio.fail_after(10):
+            await journal.append("a", "outbound", ["s"], b"a")
+            await journal.wait_committed()
+        assert [r.uuid for r in await journal.read(0, 10)] == ["a"]
+        tg.cancel_scope.cancel()
+    await journal.aclose()
+
+
+async def test_reads_come_from_recent_commits_and_see_rows_added_elsewhere(
+        tmp_path: Path) -> None:
+    """Readers get the latest commits' rows from memory, and still every row another
+    process added in between (a dead-letter replay) from the database, in order."""
+    journal = await open_journal(tmp_path)
+    await journal.append("a", "outbound", ["s"], b"a")
+    await journal.commit()
+    other = sqlite3.connect(tmp_path / "journal.db")
+    with other:
+        other.execute("INSERT INTO events (uuid, kind, targets, received, record) "
+                      "VALUES ('elsewhere', 'outbound', ',s,', 0, x'00')")
+    other.close()
+    await journal.append("b", "outbound", ["s"], b"b")
+    await journal.commit()
+    assert [r.uuid for r in await journal.read(0, 10)] == ["a", "elsewhere", "b"]
+    first = (await journal.read(0, 1))[0]
+    assert [r.uuid for r in await journal.read(first.seq, 10)] == ["elsewhere", "b"]
+    await journal.aclose()
+
+
+async def test_checkpoint_moves_committed_rows_into_the_database_file(tmp_path: Path) -> None:
+    """checkpoint() copies the WAL into journal.db from its own connection (the automatic
+    checkpoint is far off), and the journal goes on committing and reading after it."""
+    journal = await open_journal(tmp_path)
+    for i in range(200):
+        await journal.append(f"u{i}", "outbound", ["s"], b"x" * 500)
+    await journal.commit()
+    before = (tmp_path / "journal.db").stat().st_size
+    await journal.checkpoint()
+    assert (tmp_path / "journal.db").stat().st_size > before + 200 * 500
+    await journal.append("after", "outbound", ["s"], b"y")
+    await journal.commit()
+    assert len(await journal.read(0, 1000)) == 201
+    await journal.aclose()

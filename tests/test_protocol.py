@@ -134,3 +134,39 @@ def test_newer_wsc_rules() -> None:
     assert protocol.newer_wsc(old, lower) is None
     assert protocol.newer_wsc(old, higher) == Wsc(token="d", sequence=6)
     assert protocol.newer_wsc(None, lower) == Wsc(token="c", sequence=4)
+
+
+@pytest.mark.parametrize("seed", ["batch.json", "inbound.json", "outbound.json",
+                                  "outbound_failed.json", "optout.json", "optin.json"])
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_notification_fast_path_decodes_like_the_general_path(
+        seed: str, separators: tuple[str, str]) -> None:
+    """A notification validated from its JSON in one pass is the event the general path
+    makes, its envelope is still there as ``body``, and its raw bytes are kept."""
+    from daemon import events
+    from tests.harness import seed as load_seed
+
+    envelope = load_seed(seed)
+    text = json.dumps([{"type": "ServerNotification", "messageId": "m", "status": 200},
+                       envelope], separators=separators)
+    msg = protocol.decode(text)
+    assert isinstance(msg, ServerNotification)
+    assert msg.event is not None
+    assert msg.event == events.decode_notification(envelope, b"")
+    assert msg.body == envelope
+    assert msg.raw == text.encode()
+
+
+def test_a_header_event_key_does_not_mislead_the_fast_path() -> None:
+    """An "event" key before the envelope's (here in the header) never picks the model:
+    the frame is decoded by the general path, the same as without it."""
+    from daemon import events
+    from tests.harness import seed as load_seed
+
+    envelope = load_seed("outbound.json")
+    text = frame({"type": "ServerNotification", "messageId": "m",
+                  "event": "/restapi/v1.0/account/~/a2p-sms/batches"}, envelope)
+    msg = protocol.decode(text)
+    assert isinstance(msg, ServerNotification)
+    assert msg.event is None
+    assert isinstance(events.decode_notification(msg.body, msg.raw), events.MessageEvent)

@@ -175,3 +175,30 @@ def test_registry_loads_entry_point_sinks(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.syspath_prepend(str(pkg))
     assert "mine" in sink_types()
     assert sink_class("mine").__name__ == "Mine"
+
+
+async def test_file_sink_interval_fsync_runs_beside_the_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync="interval" fsyncs in a background thread (a batch never waits for it); the
+    round is complete once the sink is closed, and a failed round fails the next write."""
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    sink = file_sink(tmp_path, fsync="interval", fsync_interval=0.001, path="all.jsonl")
+    sink._last_fsync -= 1  # the interval has passed
+    await sink.send([ev("outbound.json")])
+    await sink.aclose()
+    assert len(calls) == 1
+    assert len((tmp_path / "out" / "all.jsonl").read_text().splitlines()) == 1
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    failing = file_sink(tmp_path, fsync="interval", fsync_interval=0.001, path="all.jsonl")
+    failing._last_fsync -= 1
+    await failing.send([ev("outbound.json")])
+    failing._join_background()
+    with pytest.raises(SinkError):
+        await failing.send([ev("outbound.json")])
+    await failing.aclose()

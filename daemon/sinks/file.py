@@ -6,8 +6,9 @@ inside the base directory, so a hostile field (``../../etc``, an absolute path, 
 long string) can never write elsewhere.
 
 fsync policy: ``never`` (flush to the OS after each batch), ``interval`` (also fsync when at
-least ``fsync_interval`` has passed since the last fsync, checked on each write and at
-close), ``always`` (fsync after every batch). ``reopen()`` closes every file so the next
+least ``fsync_interval`` has passed since the last fsync, checked on each write, in a
+background thread so no batch waits for it, and at close), ``always`` (fsync after every
+batch, before it is acknowledged). ``reopen()`` closes every file so the next
 write opens the path afresh (logrotate's create/move).
 """
 
@@ -30,7 +31,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from daemon.config import Duration, LocalPath
 from daemon.errors import SinkError
-from daemon.events import Event, field_values, to_json
+from daemon.events import Event, field_values, record_json
 from daemon.sinks import Sink, SinkContext, SinkOptions
 
 TEMPLATE_FIELDS = ("kind", "date", "hour", "month", "year", "from", "to", "batchId",
@@ -106,18 +107,27 @@ def fit_name(name: str) -> str:
     return f"{head}~{digest}{ext}"
 
 
-def template_values(event: Event, now: datetime | None = None) -> dict[str, str]:
-    """The values a path template can use for ``event``, already made safe."""
-    stamp = event.time or now or datetime.now(UTC)
-    stamp = stamp.astimezone(UTC)
-    values = {
-        "date": stamp.strftime("%Y-%m-%d"),
-        "hour": stamp.strftime("%H"),
-        "month": stamp.strftime("%Y-%m"),
-        "year": stamp.strftime("%Y"),
-    }
-    for name in ("kind", "from", "to", "batchId", "direction", "status", "subscriptionId",
-                 "ownerId"):
+_TIME_FIELDS = {"date": "%Y-%m-%d", "hour": "%H", "month": "%Y-%m", "year": "%Y"}
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The field names a (validated) path template uses, each once."""
+    return tuple(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template)
+                               if name))
+
+
+def template_values(event: Event, now: datetime | None = None,
+                    names: Sequence[str] = TEMPLATE_FIELDS) -> dict[str, str]:
+    """The values a path template can use for ``event`` (only ``names``), already safe."""
+    values: dict[str, str] = {}
+    stamp: datetime | None = None
+    for name in names:
+        time_format = _TIME_FIELDS.get(name)
+        if time_format is not None:
+            if stamp is None:
+                stamp = (event.time or now or datetime.now(UTC)).astimezone(UTC)
+            values[name] = stamp.strftime(time_format)
+            continue
         found = field_values(event, name)
         values[name] = safe_component(found[0]) if found else "unknown"
     return values
@@ -132,29 +142,45 @@ class FileSink(Sink):
     def __init__(self, name: str, options: FileOptions, context: SinkContext) -> None:
         super().__init__(name, options, context)
         self.base = Path(os.path.abspath(options.directory))
+        self._fields = template_fields(options.path)
+        #: relative path → checked absolute path (a handful per day; cleared when large)
+        self._paths: dict[str, Path] = {}
         self._files: OrderedDict[Path, IO[bytes]] = OrderedDict()
         self._dirty: set[Path] = set()
         self._last_fsync = time.monotonic()
         # writes and closes run in worker threads: a SIGHUP reopen must not close a handle
         # a write is using
         self._io_lock = threading.Lock()
+        #: the running "interval" fsync round, and the error of the last one
+        self._syncing: threading.Thread | None = None
+        self._background_error: OSError | None = None
 
     def path_for(self, event: Event) -> Path:
         """Where ``event`` goes; raises ``SinkError`` (permanent) if it would leave the base."""
-        relative = self.options.path.format_map(template_values(event))
+        key = self.options.path.format_map(
+            template_values(event, names=self._fields)) if self._fields else self.options.path
+        known = self._paths.get(key)
+        if known is not None:
+            return known
         # several values in one name can exceed NAME_MAX: ENAMETOOLONG would be retried for
         # ever and hold up every later event of this sink
-        relative = "/".join(fit_name(part) for part in relative.split("/"))
+        relative = "/".join(fit_name(part) for part in key.split("/"))
         candidate = Path(os.path.normpath(self.base / relative))
         if candidate == self.base or not candidate.is_relative_to(self.base):
             raise SinkError(f"path template gives {relative!r}, outside the base directory",
                             permanent=True)
+        if len(self._paths) >= 4 * self.options.max_open_files:
+            self._paths.clear()
+        self._paths[key] = candidate
         return candidate
 
     async def send(self, batch: Sequence[Event]) -> None:
-        grouped: dict[Path, list[str]] = {}
+        grouped: dict[Path, list[bytes]] = {}
         for event in batch:
-            grouped.setdefault(self.path_for(event), []).append(to_json(event) + "\n")
+            lines = grouped.get(path := self.path_for(event))
+            if lines is None:
+                lines = grouped[path] = []
+            lines.append(record_json(event))
         await anyio.to_thread.run_sync(self._write, grouped)
 
     def _open(self, path: Path) -> IO[bytes]:
@@ -176,27 +202,67 @@ class FileSink(Sink):
         self._files[path] = handle
         return handle
 
-    def _write(self, grouped: dict[Path, list[str]]) -> None:
+    def _write(self, grouped: dict[Path, list[bytes]]) -> None:
         with self._io_lock:
             self._write_locked(grouped)
 
-    def _write_locked(self, grouped: dict[Path, list[str]]) -> None:
+    def _write_locked(self, grouped: dict[Path, list[bytes]]) -> None:
         try:
+            failed, self._background_error = self._background_error, None
+            if failed is not None:
+                raise failed
             for path, lines in grouped.items():
                 handle = self._open(path)
-                handle.write("".join(lines).encode("utf-8"))
+                lines.append(b"")  # the last line's newline
+                handle.write(b"\n".join(lines))
                 handle.flush()
                 self._dirty.add(path)
             policy = self.options.fsync
             now = time.monotonic()
-            if policy == "always" or (
-                policy == "interval" and now - self._last_fsync >= self.options.fsync_interval
-            ):
+            if policy == "always":
                 self._fsync_dirty()
+                self._last_fsync = now
+            elif policy == "interval" and now - self._last_fsync >= self.options.fsync_interval:
+                self._fsync_in_background()
                 self._last_fsync = now
         except OSError as exc:
             # ENOSPC, EACCES, EIO: the operator can fix these, so they are retried, loudly
             raise SinkError(f"cannot write {exc.filename or 'file'}: {exc.strerror}") from exc
+
+    def _fsync_in_background(self) -> None:
+        """The "interval" fsync, in a thread of its own: a batch is acknowledged once its
+        lines are with the OS (as every batch between two fsyncs always was), so it need not
+        wait while the OS writes a second's worth of data to disk. The files are fsynced
+        through duplicated descriptors (a reopen may close the originals meanwhile); one
+        fsync round at a time; a failure is raised by the next write, as a SinkError."""
+        if self._syncing is not None and self._syncing.is_alive():
+            return  # the previous round is still running: the next interval retries
+        fds = []
+        for path in self._dirty:
+            handle = self._files.get(path)
+            if handle is not None:
+                fds.append(os.dup(handle.fileno()))
+        self._dirty.clear()
+        if not fds:
+            return
+
+        def sync() -> None:
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+            except OSError as exc:
+                self._background_error = exc
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        self._syncing = threading.Thread(target=sync, name=f"fsync-{self.name}", daemon=True)
+        self._syncing.start()
+
+    def _join_background(self) -> None:
+        if self._syncing is not None:
+            self._syncing.join()
+            self._syncing = None
 
     def _fsync_dirty(self) -> None:
         for path in list(self._dirty):
@@ -219,9 +285,13 @@ class FileSink(Sink):
             self._close_all_locked()
 
     def _close_all_locked(self) -> None:
+        self._join_background()
         while self._files:
             path, handle = self._files.popitem(last=False)
             self._close_one(path, handle)
+        failed, self._background_error = self._background_error, None
+        if failed is not None:
+            raise failed
 
     async def reopen(self) -> None:
         await anyio.to_thread.run_sync(self._close_all)
