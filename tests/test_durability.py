@@ -16,10 +16,12 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import Process
 
+from daemon.emulator import Emulator
 from daemon.journal import Journal
 from tests.harness import TIMEOUT, emulator, read_records, running_daemon, seed, settings_for
 from tests.test_cli import read_until, stderr_lines
@@ -73,6 +75,37 @@ async def start_daemon(config: Path) -> Process:
         stdout=subprocess.DEVNULL)
 
 
+async def run_then_kill(config: Path, emu: Emulator, rng: random.Random,
+                        body: dict[str, Any], published: int,
+                        lines: list[str] | None = None) -> int:
+    """Start ``a2pd run``, publish a burst of 200-400 messages (ids from ``published`` on)
+    and SIGKILL it while batches are being committed and delivered; the new ``published``.
+    Its stderr lines go to ``lines``."""
+    lines = [] if lines is None else lines
+    process = await start_daemon(config)
+    async with process:
+        stream = stderr_lines(process)
+        try:
+            with anyio.fail_after(TIMEOUT):
+                await read_until(stream, "subscribed", lines)
+                burst = rng.randint(200, 400)
+                for _ in range(burst):
+                    await emu.publish("message", {**body, "id": f"m{published}"})
+                    published += 1
+                # a batch holds at most BATCH_MAX events, so the burst alone makes at least
+                # ceil(burst / BATCH_MAX) "delivered" lines: wait for fewer, then kill
+                for _ in range(rng.randint(1, -(-burst // BATCH_MAX))):
+                    await read_until(stream, "delivered", lines)
+        except BaseException:
+            print("\n".join(lines[-40:]), file=sys.stderr)
+            raise
+        finally:
+            # never leave a live daemon behind (closing the process would wait for it)
+            process.send_signal(signal.SIGKILL)
+        assert await process.wait() == -signal.SIGKILL
+    return published
+
+
 async def test_sigkill_during_a_stream_loses_nothing_committed(tmp_path: Path) -> None:
     """Five SIGKILLs at random points of a 3,000-event stream (mid-delivery), then a clean
     run: every
@@ -88,29 +121,7 @@ async def test_sigkill_during_a_stream_loses_nothing_committed(tmp_path: Path) -
                     emu.config.jwt, state, events_dir)
         published = 0
         for _ in range(kills):
-            process = await start_daemon(config)
-            lines: list[str] = []
-            async with process:
-                stream = stderr_lines(process)
-                try:
-                    with anyio.fail_after(TIMEOUT):
-                        await read_until(stream, "subscribed", lines)
-                        burst = rng.randint(200, 400)
-                        for _ in range(burst):
-                            await emu.publish("message", {**body, "id": f"m{published}"})
-                            published += 1
-                        # kill without warning while batches are being committed and delivered;
-                        # a batch holds at most BATCH_MAX events, so the burst alone makes at
-                        # least ceil(burst / BATCH_MAX) "delivered" lines: wait for fewer
-                        for _ in range(rng.randint(1, -(-burst // BATCH_MAX))):
-                            await read_until(stream, "delivered", lines)
-                except BaseException:
-                    print("\n".join(lines[-40:]), file=sys.stderr)
-                    raise
-                finally:
-                    # never leave a live daemon behind (closing the process would wait for it)
-                    process.send_signal(signal.SIGKILL)
-                assert await process.wait() == -signal.SIGKILL
+            published = await run_then_kill(config, emu, rng, body, published)
 
         # a last, clean run (in-process, so the test can wait on its counters)
         # settings_for keeps the state in tmp_path/"state": the journal the kills left behind

@@ -11,6 +11,8 @@ import io
 import json
 import ssl
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,8 @@ from daemon import logging as a2pd_logging
 from daemon.errors import ConfigError, SinkError
 from daemon.journal import Journal
 from daemon.pipeline import Pipeline
-from daemon.sinks import SinkContext
-from daemon.sinks.http import HttpOptions, HttpSink, parse_retry_after, redacted
+from daemon.sinks import SinkContext, redact_url
+from daemon.sinks.http import HttpOptions, HttpSink, parse_retry_after
 from examples.verify_webhook import verify as readme_verify
 from tests.harness import delivered, emulator, running_daemon, seed, seed_kind, settings_for
 from tests.http_receiver import DROP, Answer, Receiver, Request, Slow, Stall
@@ -56,16 +58,29 @@ def verified(request: Request, secret: str = SECRET) -> Any:
     return request.json()
 
 
+@asynccontextmanager
+async def running_pipeline(journal: Journal, sink: HttpSink, stream: list[Any], *,
+                           batch_max: int = 64) -> AsyncIterator[Pipeline]:
+    """A pipeline to ``sink`` that has taken ``stream``; closed (everything committed
+    delivered) when the block ends, and the sink with it."""
+    pipeline = pipeline_for(journal, sink, batch_max)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(pipeline.run)
+            for event in stream:
+                await pipeline.ingest_event(event)
+            yield pipeline
+            await pipeline.close()
+    finally:
+        await sink.aclose()
+
+
 async def deliver_all(journal: Journal, sink: HttpSink, stream: list[Any], *,
                       batch_max: int = 64) -> Pipeline:
-    pipeline = pipeline_for(journal, sink, batch_max)
-    async with anyio.create_task_group() as tg:
-        await tg.start(pipeline.run)
-        for event in stream:
-            await pipeline.ingest_event(event)
+    """Every event of ``stream`` delivered through ``sink`` (closed afterwards)."""
+    async with running_pipeline(journal, sink, stream, batch_max=batch_max) as pipeline:
         with anyio.fail_after(TIMEOUT):
             await pipeline.counters.wait_for("delivered.hook", len(stream))
-        await pipeline.close()
     return pipeline
 
 
@@ -110,10 +125,7 @@ async def test_retry_after_is_honoured_and_capped(tmp_path: Path) -> None:
     journal = await open_journal(tmp_path)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, retry_after_max=1.2)
-        try:
-            await deliver_all(journal, sink, make_events(1))
-        finally:
-            await sink.aclose()
+        await deliver_all(journal, sink, make_events(1))
     first, second, third, fourth = (r.at for r in receiver.requests)
     assert second - first >= 1.0
     assert third - second >= 1.0
@@ -137,9 +149,9 @@ def test_basic_credentials_are_masked_as_sent(tmp_path: Path) -> None:
 
 def test_urls_in_logs_carry_no_credentials() -> None:
     """User info and query strings (either may hold a credential) never reach a log line."""
-    assert redacted("https://u:pw@hooks.example.com:8443/a2p?token=t") == \
+    assert redact_url("https://u:pw@hooks.example.com:8443/a2p?token=t") == \
         "https://hooks.example.com:8443/a2p"
-    assert redacted("http://[::1]/x") == "http://[::1]/x"
+    assert redact_url("http://[::1]/x") == "http://[::1]/x"
 
 
 def test_retry_after_parsing() -> None:
@@ -170,27 +182,19 @@ async def test_client_errors_are_dead_lettered_then_replayed(tmp_path: Path) -> 
     journal = await open_journal(tmp_path)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, response_snippet=100)
-        pipeline = pipeline_for(journal, sink)
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(pipeline.run)
-                for event in stream:
-                    await pipeline.ingest_event(event)
-                with anyio.fail_after(TIMEOUT):
-                    await pipeline.counters.wait_for("delivered.hook", 9)
-                    await pipeline.counters.wait_for("dead_letters.hook", 1)
-                [letter] = await journal.dead_letters("hook")
-                assert letter.uuid == bad
-                assert letter.reason.startswith(f"{sink.where}: HTTP 422: {{\"error\"")
-                assert len(letter.reason) < 200
-                assert json.loads(letter.raw)["uuid"] == bad
-                fixed = True
-                assert await journal.replay_dead_letters(None, "hook") == 1
-                with anyio.fail_after(TIMEOUT):
-                    await pipeline.counters.wait_for("delivered.hook", 10)
-                await pipeline.close()
-        finally:
-            await sink.aclose()
+        async with running_pipeline(journal, sink, stream) as pipeline:
+            with anyio.fail_after(TIMEOUT):
+                await pipeline.counters.wait_for("delivered.hook", 9)
+                await pipeline.counters.wait_for("dead_letters.hook", 1)
+            [letter] = await journal.dead_letters("hook")
+            assert letter.uuid == bad
+            assert letter.reason.startswith(f"{sink.where}: HTTP 422: {{\"error\"")
+            assert len(letter.reason) < 200
+            assert json.loads(letter.raw)["uuid"] == bad
+            fixed = True
+            assert await journal.replay_dead_letters(None, "hook") == 1
+            with anyio.fail_after(TIMEOUT):
+                await pipeline.counters.wait_for("delivered.hook", 10)
     uuids = [verified(r)["uuid"] for r in receiver.accepted]
     assert uuids == [e.uuid for e in stream if e.uuid != bad] + [bad]
     await journal.aclose()
@@ -206,10 +210,7 @@ async def test_batches_are_cut_compressed_and_signed(tmp_path: Path) -> None:
     async with receiver.running():
         sink = http_sink(journal, receiver.url, mode="batch", batch_max_events=8,
                          compression="gzip", linger=0.05, signing_secrets=[SECRET, OLD_SECRET])
-        try:
-            await deliver_all(journal, sink, stream)
-        finally:
-            await sink.aclose()
+        await deliver_all(journal, sink, stream)
     arrays = [verified(r) for r in receiver.accepted]
     assert all(len(a) <= 8 for a in arrays)
     assert [e["uuid"] for a in arrays for e in a] == [e.uuid for e in stream]
@@ -235,10 +236,7 @@ async def test_concurrent_requests_deliver_each_event_once(tmp_path: Path) -> No
     stream = make_events(80)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, concurrency=4)
-        try:
-            await deliver_all(journal, sink, stream, batch_max=20)
-        finally:
-            await sink.aclose()
+        await deliver_all(journal, sink, stream, batch_max=20)
     uuids = [verified(r)["uuid"] for r in receiver.accepted]
     assert sorted(uuids) == sorted(e.uuid for e in stream)
     assert len(uuids) == len(set(uuids))
@@ -262,16 +260,9 @@ async def test_only_same_origin_307_308_redirects_are_followed(tmp_path: Path,
     async with receiver.running():
         sink = http_sink(journal, receiver.url, follow_redirects=True,
                          secret_headers={"X-Key": "redirect-secret-key"})
-        pipeline = pipeline_for(journal, sink)
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(pipeline.run)
-                await pipeline.ingest_event(make_events(1)[0])
-                with anyio.fail_after(TIMEOUT):
-                    await pipeline.counters.wait_for("dead_letters.hook", 1)
-                await pipeline.close()
-        finally:
-            await sink.aclose()
+        async with running_pipeline(journal, sink, make_events(1)) as pipeline:
+            with anyio.fail_after(TIMEOUT):
+                await pipeline.counters.wait_for("dead_letters.hook", 1)
     assert [r.target for r in receiver.requests] == ["/hook"]
     assert not receiver.accepted
     [letter] = await journal.dead_letters("hook")
@@ -294,17 +285,10 @@ async def test_redirects_are_not_followed_unless_configured(tmp_path: Path) -> N
         journal = await open_journal(tmp_path / str(follow))
         async with receiver.running():
             sink = http_sink(journal, receiver.url, follow_redirects=follow)
-            pipeline = pipeline_for(journal, sink)
-            try:
-                async with anyio.create_task_group() as tg:
-                    await tg.start(pipeline.run)
-                    await pipeline.ingest_event(make_events(1)[0])
-                    with anyio.fail_after(TIMEOUT):
-                        await pipeline.counters.wait_for(
-                            "delivered.hook" if follow else "dead_letters.hook", 1)
-                    await pipeline.close()
-            finally:
-                await sink.aclose()
+            async with running_pipeline(journal, sink, make_events(1)) as pipeline:
+                with anyio.fail_after(TIMEOUT):
+                    await pipeline.counters.wait_for(
+                        "delivered.hook" if follow else "dead_letters.hook", 1)
         if follow:
             [request] = receiver.accepted
             assert request.target == "/moved"
@@ -347,10 +331,7 @@ async def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path: Path) ->
             await untrusting.aclose()
         sink = http_sink(journal, receiver.url, ca_file=str(ca_file),
                          client_cert=str(cert_file), client_key=str(key_file))
-        try:
-            await deliver_all(journal, sink, stream)
-        finally:
-            await sink.aclose()
+        await deliver_all(journal, sink, stream)
     assert [verified(r)["uuid"] for r in receiver.accepted] == [e.uuid for e in stream]
     assert all(r.tls_client_cert for r in receiver.accepted)
     await journal.aclose()
@@ -383,19 +364,10 @@ async def test_credentials_come_from_env_and_files_and_never_leak(tmp_path: Path
                                                       "token": {"env": "HOOK_TOKEN"}},
                              secret_headers={"X-Api-Key": {"file": str(key_file)}},
                              headers={"X-Source": "a2pd"})
-            try:
-                stream = make_events(3)
-                pipeline = pipeline_for(journal, sink)
-                async with anyio.create_task_group() as tg:
-                    await tg.start(pipeline.run)
-                    for event in stream:
-                        await pipeline.ingest_event(event)
-                    with anyio.fail_after(TIMEOUT):
-                        await pipeline.counters.wait_for("delivered.hook", 2)
-                        await pipeline.counters.wait_for("dead_letters.hook", 1)
-                    await pipeline.close()
-            finally:
-                await sink.aclose()
+            async with running_pipeline(journal, sink, make_events(3)) as pipeline:
+                with anyio.fail_after(TIMEOUT):
+                    await pipeline.counters.wait_for("delivered.hook", 2)
+                    await pipeline.counters.wait_for("dead_letters.hook", 1)
         letters = await journal.dead_letters("hook")
     finally:
         a2pd_logging.configure()
@@ -538,17 +510,9 @@ async def test_giving_up_dead_letters_only_what_the_receiver_never_took(
     journal = await open_journal(tmp_path)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, max_attempts=2)
-        try:
-            pipeline = pipeline_for(journal, sink)
-            async with anyio.create_task_group() as tg:
-                await tg.start(pipeline.run)
-                for event in stream:
-                    await pipeline.ingest_event(event)
-                with anyio.fail_after(TIMEOUT):
-                    await pipeline.counters.wait_for("dead_letters.hook", 1)
-                await pipeline.close()
-        finally:
-            await sink.aclose()
+        async with running_pipeline(journal, sink, stream) as pipeline:
+            with anyio.fail_after(TIMEOUT):
+                await pipeline.counters.wait_for("dead_letters.hook", 1)
     letters = await journal.dead_letters("hook")
     assert [d.uuid for d in letters] == [stream[3].uuid, stream[4].uuid]
     assert [r.json()["uuid"] for r in receiver.accepted] == [e.uuid for e in stream[:3]]
@@ -568,25 +532,17 @@ async def test_a_reload_replacing_the_sink_does_not_resend_what_arrived(tmp_path
         old = http_sink(journal, receiver.url, retry_initial=0.5, retry_max=0.5)
         new = http_sink(journal, receiver.url, timeout=3.0)
         new.adopt(old)
-        pipeline = pipeline_for(journal, old)
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(pipeline.run)
-                for event in stream:
-                    await pipeline.ingest_event(event)
-                with anyio.fail_after(TIMEOUT):
-                    await pipeline.counters.wait_for("retries.hook", 1)
-                failing.clear()
-                new.adopt(old)  # what the app does when it builds the replacement
-                retired = await pipeline.reconfigure(Router((Route("all", ("hook",)),), ()),
-                                                     {"hook": new})
-                assert retired == [old]
-                with anyio.fail_after(TIMEOUT):
-                    await pipeline.counters.wait_for("delivered.hook", 5)
-                await pipeline.close()
-        finally:
-            await old.aclose()
-            await new.aclose()
+        async with running_pipeline(journal, old, stream) as pipeline:
+            with anyio.fail_after(TIMEOUT):
+                await pipeline.counters.wait_for("retries.hook", 1)
+            failing.clear()
+            new.adopt(old)  # what the app does when it builds the replacement
+            retired = await pipeline.reconfigure(Router((Route("all", ("hook",)),), ()),
+                                                 {"hook": new})
+            assert retired == [old]
+            with anyio.fail_after(TIMEOUT):
+                await pipeline.counters.wait_for("delivered.hook", 5)
+        await new.aclose()
     uuids = [r.json()["uuid"] for r in receiver.accepted]
     assert uuids == [e.uuid for e in stream]
     await journal.aclose()

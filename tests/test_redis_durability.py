@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,10 +18,7 @@ from daemon.journal import Journal
 from daemon.sinks.redis import RedisSink
 from tests.harness import TIMEOUT, delivered, emulator, running_daemon, seed, settings_for
 from tests.redis_server import RedisServer, redis_server
-from tests.test_cli import read_until, stderr_lines
-from tests.test_durability import start_daemon
-
-BATCH_MAX = 64
+from tests.test_durability import BATCH_MAX, run_then_kill
 
 
 def redis_sink_toml(url: str) -> str:
@@ -92,25 +87,8 @@ sinks = ["redis"]
         published = 0
         skipped_after_restart = 0
         for _ in range(kills):
-            process = await start_daemon(config)
             lines: list[str] = []
-            async with process:
-                stream = stderr_lines(process)
-                try:
-                    with anyio.fail_after(TIMEOUT):
-                        await read_until(stream, "subscribed", lines)
-                        burst = rng.randint(200, 400)
-                        for _ in range(burst):
-                            await emu.publish("message", {**body, "id": f"m{published}"})
-                            published += 1
-                        for _ in range(rng.randint(1, -(-burst // BATCH_MAX))):
-                            await read_until(stream, "delivered", lines)
-                except BaseException:
-                    print("\n".join(lines[-40:]), file=sys.stderr)
-                    raise
-                finally:
-                    process.send_signal(signal.SIGKILL)
-                assert await process.wait() == -signal.SIGKILL
+            published = await run_then_kill(config, emu, rng, body, published, lines)
             skipped_after_restart += sum(
                 json.loads(line).get("events", 0) for line in lines
                 if '"redis_duplicates_skipped"' in line)

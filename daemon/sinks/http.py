@@ -234,10 +234,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-#: URLs in logs and errors carry no credentials
-redacted = redact_url
-
-
 def _same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
@@ -252,7 +248,7 @@ class HttpSink(Sink):
     def __init__(self, name: str, options: HttpOptions, context: SinkContext) -> None:
         super().__init__(name, options, context)
         self.counters = context.counters
-        self.where = redacted(options.url)
+        self.where = redact_url(options.url)
         self.retry = RetryPolicy(initial=options.retry_initial, maximum=options.retry_max,
                                  max_attempts=options.max_attempts,
                                  max_elapsed=options.max_elapsed,
@@ -442,7 +438,7 @@ class HttpSink(Sink):
                    if self.options.follow_redirects else
                    "not followed (fix the url, or set follow_redirects for 307/308)")
             raise SinkError(f"{self.where}: HTTP {status} redirect to "
-                            f"{redacted(urljoin(url, location)) if location else '?'} {why}",
+                            f"{redact_url(urljoin(url, location)) if location else '?'} {why}",
                             permanent=True)
         raise SinkError(f"{self.where}: HTTP {status}" + (f": {text}" if text else ""),
                         permanent=True)
