@@ -68,6 +68,11 @@ def assert_round_trips(event: Event) -> None:
     assert again == event
     assert events.to_json(again) == text
     assert again.kind == event.kind
+    # a journal row decodes (fast path) to the same event, keeping its bytes
+    row = events.from_record_json(encoded)
+    assert not isinstance(row, EventError), row.reason
+    assert row == event
+    assert events.record_json(row) is encoded
 
 
 # -- the frame decoder ------------------------------------------------------------------------
