@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -266,13 +266,26 @@ def _too_deep(value: Any, limit: int) -> bool:
 
 _EVENT_KEY = b'"event":'
 _JSON_SPACE = b" \t\r\n"
-#: per event model: the whole notification frame validated from its JSON in one pass
-_FRAME_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {
-    BatchEvent: TypeAdapter(tuple[Header, BatchEvent]),
-    MessageEvent: TypeAdapter(tuple[Header, MessageEvent]),
-    OptOutEvent: TypeAdapter(tuple[Header, OptOutEvent]),
-    OtherEvent: TypeAdapter(tuple[Header, OtherEvent]),
+#: per event model: the whole notification frame validated from its JSON in one pass (the
+#: adapters' pydantic-core validators, called directly)
+_FRAME_VALIDATORS: dict[type[Any], Any] = {
+    BatchEvent: TypeAdapter(tuple[Header, BatchEvent]).validator,
+    MessageEvent: TypeAdapter(tuple[Header, MessageEvent]).validator,
+    OptOutEvent: TypeAdapter(tuple[Header, OptOutEvent]).validator,
+    OtherEvent: TypeAdapter(tuple[Header, OtherEvent]).validator,
 }
+#: event path → its model: a subscription has a handful of filters, so a handful of paths
+_MODEL_BY_PATH: dict[str, type[Event]] = {}
+_MODELS_KEPT = 256
+
+
+def _model_for(path: str) -> type[Event]:
+    model = _MODEL_BY_PATH.get(path)
+    if model is None:
+        if len(_MODEL_BY_PATH) >= _MODELS_KEPT:
+            _MODEL_BY_PATH.clear()
+        model = _MODEL_BY_PATH[path] = model_for(path)
+    return model
 
 
 def _notification(raw: bytes) -> ServerNotification | None:
@@ -291,12 +304,11 @@ def _notification(raw: bytes) -> ServerNotification | None:
         return None
     path = raw[start + 1:raw.find(b'"', start + 1)].decode("utf-8", "replace")
     try:
-        header, event = cast(tuple[Header, Event],
-                             _FRAME_ADAPTERS[model_for(path)].validate_json(raw))
+        header, event = _FRAME_VALIDATORS[_model_for(path)].validate_json(raw)
     except (ValidationError, RecursionError):
         return None
     # the "event" key found first must have been the envelope's (not one in the header)
-    if header.type != SERVER_NOTIFICATION or type(event) is not model_for(event.event):
+    if header.type != SERVER_NOTIFICATION or type(event) is not _model_for(event.event):
         return None
     return ServerNotification(header, None, raw, event)
 
