@@ -9,6 +9,8 @@ the platform can still replay (session recovery) or the backfill rebuilds.
 
     events       seq (order), uuid (unique), kind, targets (",sink,sink,"), received, record
     seen         uuid → first seen: deduplication beyond compaction, for ``dedup_window``
+                 (a journaled event's uuid moves here when compaction removes the event:
+                 a commit checks both tables, and writes one row per event, not two)
     content      ``key:``/``bkey:`` + events.content_key (received live / backfilled) → last
                  seen, for ``dedup_window``: a backfilled event equal to one already
                  journaled is dropped, and so is a live one the backfill journaled first
@@ -32,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -48,8 +50,14 @@ SCHEMA_VERSION = 1
 #: SQLite's automatic checkpoint only past this many WAL pages (~40 MB): the compactor
 #: checkpoints every second off the commit path (``Journal.checkpoint``)
 AUTOCHECKPOINT_PAGES = 10_000
-#: rows of the latest commits kept in memory for the readers (~1 KB each)
+#: rows of the latest commits kept in memory for the readers, with the decoded events the
+#: receive side attached (~4 KB each): at most this many, and at most RECENT_BYTES of
+#: records (events can be as large as a frame: by count alone, a stream of large events
+#: would keep gigabytes)
 RECENT_ROWS = 2048
+RECENT_BYTES = 4 * 1024 * 1024
+#: uuids per "IN (...)" query (SQLite allows 32,766 variables since 3.32; older builds 999)
+IN_CHUNK = 500
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -105,13 +113,16 @@ class JournalError(A2pdError):
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One journaled event as a sink reader sees it."""
+    """One journaled event as a sink reader sees it; ``event``: the object the receive side
+    appended with it (the decoded event), while the row is among the latest commits kept in
+    memory; None when read from the database."""
 
     seq: int
     uuid: str
     kind: str
     targets: str
     record: bytes
+    event: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +158,8 @@ class Pending:
     drop: tuple[str, ...] = ()
     #: rebuilt by the backfill: dropped when its content key was seen in any way
     backfilled: bool = False
+    #: kept with the row in memory for the readers (not stored)
+    event: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +247,8 @@ class Journal:
         self._checkpoint_lock = threading.Lock()
         #: the rows of the latest commits, in seq order: readers that keep up read them
         #: from here instead of from the database (no worker-thread round trip)
-        self._recent: deque[Row] = deque(maxlen=RECENT_ROWS)
+        self._recent: deque[Row] = deque()
+        self._recent_bytes = 0
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -271,6 +285,25 @@ class Journal:
         return int(value or 0)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the connection, one operation at a time. Without ``fsync`` the
+        operation runs right here, on the event loop thread: a commit then never waits for
+        the disk (synchronous=NORMAL), so it costs what its statements cost, and in a worker
+        thread it would cost far more while the loop is busy — SQLite releases the GIL
+        around every statement step, and the thread then waits up to the switch interval
+        (5 ms) to get it back, for each row of an insert or a read. With ``fsync`` every
+        commit waits for the disk, so operations run in a worker thread (see
+        ``_db_thread``)."""
+        if self.fsync:
+            return await self._db_thread(fn, *args)
+        async with self._limiter:
+            try:
+                return fn(*args)
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
+
+    async def _db_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the connection in a worker thread: for operations that wait for the
+        disk or may scan the whole journal, with few statement steps (no per-row loop)."""
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except sqlite3.Error as exc:
@@ -280,14 +313,15 @@ class Journal:
 
     async def append(self, uuid: str, kind: str, sinks: Sequence[str], record: bytes, *,
                      key: str | None = None, drop: tuple[str, ...] = (),
-                     backfilled: bool = False) -> None:
+                     backfilled: bool = False, event: Any = None) -> None:
         """Queue an event for the next group commit; waits when the journal is full
         (``block``) or too many appends are waiting. ``key``/``drop``/``backfilled``: content
-        deduplication against the backfill (see ``_known``)."""
+        deduplication against the backfill (see ``_known``). ``event`` rides along with the
+        row while it is among the latest commits (``Row.event``), never stored."""
         if uuid in self._pending_uuids:
             self.counters.inc("duplicates")
             return
-        item = Pending(uuid, kind, targets_field(sinks), record, key, drop, backfilled)
+        item = Pending(uuid, kind, targets_field(sinks), record, key, drop, backfilled, event)
         if (backfilled or self._backfilled_keys) and \
                 _known(item, self._pending_uuids.__contains__):
             self.counters.inc("backfill_duplicates")
@@ -406,9 +440,9 @@ class Journal:
             for letter in letters:
                 self.counters.inc(f"dead_letters.{letter.sink}")
         if dropped:
-            self._recent.clear()  # some of them may be gone: read from the database
+            self._forget_recent()  # some of them may be gone: read from the database
         else:
-            self._recent.extend(rows)
+            self._remember(rows)
         if dropped:
             self.counters.inc("dropped_full", dropped)
             log.error("journal_full_dropped_oldest", dropped=dropped,
@@ -429,59 +463,108 @@ class Journal:
         self.poke()
         return inserted
 
+    def _remember(self, rows: Iterable[Row]) -> None:
+        recent = self._recent
+        for row in rows:
+            recent.append(row)
+            self._recent_bytes += len(row.record)
+        while recent and (len(recent) > RECENT_ROWS or self._recent_bytes > RECENT_BYTES):
+            self._recent_bytes -= len(recent.popleft().record)
+
+    def _forget_recent(self) -> None:
+        self._recent.clear()
+        self._recent_bytes = 0
+
     def _insert(self, batch: list[Pending], now: float, letters: Sequence[PendingLetter] = (),
                 ) -> tuple[list[int], int, int, list[str], list[Row]]:
+        """One transaction for a group commit: a few statements for the whole batch
+        (``executemany``), not a few per event. Same outcome as taking the events one by one
+        in order: a uuid already seen (or still journaled) is a duplicate; a known content
+        key drops a backfilled event (``_known``, which also sees the keys earlier events of
+        this batch set or dropped); the last set-or-drop of a content key wins."""
         conn = self._conn
-        inserted: list[int] = []
-        rows: list[Row] = []
         dropped = known = 0
         backfilled: list[str] = []
+        #: content keys set (True) or dropped (False) by this batch so far, in order
+        ops: dict[str, bool] = {}
 
         def present(key: str) -> bool:
+            decided = ops.get(key)
+            if decided is not None:
+                return decided
             return conn.execute("SELECT 1 FROM content WHERE key = ?", (key,)).fetchone() \
                 is not None
+
+        conn.execute("BEGIN IMMEDIATE")  # the write lock first: the seqs below are ours
         with conn:
             conn.executemany(
                 "INSERT INTO dead_letters (sink, reason, raw, uuid, seq, attempts, "
                 "first_attempt, last_attempt, created, size) "
                 "VALUES (?, ?, ?, ?, NULL, 1, ?, ?, ?, ?)",
                 [(d.sink, d.reason, d.raw, d.uuid, d.at, d.at, d.at, d.size) for d in letters])
+            seen = self._known_uuids([item.uuid for item in batch])
+            #: uuids of events not journaled that must still be remembered
+            new_seen: list[tuple[str, float]] = []
+            fresh: list[Pending] = []
+            check_keys = self._backfilled_keys
             for item in batch:
-                if (item.backfilled or self._backfilled_keys) and _known(item, present):
-                    known += 1
-                    conn.execute("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)",
-                                 (item.uuid, now))
+                if item.uuid in seen:
                     continue
-                cur = conn.execute("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)",
-                                   (item.uuid, now))
-                if cur.rowcount == 0:
+                if (item.backfilled or check_keys) and _known(item, present):
+                    known += 1
+                    new_seen.append((item.uuid, now))
                     continue
                 if item.key is not None:
-                    conn.execute("INSERT OR REPLACE INTO content (key, at) VALUES (?, ?)",
-                                 ((BACKFILLED if item.backfilled else LIVE) + item.key, now))
+                    ops[(BACKFILLED if item.backfilled else LIVE) + item.key] = True
                 for stale in item.drop:
-                    conn.execute("DELETE FROM content WHERE key IN (?, ?)",
-                                 (LIVE + stale, BACKFILLED + stale))
-                # OR IGNORE: a uuid whose seen-row expired (dedup_window) while its event is
-                # still journaled (max_age) is a duplicate too, never an integrity error
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO events (uuid, kind, targets, received, record) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (item.uuid, item.kind, item.targets, now, item.record))
-                if cur.rowcount == 0 or cur.lastrowid is None:
-                    continue
-                inserted.append(cur.lastrowid)
+                    ops[LIVE + stale] = False
+                    ops[BACKFILLED + stale] = False
+                fresh.append(item)
+                if item.backfilled:
+                    check_keys = True
+            if new_seen:
+                conn.executemany("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)",
+                                 new_seen)
+            if ops:
+                conn.executemany("DELETE FROM content WHERE key = ?",
+                                 [(key,) for key, kept in ops.items() if not kept])
+                conn.executemany("INSERT OR REPLACE INTO content (key, at) VALUES (?, ?)",
+                                 [(key, now) for key, kept in ops.items() if kept])
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'")\
+                .fetchone()
+            first = (int(row[0]) if row else 0) + 1
+            inserted = list(range(first, first + len(fresh)))
+            conn.executemany(
+                "INSERT INTO events (seq, uuid, kind, targets, received, record) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(seq, item.uuid, item.kind, item.targets, now, item.record)
+                 for seq, item in zip(inserted, fresh, strict=True)])
+            rows = [Row(seq, item.uuid, item.kind, item.targets, item.record, item.event)
+                    for seq, item in zip(inserted, fresh, strict=True)]
+            for item in fresh:
                 if item.backfilled:
                     backfilled.append(item.kind)
                     self._backfilled_keys = True
-                rows.append(Row(cur.lastrowid, item.uuid, item.kind, item.targets, item.record))
             if self.full_policy == "drop_oldest" and self.max_events:
                 over = self._count + len(inserted) - self.max_events
                 if over > 0:
-                    dropped = conn.execute("DELETE FROM events WHERE seq IN "
-                                           "(SELECT seq FROM events ORDER BY seq LIMIT ?)",
+                    oldest = "SELECT seq FROM events ORDER BY seq LIMIT ?"
+                    _remember_uuids(conn, f"seq IN ({oldest})", (over,))
+                    dropped = conn.execute(f"DELETE FROM events WHERE seq IN ({oldest})",  # noqa: S608 - a constant
                                            (over,)).rowcount
         return inserted, dropped, known, backfilled, rows
+
+    def _known_uuids(self, uuids: list[str]) -> set[str]:
+        """Which of ``uuids`` are still journaled or remembered in ``seen`` (a uuid whose
+        seen-row expired while its event is still journaled is known too)."""
+        known: set[str] = set()
+        for at in range(0, len(uuids), IN_CHUNK):
+            chunk = uuids[at:at + IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            known.update(uuid for (uuid,) in self._conn.execute(
+                f"SELECT uuid FROM events WHERE uuid IN ({marks}) "  # noqa: S608 - only "?" placeholders are interpolated
+                f"UNION ALL SELECT uuid FROM seen WHERE uuid IN ({marks})", chunk + chunk))
+        return known
 
     # -- gaps (the backfill's work list) ------------------------------------------------------
 
@@ -519,7 +602,11 @@ class Journal:
         recent = self._read_recent(after, limit)
         if recent:
             return recent
-        return await self._db(self._read, after, limit)
+        rows = await self._db(self._read, after, limit)
+        if rows:
+            # a reader behind the rows kept in memory: it decodes these records again
+            self.counters.inc("rows_read_from_disk", len(rows))
+        return rows
 
     def _read_recent(self, after: int, limit: int) -> list[Row]:
         """Rows ``after + 1, after + 2, …`` from the latest commits; empty (ask the database)
@@ -600,7 +687,7 @@ class Journal:
                 args)
 
     async def dead_letters(self, sink: str | None = None) -> list[DeadLetter]:
-        return await self._db(self._dead_letters, sink)
+        return await self._db_thread(self._dead_letters, sink)
 
     def _dead_letters(self, sink: str | None) -> list[DeadLetter]:
         sql = ("SELECT id, sink, uuid, seq, reason, attempts, first_attempt, last_attempt, "
@@ -615,7 +702,7 @@ class Journal:
     async def replay_dead_letters(self, ids: Sequence[int] | None, sink: str | None) -> int:
         """Move sink dead letters back into the journal for their sink (all of them when
         ``ids`` is None, optionally only ``sink``'s). Returns how many were requeued."""
-        return await self._db(self._replay, list(ids) if ids is not None else None, sink,
+        return await self._db_thread(self._replay, list(ids) if ids is not None else None, sink,
                               self._clock())
 
     def _replay(self, ids: list[int] | None, sink: str | None, now: float) -> int:
@@ -642,7 +729,7 @@ class Journal:
 
     async def purge_dead_letters(self, ids: Sequence[int] | None, sink: str | None) -> int:
         """Delete dead letters (all, or by id, optionally only ``sink``'s)."""
-        return await self._db(self._purge, list(ids) if ids is not None else None, sink)
+        return await self._db_thread(self._purge, list(ids) if ids is not None else None, sink)
 
     def _purge(self, ids: list[int] | None, sink: str | None) -> int:
         letters = [d.id for d in self._dead_letters(sink) if ids is None or d.id in ids]
@@ -655,9 +742,9 @@ class Journal:
 
     async def compact(self, sinks: Sequence[str]) -> int:
         """Delete events every listed sink has passed, and uuids older than the dedup window."""
-        removed, expired = await self._db(self._compact, list(sinks), self._clock())
+        removed, expired = await self._db_thread(self._compact, list(sinks), self._clock())
         if expired:
-            self._recent.clear()
+            self._forget_recent()
             self.counters.inc("expired", expired)
             log.error("journal_max_age_dropped", events=expired, max_age=self.max_age,
                       note="undelivered events older than max_age were removed")
@@ -676,9 +763,11 @@ class Journal:
                 floor = int(low[0] or 0) if low[1] == len(sinks) else 0
             else:
                 floor = self.last_seq
+            _remember_uuids(conn, "seq <= ?", (floor,))
             removed = conn.execute("DELETE FROM events WHERE seq <= ?", (floor,)).rowcount
             expired = 0
             if self.max_age is not None:
+                _remember_uuids(conn, "received < ?", (now - self.max_age,))
                 expired = conn.execute("DELETE FROM events WHERE received < ?",
                                        (now - self.max_age,)).rowcount
             conn.execute("DELETE FROM seen WHERE at < ?", (now - self.dedup_window,))
@@ -689,7 +778,7 @@ class Journal:
         return int(removed), int(expired)
 
     async def stats(self) -> dict[str, Any]:
-        return await self._db(self._stats)
+        return await self._db_thread(self._stats)
 
     def _stats(self) -> dict[str, Any]:
         conn = self._conn
@@ -708,7 +797,8 @@ class Journal:
             "cursors": cursors,
             "lag": lag,
             "dead_letters": dead,
-            "seen": self._scalar("SELECT COUNT(*) FROM seen"),
+            "seen": self._scalar("SELECT COUNT(*) FROM (SELECT uuid FROM seen "
+                                 "UNION SELECT uuid FROM events)"),
         }
 
     async def aclose(self) -> None:
@@ -720,7 +810,7 @@ class Journal:
             try:
                 await self.commit()
             finally:
-                await self._db(self._conn.close)
+                await self._db_thread(self._conn.close)
                 await anyio.to_thread.run_sync(self._close_checkpointer)
 
     async def checkpoint(self) -> None:
@@ -752,6 +842,13 @@ class Journal:
             if self._checkpointer is not None:
                 self._checkpointer.close()
                 self._checkpointer = None
+
+
+def _remember_uuids(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
+    """Before events are deleted: keep their uuids in ``seen`` (deduplication), with when
+    they were received (the dedup window runs from then)."""
+    conn.execute(f"INSERT OR IGNORE INTO seen (uuid, at) SELECT uuid, received FROM events "  # noqa: S608 - callers pass constant conditions
+                 f"WHERE {where}", args)
 
 
 def _kind_of(record: bytes) -> str:

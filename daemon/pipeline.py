@@ -14,9 +14,7 @@ to the offending events, which go to the dead letters.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -40,25 +38,6 @@ IDLE_POLL = 1.0
 T = TypeVar("T")
 #: the receive side lets the readers run after this many events
 INGEST_SLICE = 32
-#: decoded events kept for the readers (~4 KB each): a few batches' worth, and at most this
-#: many bytes of records (events can be as large as a frame: by count alone a stream of
-#: large events would make the cache grow to gigabytes)
-MODEL_CACHE = 2048
-MODEL_CACHE_BYTES = 16 * 1024 * 1024
-#: a kept event no reader has taken after this long never will be (a duplicate the journal
-#: dropped at commit, a sink removed by a reload): it may make room for a new one
-MODEL_TTL = 60.0
-
-
-@dataclass(slots=True)
-class _Kept:
-    """A decoded event waiting for the readers of the sinks it is routed to."""
-
-    event: events.Event
-    #: sinks that have not taken it yet
-    remaining: int
-    at: float
-    size: int
 
 
 class Pipeline:
@@ -81,9 +60,6 @@ class Pipeline:
         self.retry_policy = RetryPolicy(initial=retry_initial, maximum=retry_max,
                                         max_attempts=max_attempts)
         self.compact_interval = compact_interval
-        #: uuid → the event decoded at ingest, until every sink it goes to took it
-        self._models: OrderedDict[str, _Kept] = OrderedDict()
-        self._models_bytes = 0
         self._closing = False
         self._ingested = 0
         #: a sample of notification_undecodable lines (each one is dead-lettered)
@@ -128,39 +104,18 @@ class Pipeline:
         if not targets:
             self.counters.inc("unrouted")
             log.info("event_unrouted", uuid=event.uuid, kind=kind)
-        record = events.record_json(event)
-        if targets:
-            self._keep(event, len(targets), len(record))
-        await self.journal.append(event.uuid, kind, targets, record,
+        # the event rides along with its row while the row is among the latest commits:
+        # readers that keep up never decode a journal row
+        await self.journal.append(event.uuid, kind, targets, events.record_json(event),
                                   key=events.content_key(event),
-                                  drop=events.superseded_keys(event), backfilled=backfilled)
+                                  drop=events.superseded_keys(event), backfilled=backfilled,
+                                  event=event)
         self._ingested += 1
         if self._ingested % INGEST_SLICE == 0:
             # A burst arrives faster than the socket is read dry, so the receive loop would
             # run for hundreds of frames between the readers' turns: yield, so delivery
             # keeps pace and finds the events it needs still kept in memory.
             await anyio.lowlevel.checkpoint()
-
-    def _keep(self, event: events.Event, sinks: int, size: int) -> None:
-        """Keep ``event`` for its readers, so they need not decode its journal row. When
-        full (by count or bytes), new events are not kept (readers far behind decode theirs
-        from the journal) rather than dropping the ones readers are about to take, unless
-        the oldest is stale."""
-        models, now = self._models, anyio.current_time()
-        if event.uuid in models:
-            return
-        while models and (len(models) >= MODEL_CACHE
-                          or self._models_bytes + size > MODEL_CACHE_BYTES):
-            oldest = next(iter(models.values()))
-            if now - oldest.at < MODEL_TTL:
-                self.counters.inc("model_cache_full")
-                return
-            _, gone = models.popitem(last=False)
-            self._models_bytes -= gone.size
-        if size > MODEL_CACHE_BYTES:
-            return
-        models[event.uuid] = _Kept(event, sinks, now, size)
-        self._models_bytes += size
 
     async def ingest_bad_frame(self, error: FrameError) -> None:
         """Dead-letter a frame that did not decode (the session has counted it)."""
@@ -339,16 +294,8 @@ class Pipeline:
     async def _models_for(self, name: str, rows: Sequence[Row]) -> list[events.Event]:
         batch: list[events.Event] = []
         for row in rows:
-            model: events.Event | events.EventError
-            kept = self._models.get(row.uuid)
-            if kept is not None:
-                model = kept.event
-                kept.remaining -= 1
-                if kept.remaining <= 0:
-                    del self._models[row.uuid]
-                    self._models_bytes -= kept.size
-            else:
-                model = _decode_row(row)
+            model: events.Event | events.EventError = \
+                row.event if row.event is not None else _decode_row(row)
             if isinstance(model, events.EventError):
                 await self._journal(self.journal.add_dead_letter, name, model.reason,
                                     row.record, uuid=row.uuid, seq=row.seq)

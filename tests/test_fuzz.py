@@ -25,7 +25,6 @@ import structlog
 
 from daemon import events, protocol
 from daemon import logging as a2pd_logging
-from daemon import pipeline as pipeline_module
 from daemon.observe import LogThrottle
 from tests.fuzz import Generator, Item
 from tests.harness import (
@@ -105,15 +104,10 @@ def designed_outcome(item: Item) -> str:
 
 @pytest.mark.slow
 async def test_fuzz_run_keeps_the_daemon_up_and_accounts_for_every_frame(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """100k hostile frames interleaved with valid events over a real socket: one connection
     throughout, every valid event delivered once, every invalid frame counted, logged and
     dead-lettered with its (bounded) raw bytes, RSS flat over the second half."""
-    # The decoded-event cache holds 8192 events by default, which this run's ~11k valid
-    # events would still be filling at the end; a smaller bound fills in the first chunks, so
-    # what the second half measures is growth that no bound explains. (A 335k-frame run at
-    # the default bound plateaus the same way: docs/reliability.md.)
-    monkeypatch.setattr(pipeline_module, "MODEL_CACHE", 1024)
     generator = Generator(seed=SEED, valid_every=VALID_EVERY)
     outcomes: Counter[str] = Counter()
     labels: Counter[str] = Counter()

@@ -109,6 +109,35 @@ async def test_drop_oldest_policy_counts_what_it_drops(tmp_path: Path) -> None:
     await journal.commit()
     assert [r.uuid for r in await journal.read(0, 10)] == ["u2", "u3", "u4"]
     assert journal.counters["dropped_full"] == 2
+    # a dropped event's uuid is still remembered: the same notification again is a duplicate
+    await journal.append("u0", "k", ["s"], b"")
+    assert await journal.commit() == []
+    assert journal.counters["duplicates"] == 1
+    await journal.aclose()
+
+
+async def test_content_keys_set_and_dropped_in_one_commit_end_as_in_order(
+        tmp_path: Path) -> None:
+    """One group commit applies content keys as if event by event: an opt-in after an
+    opt-out forgets the opt-out's key, an opt-out after an opt-in sets it again, and a
+    backfilled event sees the result."""
+    journal = await open_journal(tmp_path)
+    await journal.append("out-1", "optout", ["s"], b"1", key="optout:a:b:true")
+    await journal.append("in-1", "optin", ["s"], b"2", key="optout:a:b:false",
+                         drop=("optout:a:b:true",))
+    await journal.append("in-2", "optin", ["s"], b"3", key="optout:c:d:false",
+                         drop=("optout:c:d:true",))
+    await journal.append("out-2", "optout", ["s"], b"4", key="optout:c:d:true",
+                         drop=("optout:c:d:false",))
+    assert len(await journal.commit()) == 4
+    # the backfill rebuilds the states: a:b opted in (known), c:d opted out (known); the
+    # opposite states were forgotten, so rebuilt events carrying them are journaled
+    for uuid, key in [("b1", "optout:a:b:false"), ("b2", "optout:c:d:true"),
+                      ("b3", "optout:a:b:true"), ("b4", "optout:c:d:false")]:
+        await journal.append(uuid, "optout", ["s"], b"b", key=key, backfilled=True)
+    await journal.commit()
+    assert [r.uuid for r in await journal.read(4, 10)] == ["b3", "b4"]
+    assert journal.counters["backfill_duplicates"] == 2
     await journal.aclose()
 
 

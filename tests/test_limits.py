@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from daemon import events, protocol
-from daemon.journal import Journal
-from daemon.pipeline import MODEL_CACHE_BYTES, Pipeline
+from daemon.journal import RECENT_BYTES, Journal
+from daemon.pipeline import Pipeline
 from daemon.router import Router
 from tests.harness import (
     delivered,
@@ -89,9 +89,11 @@ async def test_deep_and_huge_frames_are_dead_lettered_with_bounded_raw(tmp_path:
     assert letters[1].truncated
 
 
-async def test_decoded_event_cache_is_bounded_by_bytes(tmp_path: Path) -> None:
-    """Large events do not make the pipeline's decoded-event cache grow past its byte bound
-    (regression: it was bounded by count only, 8192 events of up to a frame each)."""
+async def test_rows_kept_in_memory_for_the_readers_are_bounded_by_bytes(
+        tmp_path: Path) -> None:
+    """Large events do not make the journal's in-memory rows (and the decoded events riding
+    with them) grow past their byte bound (regression: the pipeline's decoded-event cache
+    was bounded by count only, 8192 events of up to a frame each)."""
     journal = await Journal.open(tmp_path / "j.db", commit_interval=0.05, commit_max=1000,
                                  fsync=False, max_events=0, max_age=None,
                                  full_policy="block", dedup_window=3600.0)
@@ -103,8 +105,15 @@ async def test_decoded_event_cache_is_bounded_by_bytes(tmp_path: Path) -> None:
                             "body": {**envelope["body"], "text": "t" * (1024 * 1024)}})
             await pipeline.ingest_event(event)
             await journal.commit()
-        assert pipeline._models_bytes <= MODEL_CACHE_BYTES
-        assert 0 < len(pipeline._models) < 40
+        kept = list(journal._recent)
+        assert sum(len(row.record) for row in kept) <= RECENT_BYTES
+        assert 0 < len(kept) < 40
+        assert [row.uuid for row in kept] == [f"u{i}" for i in range(40 - len(kept), 40)]
+        assert all(row.event is not None for row in kept)
+        # a reader behind the kept rows reads the database (and decodes the records)
+        rows = await journal.read(0, 100)
+        assert [row.uuid for row in rows] == [f"u{i}" for i in range(40)]
+        assert all(row.event is None for row in rows)
     finally:
         await journal.aclose()
 
