@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from side_by_side import CONSUMERS, RESULTS, WARMUP, Source, Tail, consumer_command
@@ -44,6 +46,19 @@ def top(collapsed: Path, count: int) -> str:
     lines += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(count)
               if not name.startswith(("<module>", "_run_code", "_run_module_as_main"))]
     return "\n".join(lines)
+
+
+def a2pd_counters(log: Path) -> str:
+    """The daemon's counters from its ops endpoint (the port is in its log)."""
+    line = next((line for line in log.read_bytes().splitlines() if b"ops_listening" in line), b"")
+    match = re.search(rb'"port": ?(\d+)', line)
+    if match is None:
+        return "(no ops_listening line in the log)"
+    with urllib.request.urlopen(f"http://127.0.0.1:{int(match[1])}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return "\n".join(line for line in text.splitlines()
+                     if line.startswith("a2pd_") and not line.endswith(" 0")
+                     and not line.startswith(("a2pd_http", "a2pd_build")))
 
 
 def main() -> int:
@@ -81,6 +96,8 @@ def main() -> int:
             spy.send_signal(signal.SIGINT)
             spy.wait()
             tail.stop()
+            counters = a2pd_counters(work / "stderr.log") if args.consumer.startswith("a2pd") \
+                else ""
         finally:
             process.terminate()
             process.wait()
@@ -88,6 +105,8 @@ def main() -> int:
         source.close()
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.consumer}: {rate:,.0f} events/s over {args.events:,} events")
+    if counters:
+        print(counters)
     print(top(out, args.top))
     return 0
 
