@@ -181,12 +181,12 @@ class StateConfig(_Section):
 class JournalConfig(_Section):
     """The durable journal between the socket and the sinks (SQLite, WAL)."""
 
-    #: 0: group commit — a commit starts as soon as the previous one is done, with every
-    #: append waiting (the lowest latency; under load the groups grow by themselves);
-    #: > 0: appends are committed together at most this often (fewer, bigger transactions).
-    #: An event counts as received once committed; a crash loses only uncommitted appends,
-    #: which session recovery replays
-    commit_interval: DurationOrOff = 0.0
+    #: commits start at most this often: an event after a quiet spell is committed at
+    #: once, events arriving within the interval share the next commit (fewer WAL pages per
+    #: event); 0: a commit starts as soon as the previous one is done. An event counts as
+    #: received once committed; a crash loses only uncommitted appends, which session
+    #: recovery replays
+    commit_interval: DurationOrOff = 0.005
     #: commit sooner when this many appends are waiting
     commit_max: int = Field(default=1000, ge=1)
     #: fsync at every commit (SQLite synchronous=FULL); off: NORMAL, safe against a process

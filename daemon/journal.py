@@ -56,8 +56,12 @@ AUTOCHECKPOINT_PAGES = 10_000
 #: would keep gigabytes)
 RECENT_ROWS = 2048
 RECENT_BYTES = 4 * 1024 * 1024
+#: rows deleted per compaction transaction (a few milliseconds of the loop thread)
+COMPACT_CHUNK = 500
+#: compactions between recounts of the journal when nothing was removed
+RECOUNT_EVERY = 10
 #: uuids per "IN (...)" query (SQLite allows 32,766 variables since 3.32; older builds 999)
-IN_CHUNK = 500
+IN_CHUNK = 512
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -146,7 +150,7 @@ class DeadLetter:
         return self.size > len(self.raw)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pending:
     uuid: str
     kind: str
@@ -198,7 +202,17 @@ class PendingLetter:
 
 def targets_field(sinks: Iterable[str]) -> str:
     """How a row's target sinks are stored: ``,a,b,`` (so ``,a,`` in it is a test)."""
-    return "," + ",".join(sinks) + ","
+    key = sinks if isinstance(sinks, tuple) else tuple(sinks)
+    field = _TARGETS.get(key)
+    if field is None:
+        if len(_TARGETS) >= 1024:
+            _TARGETS.clear()
+        field = _TARGETS[key] = "," + ",".join(key) + ","
+    return field
+
+
+#: targets_field by sink tuple: a handful of route outcomes, one string each
+_TARGETS: dict[tuple[str, ...], str] = {}
 
 
 class Journal:
@@ -231,6 +245,8 @@ class Journal:
         self._pending_letters: list[PendingLetter] = []
         self._committed = anyio.Event()
         self._wake_committer = anyio.Event()
+        #: set when a commit should not wait for the rest of ``commit_interval``
+        self._hurry = anyio.Event()
         self._room = anyio.Event()
         self.counters = counters if counters is not None else Counters()
         self.max_raw_bytes = max_raw_bytes
@@ -249,6 +265,7 @@ class Journal:
         #: from here instead of from the database (no worker-thread round trip)
         self._recent: deque[Row] = deque()
         self._recent_bytes = 0
+        self._compactions = 0
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -338,8 +355,9 @@ class Journal:
         if key is not None:
             self._pending_uuids.add((BACKFILLED if backfilled else LIVE) + key)
         self._appended += 1
-        if self.eager or len(self._pending) >= self.commit_max:
-            self._wake_committer.set()
+        self._wake_committer.set()
+        if len(self._pending) >= self.commit_max:
+            self._hurry.set()
 
     @property
     def all_durable(self) -> bool:
@@ -352,7 +370,9 @@ class Journal:
         target = self._appended
         while self._durable < target:
             self._wake_committer.set()
+            self._hurry.set()
             await self.wait_committed()
+
     @property
     def waiting(self) -> int:
         """Appends and queued dead letters not committed yet."""
@@ -369,8 +389,9 @@ class Journal:
         kept = scrub(raw)[: self.max_raw_bytes]
         self._pending_letters.append(
             PendingLetter(sink, reason, kept, len(raw), uuid, self._clock()))
+        self._wake_committer.set()
         if self.waiting >= self.commit_max:
-            self._wake_committer.set()
+            self._hurry.set()
 
     async def wait_committed(self) -> None:
         """Return after the next commit (or ``poke``)."""
@@ -382,17 +403,32 @@ class Journal:
         committed.set()
 
     async def run_committer(self) -> None:
-        """Commit pending appends as soon as the last commit is done (``commit_interval``
-        0), or every ``commit_interval``, or sooner when many wait.
+        """Commit pending appends: at once when the last commit began at least
+        ``commit_interval`` ago (so the first event after a quiet spell is committed right
+        away), else once it has (events arriving meanwhile share that commit), or sooner
+        when ``commit_max`` wait or someone flushes. ``commit_interval`` 0: as soon as the
+        last commit is done.
+
+        A commit costs a transaction and its WAL pages whatever it holds: committing every
+        event on its own at moderate rates wrote ~20 KB of WAL per event, and on a slow
+        disk the I/O stalled appends for tens of milliseconds whenever anything fsynced
+        (bench/results/README.md).
 
         A full disk or a lock held by another process is retried with backoff, loudly, while
         appends wait (backpressure reaches the socket); nothing pending is dropped. Other
         errors (corrupt, read-only) end the committer and so the daemon."""
         failures = 0
+        last = -math.inf
         while True:
-            with anyio.move_on_after(math.inf if self.eager else self.commit_interval):
-                await self._wake_committer.wait()
+            await self._wake_committer.wait()
             self._wake_committer = anyio.Event()
+            if not self.eager:
+                wait = last + self.commit_interval - anyio.current_time()
+                if wait > 0 and self.waiting < self.commit_max:
+                    with anyio.move_on_after(wait):
+                        await self._hurry.wait()
+            self._hurry = anyio.Event()
+            last = anyio.current_time()
             try:
                 await self.commit()
             except JournalError as exc:
@@ -560,6 +596,9 @@ class Journal:
         known: set[str] = set()
         for at in range(0, len(uuids), IN_CHUNK):
             chunk = uuids[at:at + IN_CHUNK]
+            # padded to a power of two (repeating a uuid changes nothing): a handful of
+            # distinct statements, which stay in the connection's statement cache
+            chunk += chunk[:1] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
             marks = ",".join("?" * len(chunk))
             known.update(uuid for (uuid,) in self._conn.execute(
                 f"SELECT uuid FROM events WHERE uuid IN ({marks}) "  # noqa: S608 - only "?" placeholders are interpolated
@@ -741,8 +780,17 @@ class Journal:
     # -- upkeep -------------------------------------------------------------------------------
 
     async def compact(self, sinks: Sequence[str]) -> int:
-        """Delete events every listed sink has passed, and uuids older than the dedup window."""
-        removed, expired = await self._db_thread(self._compact, list(sinks), self._clock())
+        """Delete events every listed sink has passed, and uuids older than the dedup window,
+        ``COMPACT_CHUNK`` rows per transaction (a long backlog delivered at once does not
+        hold up commits for the whole deletion)."""
+        removed = expired = 0
+        while True:
+            chunk_removed, chunk_expired, more = await self._db(
+                self._compact, list(sinks), self._clock())
+            removed += chunk_removed
+            expired += chunk_expired
+            if not more:
+                break
         if expired:
             self._forget_recent()
             self.counters.inc("expired", expired)
@@ -753,7 +801,8 @@ class Journal:
             self._room.set()
         return removed + expired
 
-    def _compact(self, sinks: list[str], now: float) -> tuple[int, int]:
+    def _compact(self, sinks: list[str], now: float) -> tuple[int, int, bool]:
+        """One chunk of compaction: (removed, expired, whether more is left)."""
         conn = self._conn
         with conn:
             if sinks:
@@ -763,19 +812,33 @@ class Journal:
                 floor = int(low[0] or 0) if low[1] == len(sinks) else 0
             else:
                 floor = self.last_seq
-            _remember_uuids(conn, "seq <= ?", (floor,))
-            removed = conn.execute("DELETE FROM events WHERE seq <= ?", (floor,)).rowcount
+            first = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            removed, more = 0, False
+            if first is not None and first <= floor:
+                upto = min(floor, first + COMPACT_CHUNK - 1)
+                _remember_uuids(conn, "seq <= ?", (upto,))
+                removed = conn.execute("DELETE FROM events WHERE seq <= ?", (upto,)).rowcount
+                more = upto < floor
             expired = 0
             if self.max_age is not None:
-                _remember_uuids(conn, "received < ?", (now - self.max_age,))
-                expired = conn.execute("DELETE FROM events WHERE received < ?",
-                                       (now - self.max_age,)).rowcount
-            conn.execute("DELETE FROM seen WHERE at < ?", (now - self.dedup_window,))
-            conn.execute("DELETE FROM content WHERE at < ?", (now - self.dedup_window,))
-            # recounted here: rows another process added (replays) are included
-            self._count = self._scalar("SELECT COUNT(*) FROM events")
-            self.oldest_received = self._oldest()
-        return int(removed), int(expired)
+                old = "SELECT seq FROM events WHERE received < ? ORDER BY seq LIMIT ?"
+                args = (now - self.max_age, COMPACT_CHUNK)
+                _remember_uuids(conn, f"seq IN ({old})", args)
+                expired = conn.execute(f"DELETE FROM events WHERE seq IN ({old})",  # noqa: S608 - a constant
+                                       args).rowcount
+                more = more or expired >= COMPACT_CHUNK
+            forget = now - self.dedup_window
+            for table, key in (("seen", "uuid"), ("content", "key")):
+                gone = conn.execute(
+                    f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608 - constant names
+                    "WHERE at < ? ORDER BY at LIMIT ?)", (forget, COMPACT_CHUNK)).rowcount
+                more = more or gone >= COMPACT_CHUNK
+            self._compactions += 1
+            if removed or expired or self._compactions % RECOUNT_EVERY == 0:
+                # recounted: rows another process added (replays) are included
+                self._count = self._scalar("SELECT COUNT(*) FROM events")
+                self.oldest_received = self._oldest()
+        return int(removed), int(expired), more
 
     async def stats(self) -> dict[str, Any]:
         return await self._db_thread(self._stats)
@@ -802,7 +865,8 @@ class Journal:
         }
 
     async def aclose(self) -> None:
-        """Commit what is pending and close the database."""
+        """Commit what is pending and close the database; wakes everything waiting for a
+        commit (it has seen the last one)."""
         if self._closed:
             return
         self._closed = True
@@ -812,6 +876,7 @@ class Journal:
             finally:
                 await self._db_thread(self._conn.close)
                 await anyio.to_thread.run_sync(self._close_checkpointer)
+                self.poke()
 
     async def checkpoint(self) -> None:
         """Copy committed WAL frames into the database file, and sync it, from a connection

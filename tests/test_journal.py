@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
+from daemon import journal as journal_module
 from daemon.journal import Journal, JournalError
 
 
@@ -385,4 +386,28 @@ async def test_checkpoint_moves_committed_rows_into_the_database_file(tmp_path: 
     await journal.append("after", "outbound", ["s"], b"y")
     await journal.commit()
     assert len(await journal.read(0, 1000)) == 201
+    await journal.aclose()
+
+
+async def test_compaction_works_in_chunks_until_done(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long delivered backlog is compacted a chunk per transaction, all of it in one
+    call; every removed uuid is still deduplicated, and expired seen rows go in chunks too."""
+    monkeypatch.setattr(journal_module, "COMPACT_CHUNK", 3)
+    now = [1000.0]
+    journal = await open_journal(tmp_path, dedup_window=60.0, clock=lambda: now[0])
+    await journal.cursor("s")
+    for i in range(10):
+        await journal.append(f"u{i}", "k", ["s"], b"{}")
+    await journal.commit()
+    await journal.advance("s", 10)
+    assert await journal.compact(["s"]) == 10
+    assert journal.depth == 0
+    for i in range(10):
+        await journal.append(f"u{i}", "k", ["s"], b"{}")
+    assert await journal.commit() == []
+    assert journal.counters["duplicates"] == 10
+    now[0] += 61  # past the dedup window: the seen rows go, seven more than a chunk
+    assert await journal.compact(["s"]) == 0
+    assert journal._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 0
     await journal.aclose()
