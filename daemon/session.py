@@ -120,9 +120,11 @@ class _Connection:
                 raise _lost(exc) from exc
             self.last_outbound = anyio.current_time()
 
-    async def recv(self) -> str | bytes:
+    async def recv(self) -> bytes:
         try:
-            data = await self.ws.recv()
+            # bytes as received, text frames too: decode() parses the UTF-8 itself (a text
+            # frame that is not UTF-8 is then one dead-lettered frame, not a closed session)
+            data = await self.ws.recv(decode=False)
         except ConnectionClosed as exc:
             if _oversized(exc):
                 # websockets refused a frame over max_size and closed with 1009. The frame

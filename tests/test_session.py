@@ -21,10 +21,11 @@ class StubSocket:
         self.frames = frames
         self.sent: list[str] = []
 
-    async def recv(self) -> str:
+    async def recv(self, decode: bool | None = None) -> bytes:
+        assert decode is False  # a2pd reads frames as bytes, and decodes them itself
         if not self.frames:
             await anyio.sleep_forever()
-        return self.frames.pop(0)
+        return self.frames.pop(0).encode()
 
     async def send(self, text: str) -> None:
         self.sent.append(text)
