@@ -290,7 +290,12 @@ def record_json(event: Event) -> bytes:
     try:
         return _RECORD.__get__(event, None)  # type: ignore[no-any-return]
     except AttributeError:
-        pass
+        return encode_record(event)
+
+
+def encode_record(event: Event) -> bytes:
+    """Encode ``event``'s record and keep it on the event (what ``record_json`` returns from
+    then on); for a new event, whose record is not there yet to look up."""
     try:
         dumped = type(event).__pydantic_serializer__.to_json(event, by_alias=True,
                                                             exclude_unset=True)
@@ -443,5 +448,5 @@ def superseded_keys(event: Event) -> tuple[str, ...]:
 
 def is_backfilled(event: Event) -> bool:
     """Whether the event was rebuilt from the REST lists (``"backfilled": true``)."""
-    extra = event.model_extra or {}
-    return extra.get("backfilled") is True
+    extra = event.__pydantic_extra__
+    return extra is not None and extra.get("backfilled") is True

@@ -40,6 +40,10 @@ T = TypeVar("T")
 INGEST_SLICE = 32
 
 
+#: counter names by event kind
+_RECEIVED = {kind: f"received.{kind}" for kind in events.KINDS}
+
+
 class Pipeline:
     """Feeds the journal and runs one reader per sink.
 
@@ -98,8 +102,9 @@ class Pipeline:
         kind = event.kind
         backfilled = events.is_backfilled(event)
         if not backfilled:
-            self.last_event_at = anyio.current_time()
-            self.counters.inc(f"received.{kind}")
+            # time.monotonic() is anyio.current_time() on asyncio, without the backend lookup
+            self.last_event_at = time.monotonic()
+            self.counters.inc(_RECEIVED[kind])
         targets = self.router.sinks_for(event)
         if not targets:
             self.counters.inc("unrouted")

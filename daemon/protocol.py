@@ -22,6 +22,7 @@ from daemon.events import (
     OptOutEvent,
     OtherEvent,
     describe,
+    encode_record,
     model_for,
 )
 
@@ -310,6 +311,7 @@ def _notification(raw: bytes) -> ServerNotification | None:
     # the "event" key found first must have been the envelope's (not one in the header)
     if header.type != SERVER_NOTIFICATION or type(event) is not _model_for(event.event):
         return None
+    encode_record(event)
     return ServerNotification(header, None, raw, event)
 
 

@@ -16,6 +16,7 @@ Only this module imports websockets.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -137,7 +138,9 @@ class _Connection:
                     f"a frame exceeded connection.max_frame_bytes ({self.cfg.max_frame_bytes})",
                     code="close-1009", recoverable=False) from exc
             raise _lost(exc) from exc
-        self.last_inbound = anyio.current_time()
+        # per frame: time.monotonic() is what anyio.current_time() returns on asyncio
+        # (loop.time()), without anyio's backend lookup
+        self.last_inbound = time.monotonic()
         if self._inbound_waiter is not None:
             self._inbound_waiter.set()
             self._inbound_waiter = None
