@@ -23,6 +23,17 @@ async def open_journal(tmp_path: Path, **options: Any) -> Journal:
     return await Journal.open(tmp_path / "journal.db", **{**defaults, **options})
 
 
+async def deliver_and_compact(journal: Journal, count: int) -> None:
+    """Journal ``count`` events (``u0``, ``u1``, …) for sink ``s``, deliver them all and
+    compact them away."""
+    await journal.cursor("s")
+    for i in range(count):
+        await journal.append(f"u{i}", "k", ["s"], b"{}")
+    await journal.commit()
+    await journal.advance("s", count)
+    assert await journal.compact(["s"]) == count
+
+
 async def test_commit_assigns_order_and_drops_duplicates(tmp_path: Path) -> None:
     """Committed rows are ordered; a uuid seen before is not journaled twice."""
     journal = await open_journal(tmp_path)
@@ -64,12 +75,7 @@ async def test_cursors_survive_reopen_and_compaction_frees_rows(tmp_path: Path) 
 async def test_seq_keeps_growing_after_compaction_empties_the_journal(tmp_path: Path) -> None:
     """After every row is compacted away, new rows still come after each sink's cursor."""
     journal = await open_journal(tmp_path)
-    await journal.cursor("s")
-    for i in range(3):
-        await journal.append(f"u{i}", "k", ["s"], b"")
-    await journal.commit()
-    await journal.advance("s", 3)
-    assert await journal.compact(["s"]) == 3
+    await deliver_and_compact(journal, 3)
     await journal.append("next", "k", ["s"], b"")
     [seq] = await journal.commit()
     assert seq == 4
@@ -396,12 +402,7 @@ async def test_compaction_works_in_chunks_until_done(tmp_path: Path,
     monkeypatch.setattr(journal_module, "COMPACT_CHUNK", 3)
     now = [1000.0]
     journal = await open_journal(tmp_path, dedup_window=60.0, clock=lambda: now[0])
-    await journal.cursor("s")
-    for i in range(10):
-        await journal.append(f"u{i}", "k", ["s"], b"{}")
-    await journal.commit()
-    await journal.advance("s", 10)
-    assert await journal.compact(["s"]) == 10
+    await deliver_and_compact(journal, 10)
     assert journal.depth == 0
     for i in range(10):
         await journal.append(f"u{i}", "k", ["s"], b"{}")
