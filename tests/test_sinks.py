@@ -202,3 +202,32 @@ async def test_file_sink_interval_fsync_runs_beside_the_writes(
     with pytest.raises(SinkError):
         await failing.send([ev("outbound.json")])
     await failing.aclose()
+
+
+@pytest.mark.parametrize(("tail", "kept"), [
+    (b'{"kind":"outbound","uuid":"torn', b""),  # part of one of our records: cut off
+    (b'{"ki', b""),
+    (b"an operator's note without a newline", b"an operator's note without a newline\n"),
+])
+async def test_file_sink_mends_a_tail_torn_by_a_crash(tmp_path: Path, tail: bytes,
+                                                      kept: bytes) -> None:
+    """A crash in the middle of a write can leave part of a record at the end of a file (the
+    kernel writes a large batch page by page). The batch was never acknowledged, so it is
+    written again: every line stays one whole record, whatever the fragment was."""
+    whole = events.record_json(ev("inbound.json")) + b"\n"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "events.jsonl").write_bytes(whole + tail)
+    sink = file_sink(tmp_path, path="events.jsonl")
+    again = ev("outbound.json")
+    await sink.send([again])
+    await sink.aclose()
+    assert (out / "events.jsonl").read_bytes() == whole + kept + events.record_json(again) + b"\n"
+    assert sink.counters["file_torn_tails.files"] == 1
+    # a file that ends with a whole line is left as it is
+    sink = file_sink(tmp_path, path="events.jsonl")
+    await sink.send([again])
+    await sink.aclose()
+    assert sink.counters["file_torn_tails.files"] == 0
+    assert (out / "events.jsonl").read_bytes().count(b"\n") == whole.count(b"\n") + \
+        kept.count(b"\n") + 2

@@ -34,7 +34,10 @@ from pydantic import BeforeValidator, Field, field_validator
 from daemon.config import Duration, LocalPath
 from daemon.errors import SinkError
 from daemon.events import Event, field_values, record_json
+from daemon.logging import get_logger
 from daemon.sinks import Sink, SinkContext, SinkOptions
+
+log = get_logger("sink.file")
 
 TEMPLATE_FIELDS = ("kind", "date", "hour", "month", "year", "from", "to", "batchId",
                    "direction", "status", "subscriptionId", "ownerId")
@@ -109,6 +112,10 @@ def fit_name(name: str) -> str:
     return f"{head}~{digest}{ext}"
 
 
+#: how every record starts (a file's torn tail that starts so is ours: ``_mend_torn_tail``)
+_RECORD_START = b'{"kind":'
+_TAIL_CHUNK = 64 * 1024
+
 _TIME_FIELDS = {"date": "%Y-%m-%d", "hour": "%H", "month": "%Y-%m", "year": "%Y"}
 
 
@@ -143,6 +150,7 @@ class FileSink(Sink):
 
     def __init__(self, name: str, options: FileOptions, context: SinkContext) -> None:
         super().__init__(name, options, context)
+        self.counters = context.counters
         self.base = Path(os.path.abspath(options.directory))
         self._fields = template_fields(options.path)
         #: relative path → checked absolute path (a handful per day; cleared when large)
@@ -204,11 +212,47 @@ class FileSink(Sink):
         if not path.parent.resolve().is_relative_to(self.base.resolve()):
             raise SinkError(f"{path.parent} resolves outside the base directory", permanent=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        # read-write (appends still go to the end): the tail is checked first
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o640)
+        try:
+            self._mend_torn_tail(fd, path)
+        except OSError:
+            os.close(fd)
+            raise
         handle = os.fdopen(fd, "ab")
         self._files[path] = handle
         return handle
+
+    def _mend_torn_tail(self, fd: int, path: Path) -> None:
+        """A crash in the middle of a batch's write (SIGKILL, power loss: the kernel may have
+        written part of it) can leave the file ending in part of a record. That batch was
+        never acknowledged, so the pipeline writes it again, in full, after it: without this
+        the fragment and the next record would share one line, and both be unreadable. A
+        fragment of one of our records (``{"kind":…``) is cut off; anything else is kept,
+        ended with a newline."""
+        size = os.fstat(fd).st_size
+        end, cut = size, 0
+        while end > 0:
+            start = max(0, end - _TAIL_CHUNK)
+            at = os.pread(fd, end - start, start).rfind(b"\n")
+            if at >= 0:
+                cut = start + at + 1
+                break
+            end = start
+        if cut == size:
+            return  # empty, or ends with a complete line
+        head = os.pread(fd, len(_RECORD_START), cut)
+        if _RECORD_START.startswith(head) or head.startswith(_RECORD_START):
+            os.ftruncate(fd, cut)
+            action = "removed"
+        else:
+            os.write(fd, b"\n")
+            action = "ended with a newline"
+        self.counters.inc(f"file_torn_tails.{self.name}")
+        log.warning("file_torn_tail", sink=self.name, path=str(path), bytes=size - cut,
+                    action=action, note="left by a crash mid-write; that batch is written "
+                    "again in full")
 
     def _write(self, grouped: dict[Path, list[bytes]]) -> None:
         with self._io_lock:
