@@ -55,6 +55,8 @@ async def journal_stats(directory: Path, as_json: bool) -> int:
     finally:
         await journal.aclose()
     stats["oldest_received"] = _time(stats["oldest_received"])
+    for gap in stats["gaps"]:
+        gap["start"], gap["opened"] = _time(gap["start"]), _time(gap["opened"])
     if as_json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -66,6 +68,9 @@ async def journal_stats(directory: Path, as_json: bool) -> int:
         print(f"sink {sink:<12} cursor {seq}, {stats['lag'][sink]} behind")
     for sink, count in sorted(stats["dead_letters"].items()):
         print(f"dead letters   {sink}: {count}")
+    for gap in stats["gaps"]:
+        print(f"gap pending    events since {gap['start']} (opened {gap['opened']}), "
+              "for the backfill")
     return 0
 
 

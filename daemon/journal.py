@@ -873,6 +873,8 @@ class Journal:
             "cursors": cursors,
             "lag": lag,
             "dead_letters": dead,
+            # unrecovered gaps the backfill has not closed yet (it retries them)
+            "gaps": [{"id": g.id, "start": g.start, "opened": g.opened} for g in self._gaps()],
             "seen": self._scalar("SELECT COUNT(*) FROM (SELECT uuid FROM seen "
                                  "UNION SELECT uuid FROM events)"),
         }

@@ -267,6 +267,7 @@ async def test_admin_commands(tmp_path: Path) -> None:
     await journal.cursor("archive")
     await journal.add_dead_letter("archive", "refused", b'{"kind":"inbound","uuid":"u2"}',
                                   uuid="u2", attempts=4)
+    await journal.add_gap(1_700_000_000.0)
     await journal.aclose()
     state = ["--state-dir", str(tmp_path)]
 
@@ -276,6 +277,9 @@ async def test_admin_commands(tmp_path: Path) -> None:
     assert data["events"] == 1
     assert data["lag"] == {"archive": 1}
     assert data["dead_letters"] == {"archive": 1}
+    assert [gap["start"] for gap in data["gaps"]] == ["2023-11-14T22:13:20+00:00"]
+    text = run_cli("journal", "stats", *state).stdout
+    assert "gap pending    events since 2023-11-14T22:13:20+00:00" in text
 
     listed = run_cli("dead-letters", "list", "--json", *state)
     assert [d["uuid"] for d in json.loads(listed.stdout)] == ["u2"]
