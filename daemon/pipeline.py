@@ -78,6 +78,11 @@ class Pipeline:
         self._stop_reader: dict[str, anyio.Event] = {}
         self._reader_done: dict[str, anyio.Event] = {}
         self._reader_scopes: dict[str, anyio.CancelScope] = {}
+        #: per sink: the rows of the batch being delivered, and the seq up to which a
+        #: narrowing has handled them (delivered or dead-lettered), for a reader retired
+        #: in the middle of one
+        self._in_flight: dict[str, Sequence[Row]] = {}
+        self._narrowed_upto: dict[str, int] = {}
 
     # -- the receiving side ---------------------------------------------------------------
 
@@ -250,8 +255,17 @@ class Pipeline:
                 self._reader_scopes[name] = scope
                 await self._read_and_deliver(name, sink, stop)
         except _Retired:
-            log.info("sink_reader_retired", sink=name, note="stopped between retries")
+            handled = self._narrowed_upto.get(name)
+            if handled is not None:
+                # the events a narrowing already delivered or dead-lettered are done: the
+                # next reader starts after them (a refused event is dead-lettered once)
+                await self._journal(self.journal.advance, name, handled)
+                self.cursors[name] = handled
+            log.info("sink_reader_retired", sink=name, note="stopped between retries",
+                     cursor=self.cursors.get(name))
         finally:
+            self._in_flight.pop(name, None)
+            self._narrowed_upto.pop(name, None)
             self.busy_since.pop(name, None)
             done.set()
 
@@ -273,6 +287,8 @@ class Pipeline:
                 batch = await self._models_for(name, mine)
                 if batch:
                     self.busy_since[name] = anyio.current_time()
+                    self._in_flight[name] = mine
+                    self._narrowed_upto.pop(name, None)
                     try:
                         await self._deliver(name, sink, batch)
                     finally:
@@ -370,8 +386,12 @@ class Pipeline:
         """A batch was refused for good: send one at a time so only the bad events go to
         the dead letters (in order, with the same transient retries)."""
         if len(batch) > 1:
+            seqs = {row.uuid: row.seq for row in self._in_flight.get(name, ())}
             for event in batch:
                 await self._narrow_permanent(name, sink, [event], 1, anyio.current_time())
+                seq = seqs.get(event.uuid)
+                if seq is not None:
+                    self._narrowed_upto[name] = seq
             return
         event = batch[0]
         try:

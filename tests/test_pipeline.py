@@ -41,6 +41,8 @@ class Collecting(Sink):
         self.got: list[str] = []
         self.fail_transient = 0
         self.reject: set[str] = set()
+        #: batches holding one of these fail transiently (after the permanent check)
+        self.stuck: set[str] = set()
         self.recovered = anyio.Event()
 
     async def send(self, batch: Sequence[events.Event]) -> None:
@@ -52,6 +54,8 @@ class Collecting(Sink):
         bad = [e.uuid for e in batch if e.uuid in self.reject]
         if bad:
             raise SinkError(f"refused {bad[0]}", permanent=True)
+        if any(e.uuid in self.stuck for e in batch):
+            raise SinkError("stuck")
         self.got.extend(e.uuid for e in batch)
 
 
@@ -116,6 +120,35 @@ async def test_permanent_rejection_goes_to_dead_letters_then_replays(tmp_path: P
             await pipeline.counters.wait_for("delivered.s", 10)
         await pipeline.close()
     assert sink.got[-1] == stream[4].uuid
+    await journal.aclose()
+
+
+async def test_a_reader_retired_mid_narrowing_does_not_handle_events_twice(
+        tmp_path: Path) -> None:
+    """A batch refused for good is narrowed down event by event; a reload that replaces the
+    sink while one of those events waits to be retried keeps what the narrowing did: the
+    refused event is dead-lettered once, the delivered ones are not sent again (regression:
+    the new reader started over from the batch's first event)."""
+    journal = await open_journal(tmp_path)
+    old, new = Collecting("s"), Collecting("s")
+    stream = make_events(10)
+    old.reject = new.reject = {stream[2].uuid}
+    old.stuck = {stream[5].uuid}
+    pipeline = Pipeline(router_all("s"), {"s": old}, journal, retry_initial=60.0,
+                        retry_max=60.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        for event in stream:
+            await pipeline.ingest_event(event)
+        await journal.commit()
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("retries.s", 1)  # stuck at event 5
+            assert await pipeline.reconfigure(router_all("s"), {"s": new}) == [old]
+            await pipeline.counters.wait_for("delivered.s", 9)
+        await pipeline.close()
+    assert old.got == [e.uuid for e in stream[:5] if e is not stream[2]]
+    assert new.got == [e.uuid for e in stream[5:]]
+    assert [letter.uuid for letter in await journal.dead_letters("s")] == [stream[2].uuid]
     await journal.aclose()
 
 
