@@ -166,6 +166,8 @@ class Sink:
         self.name = name
         self.options = options
         self.context = context
+        #: the daemon's counters; a sink's own are named ``<metric>.<sink name>``
+        self.counters = context.counters
 
     async def send(self, batch: Sequence[Event]) -> None:
         """Deliver ``batch`` in order; raise ``SinkError`` if any of it was not delivered."""

@@ -150,7 +150,6 @@ class FileSink(Sink):
 
     def __init__(self, name: str, options: FileOptions, context: SinkContext) -> None:
         super().__init__(name, options, context)
-        self.counters = context.counters
         self.base = Path(os.path.abspath(options.directory))
         self._fields = template_fields(options.path)
         #: relative path → checked absolute path (a handful per day; cleared when large)

@@ -247,7 +247,6 @@ class HttpSink(Sink):
 
     def __init__(self, name: str, options: HttpOptions, context: SinkContext) -> None:
         super().__init__(name, options, context)
-        self.counters = context.counters
         self.where = redact_url(options.url)
         self.retry = RetryPolicy(initial=options.retry_initial, maximum=options.retry_max,
                                  max_attempts=options.max_attempts,
