@@ -562,6 +562,7 @@ class Journal:
                     ops[BACKFILLED + stale] = False
                 fresh.append(item)
                 if item.backfilled:
+                    backfilled.append(item.kind)
                     check_keys = True
             if new_seen:
                 conn.executemany("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)",
@@ -582,17 +583,13 @@ class Journal:
                  for seq, item in zip(inserted, fresh, strict=True)])
             rows = [Row(seq, item.uuid, item.kind, item.targets, item.record, item.event)
                     for seq, item in zip(inserted, fresh, strict=True)]
-            for item in fresh:
-                if item.backfilled:
-                    backfilled.append(item.kind)
-                    self._backfilled_keys = True
+            if backfilled:
+                self._backfilled_keys = True
             if self.full_policy == "drop_oldest" and self.max_events:
                 over = self._count + len(inserted) - self.max_events
                 if over > 0:
-                    oldest = "SELECT seq FROM events ORDER BY seq LIMIT ?"
-                    _remember_uuids(conn, f"seq IN ({oldest})", (over,))
-                    dropped = conn.execute(f"DELETE FROM events WHERE seq IN ({oldest})",  # noqa: S608 - a constant
-                                           (over,)).rowcount
+                    dropped = _delete_events(
+                        conn, "seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (over,))
         return inserted, dropped, known, backfilled, rows
 
     def _known_uuids(self, uuids: list[str]) -> set[str]:
@@ -829,16 +826,13 @@ class Journal:
             removed, more = 0, False
             if first is not None and first <= floor:
                 upto = min(floor, first + COMPACT_CHUNK - 1)
-                _remember_uuids(conn, "seq <= ?", (upto,))
-                removed = conn.execute("DELETE FROM events WHERE seq <= ?", (upto,)).rowcount
+                removed = _delete_events(conn, "seq <= ?", (upto,))
                 more = upto < floor
             expired = 0
             if self.max_age is not None:
-                old = "SELECT seq FROM events WHERE received < ? ORDER BY seq LIMIT ?"
-                args = (now - self.max_age, COMPACT_CHUNK)
-                _remember_uuids(conn, f"seq IN ({old})", args)
-                expired = conn.execute(f"DELETE FROM events WHERE seq IN ({old})",  # noqa: S608 - a constant
-                                       args).rowcount
+                expired = _delete_events(
+                    conn, "seq IN (SELECT seq FROM events WHERE received < ? ORDER BY seq "
+                    "LIMIT ?)", (now - self.max_age, COMPACT_CHUNK))
                 more = more or expired >= COMPACT_CHUNK
             forget = now - self.dedup_window
             for table, key in (("seen", "uuid"), ("content", "key")):
@@ -924,11 +918,12 @@ class Journal:
                 self._checkpointer = None
 
 
-def _remember_uuids(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
-    """Before events are deleted: keep their uuids in ``seen`` (deduplication), with when
-    they were received (the dedup window runs from then)."""
+def _delete_events(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+    """Delete the events ``where`` selects, keeping their uuids in ``seen`` (deduplication)
+    with when they were received (the dedup window runs from then); how many went."""
     conn.execute(f"INSERT OR IGNORE INTO seen (uuid, at) SELECT uuid, received FROM events "  # noqa: S608 - callers pass constant conditions
                  f"WHERE {where}", args)
+    return int(conn.execute(f"DELETE FROM events WHERE {where}", args).rowcount)  # noqa: S608 - callers pass constant conditions
 
 
 def _kind_of(record: bytes) -> str:
