@@ -224,6 +224,39 @@ def model_for(event_path: str) -> type[BatchEvent | MessageEvent | OptOutEvent |
     return _MODEL_BY_RESOURCE[match.group(1)] if match else OtherEvent
 
 
+#: event path → its model: a subscription has a handful of filters, so a handful of paths
+_MODEL_BY_PATH: dict[str, type[Event]] = {}
+_MODELS_KEPT = 256
+_EVENT_KEY: Final = b'"event":'
+_JSON_SPACE: Final = b" \t\r\n"
+
+
+def cached_model_for(path: str) -> type[Event]:
+    """``model_for``, remembered for the paths seen (the fast paths call it per event)."""
+    model = _MODEL_BY_PATH.get(path)
+    if model is None:
+        if len(_MODEL_BY_PATH) >= _MODELS_KEPT:
+            _MODEL_BY_PATH.clear()
+        model = _MODEL_BY_PATH[path] = model_for(path)
+    return model
+
+
+def model_in(raw: bytes) -> type[Event] | None:
+    """The model for the first ``"event": "<path>"`` in a JSON text (a frame or a record),
+    found without parsing it; None if there is none. The fast paths validate with it, then
+    check the event they got names the same model (the first "event" key may not have been
+    the envelope's)."""
+    at = raw.find(_EVENT_KEY)
+    if at < 0:
+        return None
+    start = at + len(_EVENT_KEY)
+    while start < len(raw) and raw[start:start + 1] in _JSON_SPACE:
+        start += 1
+    if raw[start:start + 1] != b'"':
+        return None
+    return cached_model_for(raw[start + 1:raw.find(b'"', start + 1)].decode("utf-8", "replace"))
+
+
 def decode_notification(envelope: Any, raw: bytes) -> Event | EventError:
     """Decode a notification envelope (already parsed JSON). Never raises."""
     if not isinstance(envelope, dict):
@@ -347,7 +380,6 @@ def from_record_json(data: bytes) -> Event | EventError:
 
 
 _RECORD_START: Final = b'{"kind":"'
-_EVENT_KEY: Final = b'"event":"'
 _KIND_BYTES: Final = frozenset(kind.encode() for kind in KINDS)
 
 
@@ -361,16 +393,14 @@ def _record_fast(data: bytes) -> Event | None:
     if end < 0 or data[len(_RECORD_START):end] not in _KIND_BYTES:
         return None
     envelope = b"{" + data[end + 2:]
-    at = envelope.find(_EVENT_KEY)
-    if at < 0:
+    model = model_in(envelope)
+    if model is None:
         return None
-    start = at + len(_EVENT_KEY)
-    model = model_for(envelope[start:envelope.find(b'"', start)].decode("utf-8", "replace"))
     try:
         event: Event = model.__pydantic_validator__.validate_json(envelope)
     except (ValidationError, RecursionError):
         return None
-    if type(event) is not model_for(event.event):
+    if type(event) is not cached_model_for(event.event):
         return None
     _RECORD.__set__(event, data)
     return event

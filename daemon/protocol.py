@@ -21,9 +21,10 @@ from daemon.events import (
     MessageEvent,
     OptOutEvent,
     OtherEvent,
+    cached_model_for,
     describe,
     encode_record,
-    model_for,
+    model_in,
 )
 
 SUBSCRIPTION_PATH: Final = "/restapi/v1.0/subscription"
@@ -265,8 +266,6 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-_EVENT_KEY = b'"event":'
-_JSON_SPACE = b" \t\r\n"
 #: per event model: the whole notification frame validated from its JSON in one pass (the
 #: adapters' pydantic-core validators, called directly)
 _FRAME_VALIDATORS: dict[type[Any], Any] = {
@@ -275,18 +274,6 @@ _FRAME_VALIDATORS: dict[type[Any], Any] = {
     OptOutEvent: TypeAdapter(tuple[Header, OptOutEvent]).validator,
     OtherEvent: TypeAdapter(tuple[Header, OtherEvent]).validator,
 }
-#: event path → its model: a subscription has a handful of filters, so a handful of paths
-_MODEL_BY_PATH: dict[str, type[Event]] = {}
-_MODELS_KEPT = 256
-
-
-def _model_for(path: str) -> type[Event]:
-    model = _MODEL_BY_PATH.get(path)
-    if model is None:
-        if len(_MODEL_BY_PATH) >= _MODELS_KEPT:
-            _MODEL_BY_PATH.clear()
-        model = _MODEL_BY_PATH[path] = model_for(path)
-    return model
 
 
 def _notification(raw: bytes) -> ServerNotification | None:
@@ -295,21 +282,15 @@ def _notification(raw: bytes) -> ServerNotification | None:
     dicts) into the event model its ``event`` path names. None for anything else, and
     for anything that does not validate: ``decode`` then takes the general path, which
     says precisely what is wrong."""
-    at = raw.find(_EVENT_KEY)
-    if at < 0:
+    model = model_in(raw)
+    if model is None:
         return None
-    start = at + len(_EVENT_KEY)
-    while raw[start:start + 1] in _JSON_SPACE and start < len(raw):
-        start += 1
-    if raw[start:start + 1] != b'"':
-        return None
-    path = raw[start + 1:raw.find(b'"', start + 1)].decode("utf-8", "replace")
     try:
-        header, event = _FRAME_VALIDATORS[_model_for(path)].validate_json(raw)
+        header, event = _FRAME_VALIDATORS[model].validate_json(raw)
     except (ValidationError, RecursionError):
         return None
     # the "event" key found first must have been the envelope's (not one in the header)
-    if header.type != SERVER_NOTIFICATION or type(event) is not _model_for(event.event):
+    if header.type != SERVER_NOTIFICATION or type(event) is not cached_model_for(event.event):
         return None
     encode_record(event)
     return ServerNotification(header, None, raw, event)
