@@ -344,8 +344,9 @@ def encode_record(event: Event) -> bytes:
     return encoded
 
 
-#: what a record starts with, by kind
-_KIND_PREFIX: Final = {kind: b'{"kind":' + json.dumps(kind).encode() + b"," for kind in KINDS}
+#: how every record starts, and what it starts with by kind
+RECORD_START: Final = b'{"kind":'
+_KIND_PREFIX: Final = {kind: RECORD_START + json.dumps(kind).encode() + b"," for kind in KINDS}
 
 
 def to_json(event: Event) -> str:
@@ -379,7 +380,6 @@ def from_record_json(data: bytes) -> Event | EventError:
     return decoded
 
 
-_RECORD_START: Final = b'{"kind":"'
 _KIND_BYTES: Final = frozenset(kind.encode() for kind in KINDS)
 
 
@@ -387,10 +387,10 @@ def _record_fast(data: bytes) -> Event | None:
     """A record as ``record_json`` writes it, validated straight from its JSON by the model
     its event path names (a journal row was checked when it was received); None for
     anything else: ``from_record_json`` then takes the general path."""
-    if not data.startswith(_RECORD_START):
+    if not data.startswith(RECORD_START + b'"'):
         return None
-    end = data.find(b'",', len(_RECORD_START))
-    if end < 0 or data[len(_RECORD_START):end] not in _KIND_BYTES:
+    end = data.find(b'",', len(RECORD_START) + 1)
+    if end < 0 or data[len(RECORD_START) + 1:end] not in _KIND_BYTES:
         return None
     envelope = b"{" + data[end + 2:]
     model = model_in(envelope)

@@ -33,7 +33,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from daemon.config import Duration, LocalPath
 from daemon.errors import SinkError
-from daemon.events import Event, field_values, record_json
+from daemon.events import RECORD_START, Event, field_values, record_json
 from daemon.logging import get_logger
 from daemon.sinks import Sink, SinkContext, SinkOptions
 
@@ -112,8 +112,6 @@ def fit_name(name: str) -> str:
     return f"{head}~{digest}{ext}"
 
 
-#: how every record starts (a file's torn tail that starts so is ours: ``_mend_torn_tail``)
-_RECORD_START = b'{"kind":'
 _TAIL_CHUNK = 64 * 1024
 
 _TIME_FIELDS = {"date": "%Y-%m-%d", "hour": "%H", "month": "%Y-%m", "year": "%Y"}
@@ -241,8 +239,8 @@ class FileSink(Sink):
             end = start
         if cut == size:
             return  # empty, or ends with a complete line
-        head = os.pread(fd, len(_RECORD_START), cut)
-        if _RECORD_START.startswith(head) or head.startswith(_RECORD_START):
+        # the fragment is ours if it starts like a record (or is a shorter piece of a start)
+        if RECORD_START.startswith(os.pread(fd, len(RECORD_START), cut)):
             os.ftruncate(fd, cut)
             action = "removed"
         else:
