@@ -34,9 +34,13 @@ async def test_lists_need_a_valid_bearer_token() -> None:
             assert response.json()["errorCode"] == "OAU-128"
 
 
+EVER = "2026-01-01T00:00:00Z"
+
+
 async def test_messages_show_the_current_state_of_each_message_in_the_window() -> None:
-    """The messages list holds each message's newest published state, filtered by
-    lastModifiedTime, direction and phone number; Detailed adds the text."""
+    """The messages list holds each message's newest published state, selected by
+    creationTime (a status change inside the window of a message created before it is not
+    listed), direction and phone number; Detailed adds the text."""
     async with platform() as (emu, http):
         token = (await login(http))["access_token"]
         await emu.publish("message", message("1", "Queued", "2026-01-10T08:00:00.000000Z"))
@@ -45,16 +49,27 @@ async def test_messages_show_the_current_state_of_each_message_in_the_window() -
         await emu.publish("message", {**message("3", "Delivered", "2026-01-10T08:00:01Z"),
                                       "direction": "Inbound", "from": "+14155550199",
                                       "to": ["+16505550111"]})
+        await emu.publish("message", message("4", "Queued", "2026-01-10T07:00:00Z"))
+        await emu.publish("message", {**message("4", "Delivered", "2026-01-10T08:10:00Z"),
+                                      "creationTime": "2026-01-10T08:10:00Z"})
         doc = (await get(http, token, "messages", dateFrom="2026-01-10T07:59:00Z",
                          dateTo="2026-01-10T08:30:00Z", view="Detailed")).json()
         assert [(r["id"], r["messageStatus"]) for r in doc["records"]] == [
-            ("3", "Delivered"), ("1", "Delivered")]
+            ("1", "Delivered"), ("3", "Delivered")]
         assert doc["records"][0]["text"] == "hi"
-        simple = (await get(http, token, "messages", direction="Outbound")).json()
-        assert [r["id"] for r in simple["records"]] == ["1", "2"]
+        simple = (await get(http, token, "messages", direction="Outbound",
+                            dateFrom=EVER)).json()
+        assert [r["id"] for r in simple["records"]] == ["4", "1", "2"]
+        assert simple["records"][0]["creationTime"] == "2026-01-10T07:00:00Z"
         assert "text" not in simple["records"][0]
-        by_phone = (await get(http, token, "messages", phoneNumber="+14155550199")).json()
+        by_phone = (await get(http, token, "messages", phoneNumber="+14155550199",
+                              dateFrom=EVER)).json()
         assert [r["id"] for r in by_phone["records"]] == ["3"]
+        by_batch = (await get(http, token, "messages", batchId="b-1")).json()
+        assert by_batch["records"] == [], "without dateFrom the window is the last 24 hours"
+        one = (await get(http, token, "messages/4")).json()
+        assert one["messageStatus"] == "Delivered"
+        assert (await get(http, token, "messages/nope")).status_code == 404
         bad = await get(http, token, "messages", dateFrom="yesterday")
         assert bad.status_code == 400
 
@@ -69,7 +84,7 @@ async def test_pages_follow_next_page_tokens() -> None:
         page_token: str | None = None
         pages = 0
         while True:
-            params: dict[str, Any] = {"perPage": 2}
+            params: dict[str, Any] = {"perPage": 2, "dateFrom": EVER}
             if page_token:
                 params["pageToken"] = page_token
             doc = (await get(http, token, "messages", **params)).json()
@@ -94,8 +109,12 @@ async def test_batches_and_opt_outs_lists() -> None:
         await emu.publish("batch", batch)
         await emu.publish("batch", {**batch, "status": "Completed", "processedCount": 1,
                                     "lastModifiedTime": "2026-01-10T08:00:09Z"})
-        doc = (await get(http, token, "batches")).json()
+        doc = (await get(http, token, "batches", dateFrom=EVER)).json()
         assert [(r["id"], r["status"]) for r in doc["records"]] == [("b-1", "Completed")]
+        assert (await get(http, token, "batches")).json()["records"] == []
+        one = (await get(http, token, "batches/b-1")).json()
+        assert (one["status"], one["creationTime"]) == ("Completed", "2026-01-10T08:00:00Z")
+        assert (await get(http, token, "batches/b-2")).status_code == 404
         pair = {"from": "+16505550111", "to": "+14155550122"}
         await emu.publish("optout", {**pair, "active": True})
         await emu.publish("optout", {**pair, "active": False})

@@ -1,7 +1,9 @@
 """The A2P SMS REST list endpoints, served from what the emulator published.
 
     GET /restapi/v1.0/account/{accountId|~}/a2p-sms/messages   (PROTOCOL.md §5.4)
+    GET /restapi/v1.0/account/{accountId|~}/a2p-sms/messages/{messageId}
     GET /restapi/v1.0/account/{accountId|~}/a2p-sms/batches
+    GET /restapi/v1.0/account/{accountId|~}/a2p-sms/batches/{batchId}
     GET /restapi/v1.0/account/{accountId|~}/a2p-sms/opt-outs
 
 ``A2pStore`` keeps the current state of every message, batch and opt-out pair published
@@ -11,9 +13,11 @@ opaque ``pageToken``/``nextPageToken`` and ``perPage`` (default 1000, as the spe
 Every call needs a valid bearer access token (401 otherwise). Tests can make the next calls
 fail (``fail_lists``: e.g. 429 with Retry-After, or 503 until cleared).
 
-Date filters (``dateFrom``/``dateTo``) compare with ``lastModifiedTime``: the list must
-show a status change that happened inside the window even for a message created before it.
-The real platform's docs do not say which time the filter uses (docs/protocol-notes.md).
+Date filters (``dateFrom``/``dateTo``) select records by ``creationTime``, as the High
+Volume SMS message-store page says ("Return messages created after the start date"): a
+message created before the window whose status changed inside it is *not* listed. Without
+``dateFrom`` the window starts 24 h before ``dateTo`` (default: now), with ``batchId`` too
+(docs/protocol-notes.md §9). The single-object reads answer the current state or 404.
 
 This module never imports from the rest of ``daemon`` (only the emulator's own modules).
 """
@@ -24,7 +28,7 @@ import base64
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -63,11 +67,15 @@ class A2pStore:
     calls: list[tuple[str, int, float]] = field(default_factory=list)
 
     def record(self, kind: str, body: Mapping[str, Any]) -> None:
-        """Remember a published event's body as the current state of its object."""
-        if kind == "message" and "id" in body:
-            self.messages[str(body["id"])] = dict(body)
-        elif kind == "batch" and "id" in body:
-            self.batches[str(body["id"])] = dict(body)
+        """Remember a published event's body as the current state of its object (an object
+        is created once: a later state keeps the first ``creationTime`` the store saw)."""
+        if kind in ("message", "batch") and "id" in body:
+            objects = self.messages if kind == "message" else self.batches
+            previous = objects.get(str(body["id"]))
+            state = dict(body)
+            if previous is not None and previous.get("creationTime"):
+                state["creationTime"] = previous["creationTime"]
+            objects[str(body["id"])] = state
         elif kind == "optout" and "from" in body and "to" in body:
             key = (str(body["from"]), str(body["to"]))
             now = iso_micros(self.wall())
@@ -91,7 +99,7 @@ class A2pStore:
     # -- listing (pure) -------------------------------------------------------------------
 
     def list_messages(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
-        date_from, date_to = _window(query)
+        date_from, date_to = _window(query, self.wall())
         directions = set(query.get("direction", []))
         phones = set(query.get("phoneNumber", []))
         batch_ids = set(query.get("batchId", []))
@@ -110,7 +118,7 @@ class A2pStore:
         return _page(rows, query)
 
     def list_batches(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
-        date_from, date_to = _window(query)
+        date_from, date_to = _window(query, self.wall())
         senders = set(query.get("from", []))
         statuses = set(query.get("status", []))
         rows = [body for body in self.batches.values()
@@ -118,6 +126,14 @@ class A2pStore:
                 and (not senders or body.get("from") in senders)
                 and (not statuses or body.get("status") in statuses)]
         return _page(rows, query)
+
+    def get_message(self, object_id: str) -> dict[str, Any]:
+        """One message's current state (the detailed view), or 404."""
+        return _one(self.messages, object_id, "Message")
+
+    def get_batch(self, object_id: str) -> dict[str, Any]:
+        """One batch's current state, or 404."""
+        return _one(self.batches, object_id, "Batch")
 
     def list_optouts(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
         sender = (query.get("from") or ["*"])[0]
@@ -131,6 +147,13 @@ class A2pStore:
         return _page(rows, query)
 
 
+def _one(objects: dict[str, dict[str, Any]], object_id: str, name: str) -> dict[str, Any]:
+    found = objects.get(object_id)
+    if found is None:
+        raise ApiError(404, "CMN-102", f"{name} [{object_id}] is not found")
+    return found
+
+
 def _time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
@@ -141,27 +164,29 @@ def _time(text: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _window(query: Mapping[str, list[str]]) -> tuple[datetime | None, datetime | None]:
-    bounds = []
+def _window(query: Mapping[str, list[str]], now: float) -> tuple[datetime, datetime]:
+    """``dateFrom``/``dateTo``, defaulting to ``dateTo`` - 24 h and now (the spec's defaults)."""
+    bounds: list[datetime | None] = []
     for name in ("dateFrom", "dateTo"):
         values = query.get(name)
         value = _time(values[0]) if values else None
         if values and value is None:
             raise ApiError(400, "CMN-101", f"Parameter [{name}] value is invalid")
         bounds.append(value)
-    return bounds[0], bounds[1]
+    end = bounds[1] or datetime.fromtimestamp(now, UTC)
+    start = bounds[0] or end - timedelta(hours=24)
+    return start, end
 
 
-def _in_window(body: Mapping[str, Any], start: datetime | None, end: datetime | None) -> bool:
-    when = _time(body.get("lastModifiedTime")) or _time(body.get("creationTime"))
-    if when is None:
-        return start is None and end is None
-    return (start is None or when >= start) and (end is None or when <= end)
+def _in_window(body: Mapping[str, Any], start: datetime, end: datetime) -> bool:
+    """Whether the record was *created* inside [start, end] (the lists' documented filter)."""
+    created = _time(body.get("creationTime"))
+    return created is not None and start <= created <= end
 
 
 def _page(rows: list[dict[str, Any]], query: Mapping[str, list[str]]) -> dict[str, Any]:
     def order(row: dict[str, Any]) -> tuple[float, str, str]:
-        when = _time(row.get("lastModifiedTime")) or _time(row.get("creationTime"))
+        when = _time(row.get("creationTime")) or _time(row.get("lastModifiedTime"))
         return (when.timestamp() if when else 0.0, str(row.get("id", "")), str(row.get("to")))
 
     rows = sorted(rows, key=order)
@@ -198,19 +223,20 @@ def _offset(token: str) -> int:
     return offset
 
 
-def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
-    """The Starlette routes of the three list endpoints."""
+Answer = Callable[[Mapping[str, list[str]], Mapping[str, Any]], dict[str, Any]]
 
-    def endpoint(name: str, lister: Callable[[Mapping[str, list[str]]], dict[str, Any]]
-                 ) -> Callable[[Request], Any]:
+
+def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
+    """The Starlette routes of the list and single-object endpoints."""
+
+    def endpoint(name: str, lister: Answer) -> Callable[[Request], Any]:
         async def handle(request: Request) -> Response:
             path = request.url.path
             response = _answer(request, lister)
             store.calls.append((path, response.status_code, time.monotonic()))
             return response
 
-        def _answer(request: Request,
-                    lister: Callable[[Mapping[str, list[str]]], dict[str, Any]]) -> Response:
+        def _answer(request: Request, lister: Answer) -> Response:
             try:
                 oauth.authenticate(request.headers.get("authorization"))
                 account = request.path_params["account"]
@@ -232,7 +258,7 @@ def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
                 for key, value in request.query_params.multi_items():
                     # both direction=A&direction=B and direction[]=… forms
                     query.setdefault(key.removesuffix("[]"), []).append(value)
-                return JSONResponse(lister(query))
+                return JSONResponse(lister(query, request.path_params))
             except ApiError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status)
 
@@ -240,7 +266,16 @@ def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
         return handle
 
     return [
-        Route(PREFIX + "messages", endpoint("messages", store.list_messages), methods=["GET"]),
-        Route(PREFIX + "batches", endpoint("batches", store.list_batches), methods=["GET"]),
-        Route(PREFIX + "opt-outs", endpoint("optouts", store.list_optouts), methods=["GET"]),
+        Route(PREFIX + "messages", endpoint("messages", lambda q, _: store.list_messages(q)),
+              methods=["GET"]),
+        Route(PREFIX + "messages/{object_id}",
+              endpoint("message", lambda _, p: store.get_message(p["object_id"])),
+              methods=["GET"]),
+        Route(PREFIX + "batches", endpoint("batches", lambda q, _: store.list_batches(q)),
+              methods=["GET"]),
+        Route(PREFIX + "batches/{object_id}",
+              endpoint("batch", lambda _, p: store.get_batch(p["object_id"])),
+              methods=["GET"]),
+        Route(PREFIX + "opt-outs", endpoint("optouts", lambda q, _: store.list_optouts(q)),
+              methods=["GET"]),
     ]
