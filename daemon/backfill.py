@@ -2,7 +2,8 @@
 
 When a session could not be recovered (``recoveryState: Failed``, the recovery window
 passed, a fresh session after an outage or a restart) the notifications sent meanwhile are
-gone (PROTOCOL.md §4.2, §7). The supervisor reports where the gap began; this module
+gone (PROTOCOL.md §4.2, §7); when it was recovered, the replay holds at most
+``recoveryBufferSize`` of them. The supervisor reports where the gap began; this module
 persists it in the journal (table ``gaps``: a crash does not forget it), then lists
 
     GET /restapi/v1.0/account/~/a2p-sms/messages   dateFrom/dateTo, view=Detailed, paged
@@ -11,7 +12,19 @@ persists it in the journal (table ``gaps``: a crash does not forget it), then li
                                                    records dated inside the window only)
 
 for [gap start - ``margin``, now] (now: notifications after the new subscription arrive
-live, and content keys drop whichever of the two comes second). Each record that matches
+live, and content keys drop whichever of the two comes second). Every gap pending when a
+backfill starts is covered by that one listing, from the oldest gap's start.
+
+The lists select by *creation* time (docs/protocol-notes.md §9), so a state change inside
+the gap of an object created before the window (a delivery receipt, a batch completing) is
+not in them. The journal tracks the objects still open (``Journal.open_objects``); for
+those created before the window the backfill also reads
+
+    GET /restapi/v1.0/account/~/a2p-sms/batches/{batchId}            an open batch
+    GET /restapi/v1.0/account/~/a2p-sms/messages?batchId=…&dateFrom=…  open messages, by batch,
+                                                                     from their creation on
+    GET /restapi/v1.0/account/~/a2p-sms/messages/{messageId}         an open message with no
+                                                                     batch Each record that matches
 one of the subscription's own event filters becomes a synthetic notification of the same
 event model, marked ``"backfilled": true`` with uuid ``backfill:<content key>``, and goes
 through the pipeline (routing, journal). The journal drops it when its content key
@@ -31,11 +44,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import anyio
 import httpx
@@ -161,12 +174,12 @@ class Backfill:
         self.counters = pipeline.counters
         self.http_timeout = http_timeout
         self._clock = clock
-        self._opened: list[float] = []
+        self._opened: list[tuple[float, str]] = []
         self._wake = anyio.Event()
 
-    def gap_opened(self, start: float) -> None:
+    def gap_opened(self, start: float, reason: str = "fresh session") -> None:
         """The supervisor's ``on_gap``: a gap began at ``start`` (wall time)."""
-        self._opened.append(start)
+        self._opened.append((start, reason))
         self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -175,18 +188,18 @@ class Backfill:
         delays = backoff(self.cfg.retry_initial, 2.0, self.cfg.retry_max)
         while True:
             while self._opened:
-                start = self._opened[0]
+                start, reason = self._opened[0]
                 gap_id = await self.journal.add_gap(start)
                 self._opened.pop(0)
                 self.counters.inc("gaps_recorded")
-                log.warning("gap_recorded", gap=gap_id, since=iso(start))
+                log.warning("gap_recorded", gap=gap_id, since=iso(start), reason=reason)
             pending = await self.journal.gaps()
             if not pending:
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 continue
             try:
-                await self.backfill(pending[0])
+                await self.backfill(pending)
             except RateLimited as exc:
                 self.counters.inc("backfill_rate_limited")
                 delay = max(exc.retry_after, 0.0)
@@ -202,13 +215,15 @@ class Backfill:
             else:
                 delays = backoff(self.cfg.retry_initial, 2.0, self.cfg.retry_max)
 
-    async def backfill(self, gap: Gap) -> None:
-        """List the gap's window, ingest what it lost, then forget the gap."""
+    async def backfill(self, gaps: Sequence[Gap]) -> None:
+        """List the gaps' window (from the oldest one's start), ingest what they lost, then
+        forget them."""
         end = self._clock()
-        start = gap.start - self.cfg.margin
+        start = min(gap.start for gap in gaps) - self.cfg.margin
+        ids = [gap.id for gap in gaps]
         if end - start > self.cfg.max_window:
             self.counters.inc("backfill_window_cut")
-            log.warning("backfill_window_cut", gap=gap.id, since=iso(start),
+            log.warning("backfill_window_cut", gaps=ids, since=iso(start),
                         max_window=self.cfg.max_window,
                         note="events older than max_window are not rebuilt")
             start = end - self.cfg.max_window
@@ -221,18 +236,67 @@ class Backfill:
             async for record in self._list(resource, start, end):
                 listed += 1
                 await self._ingest(resource, record, chosen, start, end)
+        listed += await self._open_objects(start, end)
         await self.journal.flush()
-        await self.journal.close_gap(gap.id)
-        self.counters.inc("gaps_backfilled")
+        for gap in gaps:
+            await self.journal.close_gap(gap.id)
+        self.counters.inc("gaps_backfilled", len(gaps))
         after = self.counters.snapshot()
 
         def grew(name: str) -> int:
             return sum(v - before.get(k, 0) for k, v in after.items()
                        if k == name or k.startswith(name + "."))
 
-        log.warning("gap_backfilled", gap=gap.id, since=iso(start), until=iso(end),
+        log.warning("gap_backfilled", gaps=ids, since=iso(start), until=iso(end),
                     listed=listed, backfilled=grew("backfilled"),
                     duplicates=grew("backfill_duplicates"), skipped=grew("backfill_skipped"))
+
+    async def _open_objects(self, start: float, end: float) -> int:
+        """Read the later states of the objects still open that were created before the
+        window (the lists would not show them); how many records were read."""
+        chosen = {resource: [f for f in self.filters if f.resource == resource]
+                  for resource in ("batches", "messages")}
+        batches: list[str] = []
+        singles: list[str] = []
+        by_batch: dict[str, float] = {}
+        for obj, batch, created in await self.journal.open_objects(start):
+            kind, _, ident = obj.partition(":")
+            if kind == "batch":
+                batches.append(ident)
+            elif batch is None:
+                singles.append(ident)
+            else:
+                by_batch[batch] = min(created, by_batch.get(batch, created))
+        read, gone = 0, []
+        for resource, idents in (("batches", batches), ("messages", singles)):
+            for ident in idents if chosen[resource] else ():
+                record = await self._get_one(resource, ident)
+                if record is None:
+                    gone.append(f"{resource[:-1]}:{ident}")
+                    continue
+                read += 1
+                await self._ingest(resource, record, chosen[resource], start, end)
+        for batch, created in by_batch.items() if chosen["messages"] else ():
+            # dateFrom defaults to dateTo - 24 h, batchId or not: from the oldest open
+            # message's creation on (a second early: creation times have microseconds)
+            async for record in self._list("messages", created - 1.0, end,
+                                           {"batchId": batch}):
+                read += 1
+                await self._ingest("messages", record, chosen["messages"], start, end)
+        if gone:
+            log.info("backfill_objects_gone", objects=len(gone),
+                     note="the platform no longer knows them; no longer tracked")
+            await self.journal.forget_objects(gone)
+        return read
+
+    async def _get_one(self, resource: str, ident: str) -> dict[str, Any] | None:
+        """One object's current state; None when the platform answers 404."""
+        try:
+            return await self._get(f"{resource}/{quote(ident, safe='')}", {})
+        except PlatformError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     async def _ingest(self, resource: str, record: Any, chosen: list[Filter],
                       start: float, end: float) -> None:
@@ -263,9 +327,10 @@ class Backfill:
             return
         await self.pipeline.ingest_event(decoded)
 
-    async def _list(self, resource: str, start: float, end: float) -> Any:
+    async def _list(self, resource: str, start: float, end: float,
+                    extra: dict[str, str] | None = None) -> Any:
         """Every record of one list for the window, page after page."""
-        params: dict[str, str] = {"perPage": str(self.cfg.per_page)}
+        params: dict[str, str] = {"perPage": str(self.cfg.per_page), **(extra or {})}
         if resource == "opt-outs":
             params.update({"from": "*", "status": "all"})
         else:

@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -40,6 +40,11 @@ MESSAGE_STATUSES: Final = frozenset(
     {"Queued", "Sent", "Delivered", "SendingFailed", "DeliveryFailed"}
 )
 BATCH_STATUSES: Final = frozenset({"Processing", "Completed", "Sent", "Queued"})
+#: States after which an object changes no more. Any other status (documented or not) is
+#: taken as still changing: the backfill then asks for it again after a gap.
+FINAL_MESSAGE_STATUSES: Final = frozenset(
+    {"Delivered", "SendingFailed", "DeliveryFailed", "Received"})
+FINAL_BATCH_STATUSES: Final = frozenset({"Completed"})
 
 E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
 
@@ -474,6 +479,36 @@ def superseded_keys(event: Event) -> tuple[str, ...]:
     if isinstance(body, OptOutBody):
         return (f"optout:{body.from_}:{body.to}:{'false' if body.active else 'true'}",)
     return ()
+
+
+class Lifecycle(NamedTuple):
+    """Where an A2P object stands after an event: the backfill must reach the later states of
+    objects still open when a gap began, which the lists (selecting by creation time) do not
+    show in the gap's window. ``batch`` is how to list a message (None: read it by id)."""
+
+    object: str
+    batch: str | None
+    created: float
+    open: bool
+
+
+def lifecycle(event: Event, received: float) -> Lifecycle | None:
+    """The message's or batch's ``Lifecycle`` (None for other events); ``created`` falls back
+    to ``received`` (wall time) when the body has no usable creationTime."""
+    body = event.body
+    if isinstance(body, MessageBody):
+        is_open = body.message_status not in FINAL_MESSAGE_STATUSES and \
+            body.direction == "Outbound"
+        obj, batch = f"message:{body.id}", body.batch_id
+    elif isinstance(body, BatchBody):
+        is_open = body.status not in FINAL_BATCH_STATUSES
+        obj, batch = f"batch:{body.id}", body.id
+    else:
+        return None
+    if not is_open:
+        return Lifecycle(obj, batch, received, False)
+    created = parse_time(body.creation_time)
+    return Lifecycle(obj, batch, created.timestamp() if created else received, True)
 
 
 def is_backfilled(event: Event) -> bool:

@@ -15,6 +15,10 @@ the platform can still replay (session recovery) or the backfill rebuilds.
                  seen, for ``dedup_window``: a backfilled event equal to one already
                  journaled is dropped, and so is a live one the backfill journaled first
     gaps         unrecovered gaps waiting for the backfill (start, wall time), until done
+    inflight     A2P objects still changing ("message:<id>", "batch:<id>" → batch, created,
+                 touched): an outbound message until a final status, a batch until Completed;
+                 the backfill asks for their later states after a gap (the lists select by
+                 creation time); forgotten after ``dedup_window`` without news
     cursors      sink → last delivered seq (a sink reads in order, at its own pace)
     dead_letters sink, uuid, seq, reason, attempts, first/last attempt, raw bytes
 
@@ -89,6 +93,13 @@ CREATE TABLE IF NOT EXISTS gaps (
     opened REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inflight (
+    object TEXT PRIMARY KEY,
+    batch TEXT,
+    created REAL NOT NULL,
+    touched REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inflight_touched ON inflight (touched);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     sink TEXT NOT NULL,
@@ -167,6 +178,8 @@ class Pending:
     backfilled: bool = False
     #: kept with the row in memory for the readers (not stored)
     event: Any = None
+    #: (object, batch, created, still open) of an A2P message or batch (table inflight)
+    track: tuple[str, str | None, float, bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,15 +348,18 @@ class Journal:
 
     async def append(self, uuid: str, kind: str, sinks: Sequence[str], record: bytes, *,
                      key: str | None = None, drop: tuple[str, ...] = (),
-                     backfilled: bool = False, event: Any = None) -> None:
+                     backfilled: bool = False, event: Any = None,
+                     track: tuple[str, str | None, float, bool] | None = None) -> None:
         """Queue an event for the next group commit; waits when the journal is full
         (``block``) or too many appends are waiting. ``key``/``drop``/``backfilled``: content
         deduplication against the backfill (see ``_known``). ``event`` rides along with the
-        row while it is among the latest commits (``Row.event``), never stored."""
+        row while it is among the latest commits (``Row.event``), never stored. ``track``:
+        the object the event opens or closes (``open_objects``)."""
         if uuid in self._pending_uuids:
             self.counters.inc("duplicates")
             return
-        item = Pending(uuid, kind, targets_field(sinks), record, key, drop, backfilled, event)
+        item = Pending(uuid, kind, targets_field(sinks), record, key, drop, backfilled, event,
+                       track)
         if (backfilled or self._backfilled_keys) and \
                 _known(item, self._pending_uuids.__contains__):
             self.counters.inc("backfill_duplicates")
@@ -528,6 +544,8 @@ class Journal:
         backfilled: list[str] = []
         #: content keys set (True) or dropped (False) by this batch so far, in order
         ops: dict[str, bool] = {}
+        #: objects opened (their row) or closed (None) by this batch, the last event wins
+        objects: dict[str, tuple[str, str | None, float, float] | None] = {}
 
         def present(key: str) -> bool:
             decided = ops.get(key)
@@ -561,6 +579,9 @@ class Journal:
                     ops[LIVE + stale] = False
                     ops[BACKFILLED + stale] = False
                 fresh.append(item)
+                if item.track is not None:
+                    obj, in_batch, created, is_open = item.track
+                    objects[obj] = (obj, in_batch, created, now) if is_open else None
                 if item.backfilled:
                     backfilled.append(item.kind)
                     check_keys = True
@@ -572,6 +593,14 @@ class Journal:
                                  [(key,) for key, kept in ops.items() if not kept])
                 conn.executemany("INSERT OR REPLACE INTO content (key, at) VALUES (?, ?)",
                                  [(key, now) for key, kept in ops.items() if kept])
+            if objects:
+                conn.executemany("DELETE FROM inflight WHERE object = ?",
+                                 [(obj,) for obj, row in objects.items() if row is None])
+                conn.executemany(
+                    "INSERT INTO inflight (object, batch, created, touched) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (object) DO UPDATE SET "
+                    "touched = excluded.touched, created = min(created, excluded.created)",
+                    [row for row in objects.values() if row is not None])
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'")\
                 .fetchone()
             first = (int(row[0]) if row else 0) + 1
@@ -627,6 +656,26 @@ class Journal:
     def _gaps(self) -> list[Gap]:
         rows = self._conn.execute("SELECT id, start, opened FROM gaps ORDER BY id").fetchall()
         return [Gap(int(r[0]), float(r[1]), float(r[2])) for r in rows]
+
+    async def open_objects(self, created_before: float) -> list[tuple[str, str | None, float]]:
+        """``(object, batch, created)`` of the A2P objects still open that were created
+        before ``created_before`` (wall time), by batch."""
+        return await self._db(self._open_objects, created_before)
+
+    def _open_objects(self, created_before: float) -> list[tuple[str, str | None, float]]:
+        return [(str(r[0]), None if r[1] is None else str(r[1]), float(r[2]))
+                for r in self._conn.execute(
+                    "SELECT object, batch, created FROM inflight WHERE created < ? "
+                    "ORDER BY batch, created", (created_before,))]
+
+    async def forget_objects(self, objects: Sequence[str]) -> None:
+        """Stop tracking objects the platform no longer knows (a 404 on reading them)."""
+        await self._db(self._forget_objects, list(objects))
+
+    def _forget_objects(self, objects: list[str]) -> None:
+        with self._conn:
+            self._conn.executemany("DELETE FROM inflight WHERE object = ?",
+                                   [(obj,) for obj in objects])
 
     async def close_gap(self, gap_id: int) -> None:
         """The gap is backfilled (its events are committed)."""
@@ -835,10 +884,11 @@ class Journal:
                     "LIMIT ?)", (now - self.max_age, COMPACT_CHUNK))
                 more = more or expired >= COMPACT_CHUNK
             forget = now - self.dedup_window
-            for table, key in (("seen", "uuid"), ("content", "key")):
+            for table, key, at in (("seen", "uuid", "at"), ("content", "key", "at"),
+                                   ("inflight", "object", "touched")):
                 gone = conn.execute(
                     f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608 - constant names
-                    "WHERE at < ? ORDER BY at LIMIT ?)", (forget, COMPACT_CHUNK)).rowcount
+                    f"WHERE {at} < ? ORDER BY {at} LIMIT ?)", (forget, COMPACT_CHUNK)).rowcount
                 more = more or gone >= COMPACT_CHUNK
             self._compactions += 1
             if removed or expired or self._compactions % RECOUNT_EVERY == 0:

@@ -119,7 +119,7 @@ class Pipeline:
         await self.journal.append(event.uuid, kind, targets, events.record_json(event),
                                   key=events.content_key(event),
                                   drop=events.superseded_keys(event), backfilled=backfilled,
-                                  event=event)
+                                  event=event, track=events.lifecycle(event, time.time()))
         self._ingested += 1
         if self._ingested % INGEST_SLICE == 0:
             # A burst arrives faster than the socket is read dry, so the receive loop would

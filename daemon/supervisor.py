@@ -11,7 +11,11 @@ daemon with a clear message.
 When a session could not be recovered (a fresh one after a disconnect, or ``recoveryState:
 Failed``), ``on_gap`` is called once the new subscription is active with the wall time the
 gap began: the last notification received before it, or the disconnect (the backfill
-rebuilds it from the REST lists, daemon/backfill.py).
+rebuilds it from the REST lists, daemon/backfill.py). A *successful* recovery is reported
+too: the gateway replays at most ``recoveryBufferSize`` notifications, only the newest, and
+says nothing when it dropped older ones (docs/protocol-notes.md §3), so whatever was sent
+while the daemon was away may have overflowed the replay. The backfill's content keys make
+the overlap with the replay harmless.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class Supervisor:
     def __init__(self, auth: TokenManager, filters: list[str], cfg: ConnectionConfig,
                  on_notification: NotificationHandler, on_bad_frame: BadFrameHandler,
                  on_subscribed: Callable[[], None] | None = None,
-                 on_gap: Callable[[float], None] | None = None) -> None:
+                 on_gap: Callable[[float, str], None] | None = None) -> None:
         self.auth = auth
         self.filters = filters
         self.cfg = cfg
@@ -58,6 +62,7 @@ class Supervisor:
         self.last_notification_wall: float | None = None
         #: wall time an open gap began (reported to ``on_gap`` once subscribed again)
         self._gap_from: float | None = None
+        self._gap_reason = "fresh session"
         self.on_bad_frame = on_bad_frame
         self.on_subscribed = on_subscribed
         self.state = SessionState()
@@ -97,14 +102,21 @@ class Supervisor:
         away = anyio.current_time() - disconnected if disconnected is not None else 0.0
         return time.time() - away
 
-    def _subscribed(self, started_at: list[float], failed_before: int) -> None:
+    def _subscribed(self, started_at: list[float], before: tuple[int, int],
+                    away_since: float | None) -> None:
+        """The subscription is active: report the gap this connection may have left."""
         started_at.append(anyio.current_time())
-        failed = self.state.counters["recoveries_failed"] > failed_before
-        if failed and self._gap_from is None:
-            self._gap_from = self._gap_start()
+        counters = self.state.counters
+        failed = counters["recoveries_failed"] > before[0]
+        recovered = counters["recoveries_successful"] > before[1]
+        if self._gap_from is None and away_since is not None and (failed or recovered):
+            self._gap_from = away_since
+            self._gap_reason = "recovery failed" if failed else "recovery (the replay " \
+                "holds at most recoveryBufferSize notifications)"
         if self._gap_from is not None and self.on_gap is not None:
-            self.on_gap(self._gap_from)
+            self.on_gap(self._gap_from, self._gap_reason)
         self._gap_from = None
+        self._gap_reason = "fresh session"
         self._gap_open = False
         if self.on_subscribed is not None:
             self.on_subscribed()
@@ -117,17 +129,20 @@ class Supervisor:
             subscribed_at: list[float] = []
             try:
                 token = await self.auth.ws_token()
+                away_since = None if self.state.disconnected_at is None else \
+                    self._gap_start()
                 present = self._recoverable_wsc()
                 if self.state.disconnected_at is not None and not present:
                     self.state.subscription_id = None
                     if not self._gap_open:
                         # a fresh session after a disconnect: what was sent meanwhile is lost
                         self._gap_open = True
-                        self._gap_from = self._gap_start()
+                        self._gap_from = away_since
                         self.gaps += 1
                         log.warning("gap_opened", note="events sent while disconnected are "
                                     "not recoverable")
-                failed_before = self.state.counters["recoveries_failed"]
+                before = (self.state.counters["recoveries_failed"],
+                          self.state.counters["recoveries_successful"])
                 url = connect_url(token.uri, token.ws_access_token,
                                   self.state.wsc if present else None)
                 log.info("connecting", recovery=present, attempt=self.state.connection_count + 1)
@@ -140,7 +155,7 @@ class Supervisor:
                     on_bad_frame=self.on_bad_frame,
                     presented_wsc=present,
                     oauth_session=self.auth.session_id,
-                    on_subscribed=partial(self._subscribed, subscribed_at, failed_before),
+                    on_subscribed=partial(self._subscribed, subscribed_at, before, away_since),
                 )
             except RateLimited as exc:
                 delay = max(exc.retry_after, next(delays))

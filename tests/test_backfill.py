@@ -151,6 +151,70 @@ async def test_expired_recovery_window_gap_is_backfilled_once(tmp_path: Path) ->
     check_once(tmp_path, live, lost)
 
 
+async def test_a_recovery_past_the_replay_buffer_is_backfilled(tmp_path: Path) -> None:
+    """A Successful recovery replays at most recoveryBufferSize (the newest): with three times
+    that published while the daemon is away, the replay is short and the rest comes from the
+    lists, so every event is in the sink once."""
+    emu = emulator(recovery_buffer_size=20)
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            lost = await publish_while_away(emu, 58)
+            await backfilled(daemon)
+            await delivered(daemon, "archive", live + lost)
+            state = daemon.supervisor.state  # type: ignore[union-attr]
+            assert state.counters["recoveries_successful"] == 1
+            assert state.counters["recoveries_failed"] == 0
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            # 20 replayed live, the other 40 rebuilt from the lists
+            assert sum(counters.snapshot("backfilled.").values()) == lost - 20
+    records = read_records(tmp_path / "events")
+    keys = [events.content_key(e) for e in map(events.from_record, records)
+            if not isinstance(e, events.EventError)]
+    assert len(keys) == len(set(keys)) == live + lost
+
+
+async def test_state_changes_of_objects_created_before_the_gap_are_backfilled(
+        tmp_path: Path) -> None:
+    """The lists select by creationTime, so a delivery receipt or a batch completion inside a
+    gap, for a message or batch created an hour before it, is not in the gap's window: the
+    backfill asks for the batches the journal knows to be open (by id, and their messages by
+    batchId from their creation on) and rebuilds those states once."""
+    emu = emulator()
+    hour_ago = datetime.fromtimestamp(datetime.now(UTC).timestamp() - 3600, UTC)\
+        .strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    old_batch = {**batch("old-batch", "Processing"), "creationTime": hour_ago}
+    queued = [{**plain(f"old-{i}", "Queued"), "batchId": "old-batch",
+               "creationTime": hour_ago} for i in range(3)]
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            await emu.publish("batch", old_batch)
+            for body in queued:
+                await emu.publish("message", body)
+            await emu.publish("message", plain("done-0"))  # final: nothing left open
+            await delivered(daemon, "archive", 5)
+            emu.fail_next_recovery()
+            await emu.drop_connections(mode="abrupt")
+            for body in queued[:2]:
+                await emu.publish("message", {**body, "messageStatus": "Delivered",
+                                              "lastModifiedTime": now_iso()})
+            await emu.publish("batch", {**old_batch, "status": "Completed",
+                                        "lastModifiedTime": now_iso()})
+            await backfilled(daemon)
+            await delivered(daemon, "archive", 8)
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            assert counters.snapshot("backfilled.") == {"outbound": 2, "batch": 1}
+    records = read_records(tmp_path / "events")
+    rebuilt = sorted((r["body"]["id"], r["body"].get("messageStatus") or r["body"]["status"])
+                     for r in records if r.get("backfilled"))
+    assert rebuilt == [("old-0", "Delivered"), ("old-1", "Delivered"),
+                       ("old-batch", "Completed")]
+    by_id = [path for path, _, _ in emu.a2p.calls if path.endswith("/batches/old-batch")]
+    assert len(by_id) == 1
+
+
 async def test_backfill_follows_pages(tmp_path: Path) -> None:
     """With per_page = 2 the lists come in several pages; every lost event arrives once."""
     emu = emulator()
@@ -214,7 +278,8 @@ async def test_pending_gap_survives_a_restart(tmp_path: Path) -> None:
             await journal.aclose()
         emu.a2p.clear_fault()
         async with running_daemon(settings) as daemon:
-            await backfilled(daemon)
+            # the pending gap, and the restart's own (its recovery's replay is bounded)
+            await backfilled(daemon, 2)
             await delivered(daemon, "archive", lost)
         journal = await open_journal(settings, Path(settings.state.directory))
         try:

@@ -209,3 +209,39 @@ def test_an_event_from_a_journal_row_writes_the_row_bytes() -> None:
     assert events.record_json(again) is data
     assert isinstance(events.from_record_json(b"[1]"), EventError)
     assert isinstance(events.from_record_json(b"{"), EventError)
+
+
+def test_lifecycle_says_which_objects_may_still_change() -> None:
+    """Outbound messages stay open until Delivered or failed, batches until Completed;
+    inbound messages and opt-outs are never open; creationTime names the creation."""
+    outbound = decode(load("outbound.json"))
+    assert isinstance(outbound, events.MessageEvent)
+    for status, is_open in (("Queued", True), ("Sent", True), ("Delivered", False),
+                            ("DeliveryFailed", False), ("SendingFailed", False),
+                            ("SomethingNew", True)):
+        body = outbound.body.model_copy(update={"message_status": status})
+        state = events.lifecycle(outbound.model_copy(update={"body": body}), 5.0)
+        assert state is not None
+        assert (state.object, state.batch, state.open) == (
+            f"message:{body.id}", body.batch_id, is_open)
+        created = events.parse_time(body.creation_time)
+        assert created is not None
+        assert state.created == (created.timestamp() if is_open else 5.0)
+    undated = outbound.body.model_copy(update={"message_status": "Queued",
+                                               "creation_time": None})
+    state = events.lifecycle(outbound.model_copy(update={"body": undated}), 5.0)
+    assert state is not None
+    assert state.created == 5.0
+    inbound = decode(load("inbound.json"))
+    assert isinstance(inbound, MessageEvent)
+    assert events.lifecycle(inbound, 5.0) == (f"message:{inbound.body.id}", None, 5.0, False)
+    batch = decode(load("batch.json"))
+    assert isinstance(batch, BatchEvent)
+    processing = batch.model_copy(update={"body": batch.body.model_copy(
+        update={"status": "Processing"})})
+    state = events.lifecycle(processing, 5.0)
+    assert state is not None
+    assert (state.object, state.batch, state.open) == (
+        f"batch:{batch.body.id}", batch.body.id, True)
+    optout = decode(load("optout.json"))
+    assert events.lifecycle(optout, 5.0) is None

@@ -148,6 +148,36 @@ async def test_content_keys_set_and_dropped_in_one_commit_end_as_in_order(
     await journal.aclose()
 
 
+async def test_open_objects_follow_their_last_event_and_expire(tmp_path: Path) -> None:
+    """An object is open from its first non-final event to its final one, whatever the order
+    inside a group commit; duplicates change nothing; one without news for the dedup window
+    is forgotten, and so is one the caller says is gone."""
+    now = [1000.0]
+    journal = await open_journal(tmp_path, dedup_window=60.0, clock=lambda: now[0])
+    await journal.cursor("s")
+    await journal.append("q1", "outbound", ["s"], b"1", track=("message:1", "b", 500.0, True))
+    await journal.append("q2", "outbound", ["s"], b"2", track=("message:2", "b", 400.0, True))
+    await journal.append("d1", "outbound", ["s"], b"3", track=("message:1", "b", 900.0, False))
+    await journal.append("p", "batch", ["s"], b"4", track=("batch:b", "b", 300.0, True))
+    await journal.append("x", "inbound", ["s"], b"5", track=("message:9", None, 800.0, True))
+    await journal.commit()
+    assert await journal.open_objects(1000.0) == [
+        ("message:9", None, 800.0), ("batch:b", "b", 300.0), ("message:2", "b", 400.0)]
+    assert await journal.open_objects(350.0) == [("batch:b", "b", 300.0)]
+    await journal.append("q1", "outbound", ["s"], b"1", track=("message:1", "b", 500.0, True))
+    await journal.commit()  # a duplicate uuid does not reopen message 1
+    assert [o for o, _, _ in await journal.open_objects(1000.0)] == [
+        "message:9", "batch:b", "message:2"]
+    await journal.forget_objects(["message:9"])
+    now[0] += 30
+    await journal.append("s2", "outbound", ["s"], b"6", track=("message:2", "b", 400.0, True))
+    await journal.commit()
+    now[0] += 45  # batch b: 75 s without news; message 2: 45 s
+    await journal.compact(["s"])
+    assert await journal.open_objects(1000.0) == [("message:2", "b", 400.0)]
+    await journal.aclose()
+
+
 async def test_dead_letters_are_stored_with_details(tmp_path: Path) -> None:
     """A dead letter keeps sink, reason, attempts, times and raw bytes."""
     journal = await open_journal(tmp_path)
