@@ -469,6 +469,7 @@ class Daemon:
                 "oldest_age_seconds": time.time() - oldest if oldest else None,
             },
             "sinks": sinks,
+            "backfill": None if self.backfill is None else {"refused": self.backfill.refused},
             "counters": counters,
             "recent_problems": recent_problems()[-10:],
         }
@@ -483,6 +484,8 @@ class Daemon:
             log.warning("reload_ignored", reason="the daemon is stopping")
             return False
         self.notifier.reloading()
+        if self.backfill is not None:
+            self.backfill.resume()  # a refused backfill tries again (permissions fixed?)
         try:
             if settings is None:
                 if self.config_path is None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -58,7 +58,7 @@ from daemon import events
 from daemon.auth import TokenManager, parse_retry_after
 from daemon.backoff import backoff
 from daemon.config import BackfillConfig
-from daemon.errors import PlatformError, RateLimited
+from daemon.errors import FatalPlatformError, PlatformError, RateLimited
 from daemon.journal import Gap, Journal
 from daemon.logging import get_logger
 from daemon.pipeline import Pipeline
@@ -152,13 +152,30 @@ def synthetic(resource: str, record: dict[str, Any], event_path: str,
     return envelope
 
 
+#: answers that retrying cannot change (no A2P SMS permission, a retired endpoint, a query
+#: the platform will never take): reported once, the gaps kept until a reload or restart
+PERMANENT = frozenset({400, 403, 404, 405, 410})
+#: journal meta key of the listing in progress (resumed after a restart)
+PROGRESS_KEY = "backfill_progress"
+
+
 class Backfill:
-    """Persists reported gaps and rebuilds them, one at a time, oldest first.
+    """Persists reported gaps and rebuilds them: every gap pending when a listing starts is
+    covered by it, from the oldest gap's start.
+
+    Every list call goes through ``_call``: paced by the ``X-Rate-Limit-*`` headers (once
+    ``Remaining`` is 0, nothing is sent for ``Window`` seconds) and by ``Retry-After`` after
+    a 429 (sending during the penalty would restart it), retried with backoff on errors, all
+    without leaving the page it was on. The step and page token reached are saved in the
+    journal after each page is committed, so a restart resumes there. A permanent answer
+    (``PERMANENT``) stops the backfill with one clear error until ``resume`` (a reload) or
+    a restart; the gaps stay recorded meanwhile.
 
     Counters (the pipeline's): ``gaps_recorded``, ``gaps_backfilled``, ``backfill_records``
     (listed), ``backfill_pages``, ``backfill_skipped`` (outside the window or no subscribed
-    filter), ``backfill_errors``, ``backfill_rate_limited``, ``backfill_window_cut``; the
-    journal counts ``backfilled.<kind>`` (new events) and ``backfill_duplicates``.
+    filter), ``backfill_errors``, ``backfill_rate_limited``, ``backfill_paced`` (waits for
+    the rate limit's window), ``backfill_refused``, ``backfill_window_cut``; the journal
+    counts ``backfilled.<kind>`` (new events) and ``backfill_duplicates``.
     """
 
     def __init__(self, cfg: BackfillConfig, auth: TokenManager, http: httpx.AsyncClient,
@@ -176,16 +193,26 @@ class Backfill:
         self._clock = clock
         self._opened: list[tuple[float, str]] = []
         self._wake = anyio.Event()
+        #: why the platform refused the lists for good (None: it did not)
+        self.refused: str | None = None
+        #: monotonic time before which no list call may be sent (rate limit, backoff)
+        self._not_before = 0.0
 
     def gap_opened(self, start: float, reason: str = "fresh session") -> None:
         """The supervisor's ``on_gap``: a gap began at ``start`` (wall time)."""
         self._opened.append((start, reason))
         self._wake.set()
 
+    def resume(self) -> None:
+        """Try again after a refusal (the operator may have fixed the app's permissions)."""
+        if self.refused is not None:
+            log.info("backfill_resumed")
+        self.refused = None
+        self._wake.set()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Record and backfill gaps for ever (including gaps a previous run left pending)."""
         task_status.started()
-        delays = backoff(self.cfg.retry_initial, 2.0, self.cfg.retry_max)
         while True:
             while self._opened:
                 start, reason = self._opened[0]
@@ -194,32 +221,38 @@ class Backfill:
                 self.counters.inc("gaps_recorded")
                 log.warning("gap_recorded", gap=gap_id, since=iso(start), reason=reason)
             pending = await self.journal.gaps()
-            if not pending:
+            if not pending or self.refused is not None:
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 continue
             try:
                 await self.backfill(pending)
-            except RateLimited as exc:
-                self.counters.inc("backfill_rate_limited")
-                delay = max(exc.retry_after, 0.0)
-                log.warning("backfill_rate_limited", retry_in=round(delay, 3), code=exc.code)
-                await anyio.sleep(delay)
-            except PlatformError as exc:
-                self.counters.inc("backfill_errors")
-                delay = next(delays)
-                log.error("backfill_failed", reason=exc.reason, status=exc.status,
-                          code=exc.code, retry_in=round(delay, 3),
-                          note="the gap stays pending")
-                await anyio.sleep(delay)
-            else:
-                delays = backoff(self.cfg.retry_initial, 2.0, self.cfg.retry_max)
+            except FatalPlatformError as exc:
+                self.counters.inc("backfill_refused")
+                self.refused = f"{exc.reason} (HTTP {exc.status}, {exc.code or 'no code'})"
+                log.error("backfill_refused", reason=exc.reason, status=exc.status,
+                          code=exc.code, gaps=len(pending),
+                          fix="give the app the A2P SMS permission (and check the server "
+                          "URL); then reload (SIGHUP) or restart",
+                          note="the gaps stay recorded; no list is read until then")
 
     async def backfill(self, gaps: Sequence[Gap]) -> None:
         """List the gaps' window (from the oldest one's start), ingest what they lost, then
-        forget them."""
-        end = self._clock()
-        start = min(gap.start for gap in gaps) - self.cfg.margin
+        forget them. Resumes a listing a previous run left half done."""
+        saved = await self.journal.get_meta(PROGRESS_KEY)
+        plan = json.loads(saved) if saved else None
+        # a gap is named by its id and start (ids of closed gaps are used again)
+        pending = {(gap.id, gap.start) for gap in gaps}
+        if plan is not None and {(i, s) for i, s in plan["gaps"]} <= pending:
+            planned = {(i, s) for i, s in plan["gaps"]}
+            gaps = [gap for gap in gaps if (gap.id, gap.start) in planned]
+            start, end = float(plan["start"]), float(plan["end"])
+            log.info("backfill_resumed_listing", gaps=[i for i, _ in plan["gaps"]],
+                     step=plan["step"])
+        else:
+            plan = None
+            end = self._clock()
+            start = min(gap.start for gap in gaps) - self.cfg.margin
         ids = [gap.id for gap in gaps]
         if end - start > self.cfg.max_window:
             self.counters.inc("backfill_window_cut")
@@ -229,15 +262,28 @@ class Backfill:
             start = end - self.cfg.max_window
         before = self.counters.snapshot()
         listed = 0
-        for resource in ("batches", "messages", "opt-outs"):
-            chosen = [f for f in self.filters if f.resource == resource]
-            if not chosen:
+        steps = [r for r in ("batches", "messages", "opt-outs")
+                 if any(f.resource == r for f in self.filters)] + ["open"]
+        first_step = steps.index(plan["step"]) if plan and plan["step"] in steps else 0
+        for number, step in enumerate(steps[first_step:], first_step):
+            if step == "open":
+                listed += await self._open_objects(start, end)
                 continue
-            async for record in self._list(resource, start, end):
-                listed += 1
-                await self._ingest(resource, record, chosen, start, end)
-        listed += await self._open_objects(start, end)
+            chosen = [f for f in self.filters if f.resource == step]
+            token = plan["token"] if plan is not None and number == first_step else None
+            async for records, following in self._pages(step, self._window(step, start, end),
+                                                        token):
+                for record in records:
+                    listed += 1
+                    await self._ingest(step, record, chosen, start, end)
+                await self.journal.flush()
+                if following is not None:
+                    await self._save(gaps, start, end, step, following)
+            if number + 1 < len(steps):
+                await self._save(gaps, start, end, steps[number + 1], None)
         await self.journal.flush()
+        # progress first: a crash between the two lists the gaps again (never the reverse)
+        await self.journal.set_meta(PROGRESS_KEY, None)
         for gap in gaps:
             await self.journal.close_gap(gap.id)
         self.counters.inc("gaps_backfilled", len(gaps))
@@ -249,7 +295,25 @@ class Backfill:
 
         log.warning("gap_backfilled", gaps=ids, since=iso(start), until=iso(end),
                     listed=listed, backfilled=grew("backfilled"),
-                    duplicates=grew("backfill_duplicates"), skipped=grew("backfill_skipped"))
+                    duplicates=grew("backfill_duplicates"), skipped=grew("backfill_skipped"),
+                    requests=grew("backfill_pages") + grew("backfill_reads"),
+                    rate_limited=grew("backfill_rate_limited"))
+
+    async def _save(self, gaps: Sequence[Gap], start: float, end: float, step: str,
+                    token: str | None) -> None:
+        """Where the listing is: the next ``step`` and its page ``token`` (None: page 1)."""
+        await self.journal.set_meta(PROGRESS_KEY, json.dumps(
+            {"gaps": [[gap.id, gap.start] for gap in gaps], "start": start, "end": end,
+             "step": step, "token": token}))
+
+    def _window(self, resource: str, start: float, end: float) -> dict[str, str]:
+        """A list's query for the window (the opt-out list has no date filter)."""
+        if resource == "opt-outs":
+            return {"from": "*", "status": "all"}
+        params = {"dateFrom": iso(start), "dateTo": iso(end)}
+        if resource == "messages":
+            params["view"] = "Detailed"
+        return params
 
     async def _open_objects(self, start: float, end: float) -> int:
         """Read the later states of the objects still open that were created before the
@@ -270,33 +334,30 @@ class Backfill:
         read, gone = 0, []
         for resource, idents in (("batches", batches), ("messages", singles)):
             for ident in idents if chosen[resource] else ():
-                record = await self._get_one(resource, ident)
-                if record is None:
+                try:
+                    record = await self._call(f"{resource}/{quote(ident, safe='')}", {})
+                except FatalPlatformError as exc:
+                    if exc.status != 404:
+                        raise
                     gone.append(f"{resource[:-1]}:{ident}")
                     continue
+                self.counters.inc("backfill_reads")
                 read += 1
                 await self._ingest(resource, record, chosen[resource], start, end)
         for batch, created in by_batch.items() if chosen["messages"] else ():
             # dateFrom defaults to dateTo - 24 h, batchId or not: from the oldest open
             # message's creation on (a second early: creation times have microseconds)
-            async for record in self._list("messages", created - 1.0, end,
-                                           {"batchId": batch}):
-                read += 1
-                await self._ingest("messages", record, chosen["messages"], start, end)
+            params = {"batchId": batch, "dateFrom": iso(created - 1.0), "dateTo": iso(end),
+                      "view": "Detailed"}
+            async for records, _ in self._pages("messages", params, None):
+                for record in records:
+                    read += 1
+                    await self._ingest("messages", record, chosen["messages"], start, end)
         if gone:
             log.info("backfill_objects_gone", objects=len(gone),
                      note="the platform no longer knows them; no longer tracked")
             await self.journal.forget_objects(gone)
         return read
-
-    async def _get_one(self, resource: str, ident: str) -> dict[str, Any] | None:
-        """One object's current state; None when the platform answers 404."""
-        try:
-            return await self._get(f"{resource}/{quote(ident, safe='')}", {})
-        except PlatformError as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     async def _ingest(self, resource: str, record: Any, chosen: list[Filter],
                       start: float, end: float) -> None:
@@ -327,29 +388,58 @@ class Backfill:
             return
         await self.pipeline.ingest_event(decoded)
 
-    async def _list(self, resource: str, start: float, end: float,
-                    extra: dict[str, str] | None = None) -> Any:
-        """Every record of one list for the window, page after page."""
-        params: dict[str, str] = {"perPage": str(self.cfg.per_page), **(extra or {})}
-        if resource == "opt-outs":
-            params.update({"from": "*", "status": "all"})
-        else:
-            params.update({"dateFrom": iso(start), "dateTo": iso(end)})
-            if resource == "messages":
-                params["view"] = "Detailed"
-        token: str | None = None
+    async def _pages(self, resource: str, query: dict[str, str], token: str | None,
+                     ) -> AsyncIterator[tuple[list[Any], str | None]]:
+        """Each page of one list from ``token`` on: (records, the next page's token or None
+        after the last page). A page token the platform no longer takes (a listing resumed
+        after a restart) starts the list over."""
+        params = {"perPage": str(self.cfg.per_page), **query}
         for _ in range(MAX_PAGES):
-            page = await self._get(resource, params | ({"pageToken": token} if token else {}))
+            try:
+                page = await self._call(resource, params | ({"pageToken": token} if token
+                                                             else {}))
+            except FatalPlatformError as exc:
+                if token is None or exc.status != 400:
+                    raise
+                log.warning("backfill_page_token_refused", resource=resource,
+                            note="listing this resource again from its first page")
+                token = None
+                continue
             self.counters.inc("backfill_pages")
             records = page.get("records")
-            for record in records if isinstance(records, list) else []:
-                yield record
             paging = page.get("paging")
             following = paging.get("nextPageToken") if isinstance(paging, dict) else None
-            if not isinstance(following, str) or not following or following == token:
+            last = not isinstance(following, str) or not following or following == token
+            yield (records if isinstance(records, list) else []), None if last else following
+            if last:
                 return
             token = following
         log.error("backfill_paging_cut", resource=resource, pages=MAX_PAGES)
+
+    async def _call(self, resource: str, params: dict[str, str]) -> dict[str, Any]:
+        """One GET, paced by the rate limit, retried until it succeeds; raises only
+        ``FatalPlatformError`` (a ``PERMANENT`` answer)."""
+        delays = backoff(self.cfg.retry_initial, 2.0, self.cfg.retry_max)
+        while True:
+            wait = self._not_before - anyio.current_time()
+            if wait > 0:
+                await anyio.sleep(wait)
+            try:
+                return await self._get(resource, params)
+            except RateLimited as exc:
+                self.counters.inc("backfill_rate_limited")
+                delay = max(exc.retry_after, 0.0)
+                log.warning("backfill_rate_limited", retry_in=round(delay, 3), code=exc.code,
+                            note="resuming from the same page")
+            except FatalPlatformError:
+                raise
+            except PlatformError as exc:
+                self.counters.inc("backfill_errors")
+                delay = next(delays)
+                log.error("backfill_failed", reason=exc.reason, status=exc.status,
+                          code=exc.code, retry_in=round(delay, 3),
+                          note="the gap stays pending; resuming from the same page")
+            self._not_before = max(self._not_before, anyio.current_time() + delay)
 
     async def _get(self, resource: str, params: dict[str, str]) -> dict[str, Any]:
         path = LIST_PATH + resource
@@ -363,17 +453,32 @@ class Backfill:
         except httpx.HTTPError as exc:
             raise PlatformError(f"cannot reach the platform for {path}: "
                                 f"{type(exc).__name__}") from exc
+        self._pace(response.headers)
         try:
             body = response.json() if response.content else {}
         except ValueError:
             body = {}
         status = response.status_code
         code = body.get("errorCode") if isinstance(body, dict) else None
+        code = code if isinstance(code, str) else None
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            raise RateLimited(f"{path} rate limited", retry_after=retry_after,
-                              code=code if isinstance(code, str) else None)
+            raise RateLimited(f"{path} rate limited", retry_after=retry_after, code=code)
+        if status in PERMANENT:
+            raise FatalPlatformError(f"{path} refused", status=status, code=code)
         if not 200 <= status < 300 or not isinstance(body, dict):
-            raise PlatformError(f"{path} failed", status=status,
-                                code=code if isinstance(code, str) else None)
+            raise PlatformError(f"{path} failed", status=status, code=code)
         return body
+
+    def _pace(self, headers: httpx.Headers) -> None:
+        """Once ``X-Rate-Limit-Remaining`` is 0, send nothing for ``X-Rate-Limit-Window``
+        seconds (the rate-limits page's advice: a call in the penalty restarts it)."""
+        try:
+            remaining = int(headers.get("X-Rate-Limit-Remaining", "1"))
+            window = float(headers.get("X-Rate-Limit-Window", "60"))
+        except ValueError:
+            return
+        if remaining <= 0 and window > 0:
+            self.counters.inc("backfill_paced")
+            log.info("backfill_paced", wait=window, note="the rate limit's window is used up")
+            self._not_before = max(self._not_before, anyio.current_time() + min(window, 3600))

@@ -677,6 +677,26 @@ class Journal:
             self._conn.executemany("DELETE FROM inflight WHERE object = ?",
                                    [(obj,) for obj in objects])
 
+    async def get_meta(self, key: str) -> str | None:
+        """A value another module keeps in the journal (e.g. the backfill's progress)."""
+        return await self._db(self._get_meta, key)
+
+    def _get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str | None) -> None:
+        """Keep (None: forget) a value in the journal, durably."""
+        await self._db(self._set_meta, key, value)
+
+    def _set_meta(self, key: str, value: str | None) -> None:
+        with self._conn:
+            if value is None:
+                self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                   (key, value))
+
     async def close_gap(self, gap_id: int) -> None:
         """The gap is backfilled (its events are committed)."""
         await self._db(self._close_gap, gap_id)

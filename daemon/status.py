@@ -91,6 +91,10 @@ def render(state: dict[str, Any]) -> str:
         lines.append(f"  {name:<{width}}  {sink['type']:<6} backlog {sink['backlog']:<7}"
                      f" delivered {sink['delivered']:<9} retries {sink['retries']:<6}"
                      f" dead letters {sink['dead_letters']:<5} {health}")
+    refused = (state.get("backfill") or {}).get("refused")
+    if refused:
+        lines.append(f"backfill:    REFUSED by the platform: {refused}; gaps are kept until "
+                     "the app's A2P SMS permission is fixed and a2pd reloaded or restarted")
     if state["not_ready"]:
         lines.append("not ready: " + "; ".join(state["not_ready"]))
     if state["recent_problems"]:

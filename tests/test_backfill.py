@@ -256,6 +256,90 @@ async def test_rate_limited_list_waits_for_retry_after(tmp_path: Path) -> None:
     check_once(tmp_path, live, lost)
 
 
+#: a Light group of 4 calls per 0.4 s (penalty 0.4 s) and pages of at most 5 records
+SCALED_LIMITS = {"a2p_rate_limit": 4, "a2p_rate_window": 0.4, "a2p_rate_penalty": 0.4,
+                 "a2p_page_limit": 5}
+
+
+async def test_a_gap_larger_than_the_rate_limit_is_paced_page_by_page(tmp_path: Path) -> None:
+    """A gap that needs three times the rate limit's calls is listed page after page, paced
+    by X-Rate-Limit-Remaining/Window: it finishes, never calls inside a penalty (every call
+    answered 200), and asks for each page once."""
+    emu = emulator(**SCALED_LIMITS)
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            emu.fail_next_recovery()
+            lost = await publish_while_away(emu, 60)
+            await backfilled(daemon)
+            await delivered(daemon, "archive", live + lost)
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            assert counters["backfill_rate_limited"] == 0
+            assert counters["backfill_paced"] >= 3
+    assert [status for _, status, _ in emu.a2p.calls] == [200] * len(emu.a2p.calls)
+    messages = [c for c in emu.a2p.calls if c[0].endswith("/messages")]
+    assert len(messages) == 13  # 4 live + 60 lost messages, 5 a page
+    check_once(tmp_path, live, lost)
+
+
+async def test_a_listing_resumes_from_its_page_after_a_restart(tmp_path: Path) -> None:
+    """A daemon stopped half-way through a paced listing leaves its step and page token in
+    the journal; the next start goes on from that page (at most the page in flight is asked
+    for again), not from the first."""
+    emu = emulator(**SCALED_LIMITS)
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            emu.fail_next_recovery()
+            lost = await publish_while_away(emu, 60)
+            assert daemon.pipeline is not None
+            with anyio.fail_after(TIMEOUT):
+                await daemon.pipeline.counters.wait_for("backfill_pages", 7)
+        stopped_at = len([c for c in emu.a2p.calls if c[0].endswith("/messages")])
+        assert stopped_at < 13
+        async with running_daemon(settings) as daemon:
+            await backfilled(daemon, 2)  # the half-done gap, then the restart's own
+    messages = [c for c in emu.a2p.calls if c[0].endswith("/messages") and c[1] == 200]
+    # 13 pages for the first gap, at most one asked again, and the restart's small gap
+    # (the window from its start - margin holds every message: 13 pages again)
+    assert len(messages) <= 13 + 1 + 13
+    check_once(tmp_path, live, lost)
+
+
+async def test_a_permanent_refusal_is_reported_once_and_retried_after_a_reload(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 403 (no A2P SMS permission) stops the backfill with one clear error, shown by the
+    status; nothing is retried until a reload, which then rebuilds the kept gap once."""
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            emu.a2p.fail_lists(403, times=None)
+            emu.fail_next_recovery()
+            lost = await publish_while_away(emu, 3)
+            assert daemon.pipeline is not None
+            with anyio.fail_after(TIMEOUT):
+                await daemon.pipeline.counters.wait_for("backfill_refused", 1)
+            calls = len(emu.a2p.calls)
+            snapshot = daemon.snapshot()
+            assert "CMN-408" in snapshot["backfill"]["refused"]
+            await emu.publish("message", plain("after-0"))  # the daemon goes on meanwhile
+            await delivered(daemon, "archive", live + 1)
+            assert len(emu.a2p.calls) == calls, "a refused list was asked again"
+            emu.a2p.clear_fault()
+            assert await daemon.reload(settings)
+            await backfilled(daemon)
+            await delivered(daemon, "archive", live + 1 + lost)
+            assert daemon.snapshot()["backfill"]["refused"] is None
+            assert daemon.pipeline.counters["backfill_refused"] == 1
+    check_once(tmp_path, live + 1, lost)
+    out = capsys.readouterr().out
+    assert out.count("backfill_refused") == 1
+
+
 async def test_pending_gap_survives_a_restart(tmp_path: Path) -> None:
     """A gap whose backfill cannot run (the lists fail) is kept in the journal; the next
     start rebuilds it, once."""

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from daemon.emulator.rest import RateLimit
 from tests.test_emulator import login, platform
 
 LIST = "/restapi/v1.0/account/~/a2p-sms/"
@@ -144,3 +145,52 @@ async def test_injected_faults_answer_429_with_retry_after_then_clear() -> None:
         emu.a2p.clear_fault()
         assert (await get(http, token, "batches")).status_code == 200
         assert [status for _, status, _ in emu.a2p.calls] == [429, 200, 503, 503, 200]
+
+
+def test_the_light_group_limit_slides_and_every_refused_call_restarts_the_penalty() -> None:
+    """N calls fit in the sliding window; the next is refused for the penalty, and a call
+    inside the penalty restarts it (the rate-limits page's "429 trap")."""
+    now = [0.0]
+    rate = RateLimit(3, 10.0, 5.0, lambda: now[0])
+    remaining = []
+    for at in (0.0, 1.0, 2.0):
+        now[0] = at
+        allowed, headers = rate.take()
+        assert allowed
+        remaining.append(headers["X-Rate-Limit-Remaining"])
+    assert remaining == ["2", "1", "0"]
+    now[0] = 3.0
+    allowed, headers = rate.take()
+    assert not allowed
+    assert (headers["Retry-After"], headers["X-Rate-Limit-Window"]) == ("5", "10")
+    now[0] = 7.0  # inside the penalty: refused, and the penalty now ends at 12
+    assert not rate.take()[0]
+    now[0] = 11.5
+    assert not rate.take()[0]  # restarted again: ends at 16.5
+    now[0] = 16.5
+    allowed, headers = rate.take()
+    assert allowed  # the window slid past the first three calls
+    assert headers["X-Rate-Limit-Remaining"] == "2"
+
+
+async def test_lists_answer_rate_limit_headers_and_short_pages() -> None:
+    """Every answer carries the X-Rate-Limit-* headers; past the limit a 429 with
+    Retry-After; a page holds at most a2p_page_limit records, linked by nextPageToken."""
+    async with platform(a2p_rate_limit=3, a2p_rate_window=60.0, a2p_rate_penalty=60.0,
+                        a2p_page_limit=2) as (emu, http):
+        token = (await login(http))["access_token"]
+        for i in range(3):
+            await emu.publish("message", message(str(i), "Sent", f"2026-01-10T08:00:0{i}Z"))
+        first = await get(http, token, "messages", dateFrom=EVER, perPage=1000)
+        assert first.headers["X-Rate-Limit-Group"] == "Light"
+        assert first.headers["X-Rate-Limit-Remaining"] == "2"
+        doc = first.json()
+        assert [r["id"] for r in doc["records"]] == ["0", "1"]
+        following = await get(http, token, "messages", dateFrom=EVER,
+                              pageToken=doc["paging"]["nextPageToken"])
+        assert [r["id"] for r in following.json()["records"]] == ["2"]
+        assert (await get(http, token, "batches/none")).status_code == 404
+        refused = await get(http, token, "messages", dateFrom=EVER)
+        assert refused.status_code == 429
+        assert refused.json()["errorCode"] == "CMN-301"
+        assert refused.headers["Retry-After"] == "60"

@@ -65,6 +65,15 @@ class EmulatorConfig:
     #: 0: ``wsc`` only on ConnectionDetails; N > 0: also on every Nth ServerNotification
     wsc_on_notifications: int = 0
     max_oauth_sessions: int = 5
+    #: the A2P REST calls' usage plan group "Light": this many requests per user and app in a
+    #: sliding window of ``a2p_rate_window`` seconds, then every call is refused (429) for
+    #: ``a2p_rate_penalty`` seconds, each refused call restarting the penalty (rate-limits
+    #: page); 0: no limit
+    a2p_rate_limit: int = 50
+    a2p_rate_window: float = 60.0
+    a2p_rate_penalty: float = 60.0
+    #: at most this many records on one list page, whatever ``perPage`` asks for
+    a2p_page_limit: int = 1000
     #: seeds ids and traffic; tokens always come from ``secrets``
     seed: int = 0
 
@@ -81,6 +90,11 @@ class EmulatorConfig:
             raise EmulatorConfigError("recovery_buffer_size must be >= 0")
         if self.wsc_on_notifications < 0:
             raise EmulatorConfigError("wsc_on_notifications must be >= 0")
+        if self.a2p_rate_limit < 0 or self.a2p_rate_window <= 0 or self.a2p_rate_penalty <= 0:
+            raise EmulatorConfigError("a2p_rate_limit must be >= 0, a2p_rate_window and "
+                                      "a2p_rate_penalty > 0")
+        if self.a2p_page_limit < 1:
+            raise EmulatorConfigError("a2p_page_limit must be >= 1")
         if self.max_oauth_sessions < 1:
             raise EmulatorConfigError("max_oauth_sessions must be >= 1")
         for name in ("account_id", "extension_id", "client_id", "client_secret", "jwt"):

@@ -11,7 +11,13 @@
 can rebuild what it missed. Lists answer ``{"records": [...], "paging": {...}}`` with an
 opaque ``pageToken``/``nextPageToken`` and ``perPage`` (default 1000, as the spec says).
 Every call needs a valid bearer access token (401 otherwise). Tests can make the next calls
-fail (``fail_lists``: e.g. 429 with Retry-After, or 503 until cleared).
+fail (``fail_lists``: e.g. 429 with Retry-After, or 503 until cleared, or a permanent 403).
+
+Every call counts against the usage plan group "Light" (``RateLimit``): 50 requests per user
+and app in a sliding 60 s window by default; past it, each call is refused with 429,
+``Retry-After`` and the ``X-Rate-Limit-*`` headers for a 60 s penalty that every refused call
+restarts (developer guide, "API rate limits"). A list page holds at most ``page_limit``
+records whatever ``perPage`` asks for (the harshest reading: nothing promises a full page).
 
 Date filters (``dateFrom``/``dateTo``) select records by ``creationTime``, as the High
 Volume SMS message-store page says ("Return messages created after the start date"): a
@@ -25,7 +31,9 @@ This module never imports from the rest of ``daemon`` (only the emulator's own m
 from __future__ import annotations
 
 import base64
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,11 +62,46 @@ class ListFault:
 
 
 @dataclass
+class RateLimit:
+    """One usage plan group's limit for the emulator's one user and app."""
+
+    limit: int
+    window: float
+    penalty: float
+    clock: Callable[[], float]
+    group: str = "Light"
+    calls: deque[float] = field(default_factory=deque)
+    penalty_until: float = 0.0
+
+    def take(self) -> tuple[bool, dict[str, str]]:
+        """Count one call: (allowed, the X-Rate-Limit-* headers, plus Retry-After if not)."""
+        if self.limit == 0:
+            return True, {}
+        now = self.clock()
+        while self.calls and self.calls[0] <= now - self.window:
+            self.calls.popleft()
+        allowed = now >= self.penalty_until and len(self.calls) < self.limit
+        if allowed:
+            self.calls.append(now)
+        else:
+            self.penalty_until = now + self.penalty  # every refused call restarts it
+        headers = {"X-Rate-Limit-Group": self.group, "X-Rate-Limit-Limit": str(self.limit),
+                   "X-Rate-Limit-Remaining": str(max(0, self.limit - len(self.calls)))
+                   if allowed else "0",
+                   "X-Rate-Limit-Window": f"{self.window:g}"}
+        if not allowed:
+            headers["Retry-After"] = f"{math.ceil(self.penalty * 1000) / 1000:g}"
+        return allowed, headers
+
+
+@dataclass
 class A2pStore:
     """The current state of every message, batch and opt-out pair published."""
 
     account_id: str
     wall: Callable[[], float]
+    rate: RateLimit | None = None
+    page_limit: int = MAX_PER_PAGE
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     optouts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -115,7 +158,7 @@ class A2pStore:
             if phones and not phones & ({body.get("from")} | set(body.get("to") or [])):
                 continue
             rows.append(body if detailed else {k: v for k, v in body.items() if k != "text"})
-        return _page(rows, query)
+        return _page(rows, query, self.page_limit)
 
     def list_batches(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
         date_from, date_to = _window(query, self.wall())
@@ -125,7 +168,7 @@ class A2pStore:
                 if _in_window(body, date_from, date_to)
                 and (not senders or body.get("from") in senders)
                 and (not statuses or body.get("status") in statuses)]
-        return _page(rows, query)
+        return _page(rows, query, self.page_limit)
 
     def get_message(self, object_id: str) -> dict[str, Any]:
         """One message's current state (the detailed view), or 404."""
@@ -144,7 +187,7 @@ class A2pStore:
                 if (sender == "*" or row["from"] == sender)
                 and (recipient is None or row["to"] == recipient)
                 and (status == "all" or row["status"].lower() == status)]
-        return _page(rows, query)
+        return _page(rows, query, self.page_limit)
 
 
 def _one(objects: dict[str, dict[str, Any]], object_id: str, name: str) -> dict[str, Any]:
@@ -184,7 +227,8 @@ def _in_window(body: Mapping[str, Any], start: datetime, end: datetime) -> bool:
     return created is not None and start <= created <= end
 
 
-def _page(rows: list[dict[str, Any]], query: Mapping[str, list[str]]) -> dict[str, Any]:
+def _page(rows: list[dict[str, Any]], query: Mapping[str, list[str]], limit: int,
+          ) -> dict[str, Any]:
     def order(row: dict[str, Any]) -> tuple[float, str, str]:
         when = _time(row.get("creationTime")) or _time(row.get("lastModifiedTime"))
         return (when.timestamp() if when else 0.0, str(row.get("id", "")), str(row.get("to")))
@@ -198,13 +242,14 @@ def _page(rows: list[dict[str, Any]], query: Mapping[str, list[str]]) -> dict[st
         raise ApiError(400, "CMN-101", "Parameter [perPage] value is invalid")
     tokens = query.get("pageToken") or []
     offset = _offset(tokens[0]) if tokens and tokens[0] else 0
-    page = rows[offset:offset + per_page]
+    size = min(per_page, limit)
+    page = rows[offset:offset + size]
     paging: dict[str, Any] = {"pageToken": _token(offset), "perPage": per_page,
                               "perPageCount": len(page)}
-    if offset + per_page < len(rows):
-        paging["nextPageToken"] = _token(offset + per_page)
+    if offset + size < len(rows):
+        paging["nextPageToken"] = _token(offset + size)
     if offset > 0:
-        paging["previousPageToken"] = _token(max(0, offset - per_page))
+        paging["previousPageToken"] = _token(max(0, offset - size))
     return {"records": page, "paging": paging}
 
 
@@ -239,6 +284,10 @@ def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
         def _answer(request: Request, lister: Answer) -> Response:
             try:
                 oauth.authenticate(request.headers.get("authorization"))
+                allowed, limits = store.rate.take() if store.rate else (True, {})
+                if not allowed:
+                    return JSONResponse(ApiError(429, "CMN-301", "Request rate exceeded")
+                                        .body(), status_code=429, headers=limits)
                 account = request.path_params["account"]
                 if account not in ("~", store.account_id):
                     return JSONResponse(ApiError(404, "CMN-102", f"Account [{account}] is not "
@@ -251,14 +300,15 @@ def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
                             store.fault = None
                     headers = {} if fault.retry_after is None else {
                         "Retry-After": f"{fault.retry_after:g}"}
-                    code = "CMN-301" if fault.status == 429 else "CMN-211"
+                    code = {429: "CMN-301", 403: "CMN-408", 404: "CMN-102"}.get(
+                        fault.status, "CMN-211")
                     return JSONResponse(ApiError(fault.status, code, "injected fault").body(),
                                         status_code=fault.status, headers=headers)
                 query: dict[str, list[str]] = {}
                 for key, value in request.query_params.multi_items():
                     # both direction=A&direction=B and direction[]=… forms
                     query.setdefault(key.removesuffix("[]"), []).append(value)
-                return JSONResponse(lister(query, request.path_params))
+                return JSONResponse(lister(query, request.path_params), headers=limits)
             except ApiError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status)
 

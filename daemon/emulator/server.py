@@ -51,7 +51,7 @@ from daemon.emulator.gateway import (
     SentRecord,
 )
 from daemon.emulator.oauth import OAuthServer
-from daemon.emulator.rest import A2pStore
+from daemon.emulator.rest import A2pStore, RateLimit
 from daemon.emulator.rest import routes as a2p_routes
 from daemon.emulator.traffic import Traffic
 
@@ -113,7 +113,9 @@ class Emulator:
         self.gateway = Gateway(self.config, self.oauth, time.monotonic, time.time, rng)
         self.traffic = Traffic(self, seed=self.config.seed)
         #: the A2P REST list endpoints' data: the current state of what was published
-        self.a2p = A2pStore(self.config.account_id, time.time)
+        self.a2p = A2pStore(self.config.account_id, time.time, RateLimit(
+            self.config.a2p_rate_limit, self.config.a2p_rate_window,
+            self.config.a2p_rate_penalty, time.monotonic), self.config.a2p_page_limit)
         #: every notification frame written to a socket, in order (replays included)
         self.sent: list[SentRecord] = []
         #: ``(method, path, status)`` of every platform HTTP call (control API excluded)
