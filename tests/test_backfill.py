@@ -73,11 +73,16 @@ async def publish_while_away(emu: Emulator, count: int) -> int:
     return count + 2
 
 
-async def backfilled(daemon: Daemon, gaps: int = 1) -> None:
-    """Wait until ``gaps`` gaps were backfilled."""
+async def counted(daemon: Daemon, name: str, count: int) -> None:
+    """Wait until the daemon's counter ``name`` reaches ``count``."""
     assert daemon.pipeline is not None
     with anyio.fail_after(TIMEOUT):
-        await daemon.pipeline.counters.wait_for("gaps_backfilled", gaps)
+        await daemon.pipeline.counters.wait_for(name, count)
+
+
+async def backfilled(daemon: Daemon, gaps: int = 1) -> None:
+    """Wait until ``gaps`` gaps were backfilled."""
+    await counted(daemon, "gaps_backfilled", gaps)
 
 
 def check_once(tmp_path: Path, live: int, lost: int) -> list[dict[str, Any]]:
@@ -294,9 +299,7 @@ async def test_a_listing_resumes_from_its_page_after_a_restart(tmp_path: Path) -
             live = await publish_live(emu, daemon)
             emu.fail_next_recovery()
             lost = await publish_while_away(emu, 60)
-            assert daemon.pipeline is not None
-            with anyio.fail_after(TIMEOUT):
-                await daemon.pipeline.counters.wait_for("backfill_pages", 7)
+            await counted(daemon, "backfill_pages", 7)
         stopped_at = len([c for c in emu.a2p.calls if c[0].endswith("/messages")])
         assert stopped_at < 13
         async with running_daemon(settings) as daemon:
@@ -320,9 +323,7 @@ async def test_a_permanent_refusal_is_reported_once_and_retried_after_a_reload(
             emu.a2p.fail_lists(403, times=None)
             emu.fail_next_recovery()
             lost = await publish_while_away(emu, 3)
-            assert daemon.pipeline is not None
-            with anyio.fail_after(TIMEOUT):
-                await daemon.pipeline.counters.wait_for("backfill_refused", 1)
+            await counted(daemon, "backfill_refused", 1)
             calls = len(emu.a2p.calls)
             snapshot = daemon.snapshot()
             assert "CMN-408" in snapshot["backfill"]["refused"]
@@ -351,9 +352,7 @@ async def test_pending_gap_survives_a_restart(tmp_path: Path) -> None:
             emu.a2p.fail_lists(503, times=None)
             emu.fail_next_recovery()
             lost = await publish_while_away(emu, 3)
-            assert daemon.pipeline is not None
-            with anyio.fail_after(TIMEOUT):
-                await daemon.pipeline.counters.wait_for("backfill_errors", 2)
+            await counted(daemon, "backfill_errors", 2)
             assert daemon.pipeline.counters["gaps_backfilled"] == 0
         journal = await open_journal(settings, Path(settings.state.directory))
         try:
