@@ -99,6 +99,8 @@ class TokenManager:
         self._tokens: _Tokens | None = None
         self._blocked_until = 0.0
         self._last_wstoken: float | None = None
+        #: "no refresh token" is said once per process (every grant would repeat it)
+        self._warned_no_refresh = False
         #: grants (new OAuth sessions), refreshes, wstokens, rate_limited
         self.counters = Counters()
         #: called whenever the tokens change (the daemon saves them, daemon/persist.py)
@@ -277,6 +279,15 @@ class TokenManager:
         self.counters.inc("grants")
         log.info("oauth_session_started", owner_id=tokens.owner_id,
                  expires_in=round(tokens.access_expires - tokens.issued))
+        if tokens.refresh is None and not self._warned_no_refresh:
+            self._warned_no_refresh = True
+            log.warning(
+                "no_refresh_token",
+                fix="turn on 'Issue refresh tokens' in the app's settings (RingCentral "
+                "Developer Console → your app → Settings → Auth)",
+                note="without one, a2pd makes a new JWT grant (a new OAuth session) each time "
+                "the access token expires; a WebSocket session dropped after that cannot be "
+                "recovered, so its gap is rebuilt from the A2P lists instead")
         return tokens
 
     async def _refresh_or_grant(self) -> _Tokens:

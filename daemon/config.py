@@ -165,6 +165,13 @@ class ConnectionConfig(_Section):
     #: never ask for a WebSocket token more often than this (Auth rate group: 5/min/user)
     wstoken_min_interval: Duration = 15.0
     max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    #: frames read off the socket while the journal cannot take them (a stalled disk, a full
+    #: journal with full_policy "block"): reading on keeps the gateway's pings answered (it
+    #: drops a client that does not pong within 10 s). Past this, reading pauses.
+    receive_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    #: a frame's handling that has waited this long is a stall: from then on the socket is
+    #: read on into memory (up to receive_buffer_bytes); well below the 10 s pong deadline
+    stall_read_after: Duration = 1.0
     #: a connection that lived at least this long resets the backoff
     stable_after: Duration = 60.0
 

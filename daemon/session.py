@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -46,6 +47,7 @@ from daemon.logging import get_logger, register_secret
 from daemon.observe import Counters, LogThrottle
 
 log = get_logger("session")
+
 
 # Error codes after which the server closes the socket but the session can be recovered
 RECOVERABLE_ERRORS = frozenset({"WSG-902", "WSG-903"})
@@ -109,6 +111,15 @@ class _Connection:
         self._inbound_waiter: anyio.Event | None = None
         #: the receive loop is inside a handler (e.g. waiting for room in the journal)
         self.handling = False
+        #: when the current handler began (monotonic)
+        self._handling_since = 0.0
+        #: frames the guard read off the socket, not handled yet (a ConnectionLost last: how
+        #: the connection ended)
+        self._inbox: deque[bytes | ConnectionLost] = deque()
+        self._inbox_bytes = 0
+        #: the guard is inside recv(): the receive loop must not call it too
+        self._guarding = False
+        self._guarded = anyio.Event()
         self._handled: anyio.Event | None = None
         self.pending: dict[str, tuple[anyio.Event, list[protocol.Message]]] = {}
         self.send_lock = anyio.Lock()
@@ -146,6 +157,50 @@ class _Connection:
             self._inbound_waiter = None
         return data
 
+    async def guard(self) -> None:
+        """Read the socket while a handler is stalled. websockets reads the socket (and so
+        answers the gateway's pings) only while its 16-frame queue has room, and the gateway
+        drops a client that does not answer a ping within 10 s (§2.8): a journal stalled
+        for longer would cost the session. Once a handler has waited ``stall_read_after``, the
+        frames that arrive are kept here (up to ``receive_buffer_bytes``) and handed out
+        first; the receive loop never calls recv() while this does. The end of the
+        connection is queued after the frames. Off the fast path: it only looks twice per
+        ``stall_read_after``."""
+        while True:
+            if not (self._stalled() and self._inbox_bytes < self.cfg.receive_buffer_bytes):
+                await anyio.sleep(self.cfg.stall_read_after / 2)
+                continue
+            self._guarding = True
+            try:
+                data = await self.recv()
+            except ConnectionLost as exc:
+                self._inbox.append(exc)
+                return
+            finally:
+                self._guarding = False
+                self._guarded.set()
+            self._inbox.append(data)
+            self._inbox_bytes += len(data)
+
+    def _stalled(self) -> bool:
+        return self.handling and \
+            time.monotonic() - self._handling_since >= self.cfg.stall_read_after
+
+    async def next_frame(self) -> bytes:
+        """The next frame: the guard's first (raising how the connection ended once they
+        are handed out), else the socket's (through the guard while it is reading)."""
+        while not self._inbox:
+            if not self._guarding:
+                return await self.recv()
+            # the guard is inside recv(): its frame (or the end) comes next
+            self._guarded = anyio.Event()
+            await self._guarded.wait()
+        item = self._inbox.popleft()
+        if isinstance(item, ConnectionLost):
+            raise item
+        self._inbox_bytes -= len(item)
+        return item
+
     def track_wsc(self, message: protocol.Message) -> None:
         newer = protocol.newer_wsc(self.state.wsc, message)
         if newer is not None:
@@ -171,10 +226,11 @@ class _Connection:
 
     async def receive_loop(self) -> None:
         while True:
-            data = await self.recv()
+            data = await self.next_frame()
             self.state.count("frames")
             message = protocol.decode(data)
             self.handling = True
+            self._handling_since = time.monotonic()
             try:
                 if isinstance(message, protocol.FrameError):
                     self.state.count("frames_malformed")
@@ -348,6 +404,7 @@ async def run_session(
         await _handshake(conn, presented_wsc)
         state.connected = True
         async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.guard)
             tg.start_soon(conn.receive_loop)
             tg.start_soon(conn.heartbeat_loop)
             if state.subscription_id is None:

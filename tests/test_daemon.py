@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -164,6 +165,39 @@ async def test_backpressure_keeps_the_session_and_loses_nothing(tmp_path: Path) 
     assert sorted(r["body"]["id"] for r in records) == [f"bp-{i}" for i in range(8)]
 
 
+async def test_a_journal_stall_longer_than_the_pong_deadline_keeps_the_session(
+        tmp_path: Path) -> None:
+    """The gateway pings and drops a client that does not pong in time (10 s; 0.3 s here,
+    the stall threshold scaled with it). With the journal full (block policy, a failing
+    sink) for ten times that, the daemon keeps reading the socket, so pongs go out and the
+    session stays; once the sink is back every event arrives once, on the first connection."""
+    emu = emulator(ping_interval=0.05, pong_timeout=0.3)
+    blocker = tmp_path / "events" / "outbound.jsonl"
+    blocker.mkdir(parents=True)  # the file sink cannot open its file: a transient failure
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, journal={"max_events": 20},
+                                connection={"stall_read_after": 0.05})
+        body = seed("outbound.json")["body"]
+        async with running_daemon(settings) as daemon:
+            assert daemon.journal is not None
+            assert daemon.supervisor is not None
+            first = emu.gateway.live_connections()
+            for i in range(200):  # far more frames than websockets queues (16)
+                await emu.publish("message", {**body, "id": f"stall-{i}"})
+            with anyio.fail_after(TIMEOUT):
+                await daemon.journal.counters.wait_for("full_waits", 1)
+            await anyio.sleep(3.0)  # the stall itself: ten pong deadlines
+            # the gateway's view: a client that missed a pong is closed (1011) there, and
+            # a client that is not reading would not even notice
+            assert emu.gateway.live_connections() == first
+            blocker.rmdir()
+            await delivered(daemon, "archive", 200)
+            assert emu.gateway.live_connections() == first
+            assert daemon.supervisor.state.counters["connections"] == 1
+    records = read_records(tmp_path / "events")
+    assert sorted(r["body"]["id"] for r in records) == sorted(f"stall-{i}" for i in range(200))
+
+
 @pytest.mark.parametrize("code", ["WSG-1005", "WSG-1003"])
 async def test_failed_recovery_resubscribes(tmp_path: Path, code: str) -> None:
     """When recovery answers Failed, the daemon subscribes again on the same socket."""
@@ -263,6 +297,29 @@ async def test_token_refresh_keeps_the_session_recoverable(tmp_path: Path) -> No
             state = daemon.supervisor.state  # type: ignore[union-attr]
             assert state.counters["recoveries_failed"] == 0
             assert daemon.auth.counters["grants"] == 1
+
+
+async def test_an_app_without_refresh_tokens_is_named_once_and_still_loses_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refresh tokens are off by default for a RingCentral app: the first grant without one
+    logs one warning naming the app setting; each expiry is a new grant (a new OAuth
+    session, so a drop after it is not recovered) and the gap is backfilled, not lost."""
+    emu = emulator(issue_refresh_tokens=False, access_token_ttl=0.6)
+    async with emu.running():
+        settings = settings_for(emu, tmp_path)
+        async with running_daemon(settings) as daemon:
+            assert daemon.auth is not None
+            with anyio.fail_after(TIMEOUT):
+                await daemon.auth.counters.wait_for("grants", 3)
+            await emu.drop_connections(mode="abrupt")
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            await emu.publish("message", {**seed("outbound.json")["body"],
+                                          "creationTime": now, "lastModifiedTime": now})
+            await delivered(daemon, "archive", 1)
+            assert daemon.auth.counters["refreshes"] == 0
+    out = capsys.readouterr().out
+    assert out.count("no_refresh_token") == 1
+    assert "Issue refresh tokens" in out
 
 
 async def test_rejected_jwt_stops_with_a_fatal_error(tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--recovery-timeout", type=float, default=defaults.recovery_timeout)
     parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
     parser.add_argument("--absolute-timeout", type=float, default=defaults.absolute_timeout)
-    parser.add_argument("--ping-interval", type=float, default=None)
+    parser.add_argument("--ping-interval", type=float, default=30.0,
+                        help="seconds between the server's pings (0: none)")
     parser.add_argument("--wsc-on-notifications", type=int, default=0)
     return parser
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             client_secret=args.client_secret, jwt=args.jwt,
             access_token_ttl=args.access_token_ttl, ws_token_ttl=args.ws_token_ttl,
             recovery_timeout=args.recovery_timeout, idle_timeout=args.idle_timeout,
-            absolute_timeout=args.absolute_timeout, ping_interval=args.ping_interval,
+            absolute_timeout=args.absolute_timeout, ping_interval=args.ping_interval or None,
             wsc_on_notifications=args.wsc_on_notifications)
     except EmulatorConfigError as exc:
         print(f"a2pd emulator: {exc}", file=sys.stderr)

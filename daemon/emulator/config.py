@@ -60,11 +60,19 @@ class EmulatorConfig:
     recovery_buffer_size: int = 100
     idle_timeout: float = 1800.0
     absolute_timeout: float = 86400.0
-    #: server RFC 6455 ping interval (seconds), or None for no pings
-    ping_interval: float | None = None
+    #: server RFC 6455 ping interval (seconds), or None for no pings. The heart-beats page
+    #: says the gateway pings and a client must pong "within 10 seconds"; it gives no
+    #: interval: 30 s is our choice
+    ping_interval: float | None = 30.0
+    #: a client that has not answered a ping within this long is disconnected
+    pong_timeout: float = 10.0
     #: 0: ``wsc`` only on ConnectionDetails; N > 0: also on every Nth ServerNotification
     wsc_on_notifications: int = 0
     max_oauth_sessions: int = 5
+    #: the app setting "Issue refresh tokens" (developer guide, "Using refresh tokens": by
+    #: default refresh tokens are not issued). On here, as the demo's app is set up; off:
+    #: token replies carry no refresh token and every refresh grant is refused
+    issue_refresh_tokens: bool = True
     #: the A2P REST calls' usage plan group "Light": this many requests per user and app in a
     #: sliding window of ``a2p_rate_window`` seconds, then every call is refused (429) for
     #: ``a2p_rate_penalty`` seconds, each refused call restarting the penalty (rate-limits
@@ -84,6 +92,8 @@ class EmulatorConfig:
                      "recovery_timeout", "idle_timeout", "absolute_timeout"):
             if getattr(self, name) <= 0:
                 raise EmulatorConfigError(f"{name} must be > 0")
+        if self.pong_timeout <= 0:
+            raise EmulatorConfigError("pong_timeout must be > 0")
         if self.ping_interval is not None and self.ping_interval <= 0:
             raise EmulatorConfigError("ping_interval must be > 0 or None")
         if self.recovery_buffer_size < 0:

@@ -128,21 +128,23 @@ class OAuthServer:
         now = self.clock()
         session.access_token = self._secret()
         session.access_expires = now + access_ttl
-        session.refresh_token = self._secret()
-        session.refresh_expires = now + refresh_ttl
         self._access[session.access_token] = session.id
-        self._refresh[session.refresh_token] = session.id
-        return {
+        info: dict[str, Any] = {
             "access_token": session.access_token,
             "token_type": "bearer",
             "expires_in": seconds(access_ttl),
-            "refresh_token": session.refresh_token,
-            "refresh_token_expires_in": seconds(refresh_ttl),
             "scope": SCOPE,
             "owner_id": self.config.extension_id,
             "endpoint_id": session.endpoint_id,
             "session_id": session.id,
         }
+        if self.config.issue_refresh_tokens:
+            session.refresh_token = self._secret()
+            session.refresh_expires = now + refresh_ttl
+            self._refresh[session.refresh_token] = session.id
+            info["refresh_token"] = session.refresh_token
+            info["refresh_token_expires_in"] = seconds(refresh_ttl)
+        return info
 
     # -- revoke ------------------------------------------------------------------------
 

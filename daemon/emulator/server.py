@@ -55,8 +55,6 @@ from daemon.emulator.rest import A2pStore, RateLimit
 from daemon.emulator.rest import routes as a2p_routes
 from daemon.emulator.traffic import Traffic
 
-#: a client must answer a server ping within this many seconds (PROTOCOL 2.8)
-PONG_TIMEOUT = 10.0
 #: how long ``drop_connections`` waits for close frames to be written
 DROP_WAIT = 5.0
 CONTROL_PREFIX = "/_emulator/"
@@ -142,7 +140,7 @@ class Emulator:
         server = uvicorn.Server(uvicorn.Config(
             self.app, ws="websockets-sansio", http="h11", lifespan="off", log_config=None,
             log_level="warning", access_log=False, server_header=False,
-            ws_ping_interval=self.config.ping_interval, ws_ping_timeout=PONG_TIMEOUT,
+            ws_ping_interval=self.config.ping_interval, ws_ping_timeout=self.config.pong_timeout,
             timeout_graceful_shutdown=5))
         server.config.load()
         server.lifespan = server.config.lifespan_class(server.config)
