@@ -43,6 +43,7 @@ from daemon.logging import get_logger, recent_problems, register_secret
 from daemon.notify import Notifier
 from daemon.persist import SessionStore
 from daemon.pipeline import Pipeline
+from daemon.session import MAX_STALE
 from daemon.sinks import RetryPolicy, Sink, SinkContext, sink_class
 from daemon.supervisor import Supervisor
 
@@ -180,7 +181,8 @@ class Daemon:
                 self.backfill = backfill
                 supervisor = Supervisor(auth, filters, settings.connection, pipeline.ingest,
                                         pipeline.ingest_bad_frame, self._subscribed,
-                                        on_gap=backfill.gap_opened if backfill else None)
+                                        on_gap=backfill.gap_opened if backfill else None,
+                                        delete_subscription=auth.delete_subscription)
                 self.supervisor = supervisor
                 store = None
                 if settings.state.persist_session:
@@ -206,6 +208,12 @@ class Daemon:
                 self.notifier.stopping()
                 log.info("stopping", reason="fatal error" if self._fatal else "requested")
                 reading.cancel()
+                if store is None or settings.platform.revoke_on_stop:
+                    # no restart will recover this session: its subscription would only
+                    # count against the platform's limit until it expires
+                    supervisor.state.leave_subscription()
+                    with anyio.move_on_after(5):
+                        await supervisor.delete_stale()
                 await self._drain(pipeline, workers)
                 if settings.platform.revoke_on_stop:
                     with anyio.move_on_after(5):
@@ -314,6 +322,7 @@ class Daemon:
             "wsc": state.wsc.model_dump() if state.wsc else None,
             "wsc_oauth_session": state.wsc_oauth_session,
             "subscription_id": state.subscription_id,
+            "stale_subscriptions": list(state.stale_subscriptions),
             "recovery_timeout": state.recovery_timeout,
             "disconnected_at": gone,
             # while connected, when we last knew the session was alive (every 5 s)
@@ -349,6 +358,9 @@ class Daemon:
         if not doc or not doc.get("tokens") or not auth.restore(doc["tokens"]):
             return
         state = supervisor.state
+        stale = doc.get("stale_subscriptions")
+        if isinstance(stale, list):
+            state.stale_subscriptions = [str(s) for s in stale][-MAX_STALE:]
         try:
             gone = doc.get("disconnected_at") or doc.get("alive_at")
             if doc.get("wsc") and gone is not None:
@@ -364,6 +376,11 @@ class Daemon:
         except (TypeError, ValueError) as exc:
             log.warning("session_state_ignored", reason=f"bad wsc: {exc}")
             state.wsc = None
+        left = doc.get("subscription_id")
+        if state.wsc is None and isinstance(left, str):
+            # not recoverable: the last run's subscription is stale (deleted once subscribed)
+            state.subscription_id = left
+            state.leave_subscription()
 
     async def _systemd_loops(self) -> None:
         """WATCHDOG=1 from the event loop (a stuck loop stops the pings and systemd restarts

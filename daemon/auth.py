@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -38,6 +39,7 @@ TOKEN_PATH = "/restapi/oauth/token"  # noqa: S105 - a URL path, not a secret
 WSTOKEN_PATH = "/restapi/oauth/wstoken"
 REVOKE_PATH = "/restapi/oauth/revoke"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+SUBSCRIPTION_PATH = "/restapi/v1.0/subscription/"
 DEFAULT_RETRY_AFTER = 30.0  # docs: without Retry-After wait at least 30 s (PROTOCOL.md §6)
 PERMISSION_CODES = frozenset({"SUB-528", "CMN-401", "InsufficientPermissions", "OAU-151"})
 
@@ -249,6 +251,24 @@ class TokenManager:
         register_secret(token.ws_access_token, kind="wstoken")
         self.counters.inc("wstokens")
         return token
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        """``DELETE /restapi/v1.0/subscription/{id}`` (a subscription this daemon left behind):
+        True when it is gone (deleted, or unknown to the platform), False otherwise."""
+        path = SUBSCRIPTION_PATH + quote(subscription_id, safe="")
+        try:
+            response = await self._client.delete(
+                self._platform.server + path, timeout=self._platform.http_timeout,
+                headers={"Accept": "application/json",
+                         "Authorization": f"Bearer {await self.access_token()}"})
+        except httpx.HTTPError as exc:
+            log.info("subscription_not_deleted", error=type(exc).__name__)
+            return False
+        if response.status_code in (200, 204, 404):
+            self.counters.inc("subscriptions_deleted")
+            return True
+        log.info("subscription_not_deleted", status=response.status_code)
+        return False
 
     async def revoke(self) -> None:
         """End the OAuth session. Failures are ignored and never retried (PROTOCOL.md §1.3)."""

@@ -5,6 +5,7 @@
     ├── FatalPlatformError     the platform refuses us for good (credentials, permission): exit 77
     ├── PlatformError          a transient platform/network fault: retried with backoff
     │   ├── RateLimited        HTTP 429 / CMN-301: wait ``retry_after`` seconds
+    │   ├── SubscriptionLimit  403 SUB-505: delete our stale subscriptions, then retry
     │   └── ConnectionLost     the WebSocket ended (close, error frame, dead socket)
     ├── ProtocolError          a frame or notification we cannot decode (dead-lettered, not raised
     │                          out of the receive loop)
@@ -97,6 +98,10 @@ class RateLimited(PlatformError):
     ) -> None:
         super().__init__(reason, status=status, code=code)
         self.retry_after = retry_after
+
+
+class SubscriptionLimit(PlatformError):
+    """403 ``SUB-505``: the user and app hold as many subscriptions as the platform allows."""
 
 
 class ConnectionLost(PlatformError):

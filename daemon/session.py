@@ -42,12 +42,16 @@ from daemon.errors import (
     FatalPlatformError,
     PlatformError,
     RateLimited,
+    SubscriptionLimit,
 )
 from daemon.logging import get_logger, register_secret
 from daemon.observe import Counters, LogThrottle
 
 log = get_logger("session")
 
+
+#: stale subscription ids remembered for deletion (older ones expire on the platform anyway)
+MAX_STALE = 100
 
 # Error codes after which the server closes the socket but the session can be recovered
 RECOVERABLE_ERRORS = frozenset({"WSG-902", "WSG-903"})
@@ -77,8 +81,20 @@ class SessionState:
     #: a sample of gateway_error lines for errors that do not end the session
     gateway_error_log: LogThrottle = field(default_factory=LogThrottle)
 
+    #: subscriptions of sessions this daemon left behind (not recovered): they count against
+    #: the platform's limit until deleted (the supervisor deletes them)
+    stale_subscriptions: list[str] = field(default_factory=list)
+
     def count(self, name: str, n: int = 1) -> None:
         self.counters.inc(name, n)
+
+    def leave_subscription(self) -> None:
+        """A fresh session context starts: the old subscription is stale from now on."""
+        if self.subscription_id is not None and \
+                self.subscription_id not in self.stale_subscriptions:
+            self.stale_subscriptions.append(self.subscription_id)
+            del self.stale_subscriptions[:-MAX_STALE]
+        self.subscription_id = None
 
 
 NotificationHandler = Callable[[protocol.ServerNotification], Awaitable[None]]
@@ -347,6 +363,9 @@ def _raise_subscribe_failure(reply: protocol.Message) -> None:
         else None
     if status == 429:
         raise RateLimited("subscription request rate limited", retry_after=30.0, code=code)
+    if code == "SUB-505":
+        raise SubscriptionLimit("the platform's subscription limit for this user and app is "
+                                "reached", status=status, code=code)
     if code in FATAL_SUBSCRIBE_CODES or status == 403:
         raise FatalPlatformError("subscribing was refused: missing permission or limit reached",
                                  status=status, code=code)
@@ -457,4 +476,4 @@ async def _handshake(conn: _Connection, presented_wsc: bool) -> None:
         state.count("recoveries_failed")
         log.warning("session_recovery_failed", code=first.recovery_error_code,
                     state=recovery, note="events sent while disconnected may be missing")
-    state.subscription_id = None  # a fresh session context has no subscription
+    state.leave_subscription()  # a fresh session context has no subscription

@@ -16,12 +16,17 @@ too: the gateway replays at most ``recoveryBufferSize`` notifications, only the 
 says nothing when it dropped older ones (docs/protocol-notes.md §3), so whatever was sent
 while the daemon was away may have overflowed the replay. The backfill's content keys make
 the overlap with the replay harmless.
+
+A session left behind keeps its subscription on the platform, which limits how many a user
+and app may hold (403 ``SUB-505``). Once subscribed afresh, the supervisor deletes the
+subscriptions it left behind (``delete_subscription``); a ``SUB-505`` deletes them at once
+and retries.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import anyio
@@ -29,7 +34,13 @@ import anyio
 from daemon.auth import TokenManager
 from daemon.backoff import backoff
 from daemon.config import ConnectionConfig
-from daemon.errors import ConnectionLost, PlatformError, RateLimited
+from daemon.errors import (
+    A2pdError,
+    ConnectionLost,
+    PlatformError,
+    RateLimited,
+    SubscriptionLimit,
+)
 from daemon.logging import get_logger
 from daemon.protocol import ServerNotification
 from daemon.session import (
@@ -52,7 +63,8 @@ class Supervisor:
     def __init__(self, auth: TokenManager, filters: list[str], cfg: ConnectionConfig,
                  on_notification: NotificationHandler, on_bad_frame: BadFrameHandler,
                  on_subscribed: Callable[[], None] | None = None,
-                 on_gap: Callable[[float, str], None] | None = None) -> None:
+                 on_gap: Callable[[float, str], None] | None = None,
+                 delete_subscription: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.auth = auth
         self.filters = filters
         self.cfg = cfg
@@ -65,6 +77,8 @@ class Supervisor:
         self._gap_reason = "fresh session"
         self.on_bad_frame = on_bad_frame
         self.on_subscribed = on_subscribed
+        self.delete_subscription = delete_subscription
+        self._stale = anyio.Event()
         self.state = SessionState()
         self.reconnects = 0
         #: disconnects after which a fresh session had to be opened (events possibly missed);
@@ -118,11 +132,44 @@ class Supervisor:
         self._gap_from = None
         self._gap_reason = "fresh session"
         self._gap_open = False
+        if self.state.stale_subscriptions:
+            self._stale.set()
         if self.on_subscribed is not None:
             self.on_subscribed()
 
+    async def delete_stale(self) -> int:
+        """Delete the subscriptions of sessions left behind; how many are gone."""
+        if self.delete_subscription is None:
+            return 0
+        gone = 0
+        for subscription_id in list(self.state.stale_subscriptions):
+            if subscription_id == self.state.subscription_id:
+                self.state.stale_subscriptions.remove(subscription_id)
+            elif await self.delete_subscription(subscription_id):
+                self.state.stale_subscriptions.remove(subscription_id)
+                gone += 1
+        if gone:
+            log.info("stale_subscriptions_deleted", deleted=gone,
+                     left=len(self.state.stale_subscriptions))
+        return gone
+
+    async def _clean_up(self) -> None:
+        """Delete left-behind subscriptions whenever a fresh one is active."""
+        while True:
+            await self._stale.wait()
+            self._stale = anyio.Event()
+            await self.delete_stale()
+
     async def run(self) -> None:
         """Run for ever; returns only by raising a fatal error (or being cancelled)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._clean_up)
+                await self._connect_for_ever()
+        except* A2pdError as group:
+            raise group.exceptions[0] from None
+
+    async def _connect_for_ever(self) -> None:
         cfg = self.cfg
         delays = backoff(cfg.backoff_initial, 2.0, cfg.backoff_max)
         while True:
@@ -133,7 +180,7 @@ class Supervisor:
                     self._gap_start()
                 present = self._recoverable_wsc()
                 if self.state.disconnected_at is not None and not present:
-                    self.state.subscription_id = None
+                    self.state.leave_subscription()
                     if not self._gap_open:
                         # a fresh session after a disconnect: what was sent meanwhile is lost
                         self._gap_open = True
@@ -160,6 +207,15 @@ class Supervisor:
             except RateLimited as exc:
                 delay = max(exc.retry_after, next(delays))
                 log.warning("rate_limited_reconnect", retry_in=round(delay, 3), code=exc.code)
+            except SubscriptionLimit as exc:
+                self.state.count("subscription_limit")
+                delay = 0.0 if await self.delete_stale() else next(delays)
+                if delay:
+                    log.error("subscription_limit", code=exc.code, retry_in=round(delay, 3),
+                              note="the platform's subscription limit for this user and app "
+                              "is reached by subscriptions a2pd did not create (other clients "
+                              "with the same app and user, or an older state directory); "
+                              "they expire, or can be deleted through the REST API")
             except ConnectionLost as exc:
                 if not exc.recoverable:
                     self.state.wsc = None

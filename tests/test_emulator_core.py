@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from typing import Any
 
@@ -297,3 +298,37 @@ def test_negative_traffic_counts_are_refused() -> None:
     """A negative count is a configuration error."""
     with pytest.raises(EmulatorConfigError):
         TrafficPlanner(0).plan(batches=-1)
+
+
+def test_subscriptions_count_against_the_limit_until_deleted_even_when_orphaned() -> None:
+    """A user and app hold at most max_subscriptions: a session left behind keeps counting
+    (past its recovery window too, as an orphan) until its subscription is deleted by id;
+    then there is room again (403 SUB-505 meanwhile)."""
+    oauth, gateway, clock = core(max_subscriptions=2, recovery_timeout=10.0)
+    info, _ = oauth.token(jwt_form(), None)
+    session = oauth.authenticate(f"Bearer {info['access_token']}")
+
+    def subscribe(connection_id: int) -> dict[str, Any]:
+        token = oauth.issue_ws_token(session)["ws_access_token"]
+        gateway.connect(connection_id, {"access_token": token})
+        frame = ('[{"type":"ClientRequest","messageId":"m","method":"POST",'
+                 '"path":"/restapi/v1.0/subscription/"},{"eventFilters":["' + A2P +
+                 '/batches"],"deliveryMode":{"transportType":"WebSocket"}}]')
+        (_, out), = gateway.receive(connection_id, frame)
+        assert out.data is not None
+        reply: list[Any] = json.loads(out.data)
+        return {**(reply[1] if len(reply) > 1 else {}), "http": reply[0]["status"]}
+
+    first = subscribe(1)
+    gateway.disconnected(1)
+    assert subscribe(2)["http"] == 200  # a fresh session: the first one still counts
+    gateway.disconnected(2)
+    refused = subscribe(3)
+    assert (refused["http"], refused["errorCode"]) == (403, "SUB-505")
+    clock.now += 11  # both sessions are past their window: orphans, still counted
+    assert gateway.subscription_count() == 2
+    assert first["id"] in {r["id"] for r in gateway.list_subscriptions()["records"]}
+    gateway.delete_subscription(first["id"])
+    with pytest.raises(ApiError):
+        gateway.delete_subscription(first["id"])
+    assert subscribe(4)["http"] == 200

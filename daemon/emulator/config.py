@@ -69,6 +69,8 @@ class EmulatorConfig:
     #: 0: ``wsc`` only on ConnectionDetails; N > 0: also on every Nth ServerNotification
     wsc_on_notifications: int = 0
     max_oauth_sessions: int = 5
+    #: subscriptions a user and app may hold (API reference, Create Subscription: SUB-505)
+    max_subscriptions: int = 30
     #: the app setting "Issue refresh tokens" (developer guide, "Using refresh tokens": by
     #: default refresh tokens are not issued). On here, as the demo's app is set up; off:
     #: token replies carry no refresh token and every refresh grant is refused
@@ -105,6 +107,8 @@ class EmulatorConfig:
                                       "a2p_rate_penalty > 0")
         if self.a2p_page_limit < 1:
             raise EmulatorConfigError("a2p_page_limit must be >= 1")
+        if self.max_subscriptions < 1:
+            raise EmulatorConfigError("max_subscriptions must be >= 1")
         if self.max_oauth_sessions < 1:
             raise EmulatorConfigError("max_oauth_sessions must be >= 1")
         for name in ("account_id", "extension_id", "client_id", "client_secret", "jwt"):

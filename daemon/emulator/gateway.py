@@ -9,7 +9,12 @@ order. Follows PROTOCOL.md sections 2, 4, 6 and 7:
 - every notification generated for a session gets the next ``sequence`` and goes into the
   session's recovery buffer (newest ``recovery_buffer_size``), whether or not it is live;
 - recovery with ``wsc`` replays buffered notifications newer than the token's ``sequence``;
-- a ``wsc`` token is ``base64url(session.sequence)`` + ``.`` + an HMAC of it, opaque to clients.
+- a ``wsc`` token is ``base64url(session.sequence)`` + ``.`` + an HMAC of it, opaque to clients;
+- a user and app hold at most ``max_subscriptions`` subscriptions (API reference: 403
+  ``SUB-505`` "Subscriptions limit exceeded"); the subscription of a session that is gone
+  (abandoned past its recovery window) still counts until its ``expirationTime``, 24 h on
+  (undocumented: the harshest reading), unless the client deletes it by id (``DELETE
+  /restapi/v1.0/subscription/{id}``, over the socket or over HTTP).
 
 This module must never import from the rest of ``daemon``: it is an independent
 implementation of the protocol, there to catch the daemon's bugs.
@@ -217,6 +222,8 @@ class Gateway:
     connections: dict[int, Connection] = field(default_factory=dict)
     generated: list[GeneratedRecord] = field(default_factory=list)
     subscriptions_created: int = 0
+    #: subscriptions of sessions that are gone: id → (subscription, monotonic expiry)
+    orphans: dict[str, tuple[Subscription, float]] = field(default_factory=dict)
     _next_connection: int = 0
     _forced_failure: str | None = None
     _uuids: set[str] = field(default_factory=set)
@@ -338,7 +345,7 @@ class Gateway:
         forced, self._forced_failure = self._forced_failure, None
         if forced is not None:
             if session is not None and session.connection_id is None:
-                del self.sessions[session.id]  # a forced failure loses the old context
+                self._forget_session(session)  # a forced failure loses the old context
             return None, forced, 0
         if session is None:
             return None, "WSG-1005", 0  # expired and swept (we chose 1005 for "too late")
@@ -465,7 +472,43 @@ class Gateway:
         for session in list(self.sessions.values()):
             if (session.connection_id is None and session.disconnected_at is not None
                     and now - session.disconnected_at > self.config.recovery_timeout):
-                del self.sessions[session.id]
+                self._forget_session(session)
+        for orphan_id, (_, expires) in list(self.orphans.items()):
+            if now >= expires:
+                del self.orphans[orphan_id]
+
+    def _forget_session(self, session: WsSession) -> None:
+        """A session is gone; its subscription lives on, orphaned, until it expires."""
+        del self.sessions[session.id]
+        if session.subscription is not None:
+            self.orphans[session.subscription.id] = (session.subscription,
+                                                     self.clock() + SUBSCRIPTION_TTL)
+
+    def subscription_count(self) -> int:
+        """Subscriptions counted against the user and app's limit (orphans included)."""
+        self._sweep(self.clock())
+        return sum(1 for s in self.sessions.values() if s.subscription is not None) + \
+            len(self.orphans)
+
+    def list_subscriptions(self) -> dict[str, Any]:
+        """``GET /restapi/v1.0/subscription``: every subscription of the user and app."""
+        wall = self.wall()
+        self._sweep(self.clock())
+        records = [s.subscription.info(wall) for s in self.sessions.values()
+                   if s.subscription is not None]
+        records += [sub.info(wall) for sub, _ in self.orphans.values()]
+        return {"records": records}
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        """``DELETE /restapi/v1.0/subscription/{id}``, whichever session had it (404 if
+        unknown or already gone)."""
+        if self.orphans.pop(subscription_id, None) is not None:
+            return
+        for session in self.sessions.values():
+            if session.subscription is not None and session.subscription.id == subscription_id:
+                session.subscription = None
+                return
+        raise ApiError(404, "SUB-507", f"Subscription [{subscription_id}] is not found")
 
     # -- client frames -------------------------------------------------------------------
 
@@ -521,6 +564,9 @@ class Gateway:
             if method == "POST":
                 filters, disabled = self._filters(body)
                 _check_delivery_mode(body)
+                if session.subscription is None and \
+                        self.subscription_count() >= self.config.max_subscriptions:
+                    raise ApiError(403, "SUB-505", "Subscriptions limit exceeded")
                 self.subscriptions_created += 1
                 session.subscription = Subscription(self.new_id(), filters, disabled, wall)
                 return 200, session.subscription.info(wall)
@@ -533,6 +579,9 @@ class Gateway:
             raise ApiError(404, "CMN-102", f"Resource for path [{path}] is not found")
         subscription_id, _, tail = path[len(prefix):].partition("/")
         current = session.subscription
+        if method == "DELETE" and not tail:
+            self.delete_subscription(subscription_id)
+            return 204, None
         if current is None or current.id != subscription_id:
             raise ApiError(404, "SUB-507", f"Subscription [{subscription_id}] is not found")
         if tail == "renew" and method == "POST":
@@ -544,9 +593,6 @@ class Gateway:
         if method == "PUT":
             current.filters, current.disabled = self._filters(body)
             return 200, current.info(wall)
-        if method == "DELETE":
-            session.subscription = None
-            return 204, None
         raise ApiError(405, "CMN-405", f"Method {method} is not allowed here")
 
     def _filters(self, body: object,

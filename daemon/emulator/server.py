@@ -419,6 +419,9 @@ class Emulator:
             Route("/restapi/oauth/token", self._token, methods=["POST"]),
             Route("/restapi/oauth/revoke", self._revoke, methods=["POST"]),
             Route("/restapi/oauth/wstoken", self._wstoken, methods=["POST"]),
+            Route("/restapi/v1.0/subscription", self._subscriptions, methods=["GET"]),
+            Route("/restapi/v1.0/subscription/{subscription_id}", self._subscription,
+                  methods=["DELETE"]),
             WebSocketRoute("/ws", self._websocket),
             Route(control + "health", self._health, methods=["GET"]),
             Route(control + "publish", self._control_publish, methods=["POST"]),
@@ -467,6 +470,23 @@ class Emulator:
         except ApiError as exc:
             return _error(exc)
         return JSONResponse({**self.oauth.issue_ws_token(session), "uri": self.ws_url})
+
+    async def _subscriptions(self, request: Request) -> Response:
+        """The REST list of the user and app's subscriptions (WebSocket ones included)."""
+        try:
+            self.oauth.authenticate(request.headers.get("authorization"))
+        except ApiError as exc:
+            return _error(exc)
+        return JSONResponse(self.gateway.list_subscriptions())
+
+    async def _subscription(self, request: Request) -> Response:
+        """REST ``DELETE /restapi/v1.0/subscription/{id}``: cancels any of them."""
+        try:
+            self.oauth.authenticate(request.headers.get("authorization"))
+            self.gateway.delete_subscription(request.path_params["subscription_id"])
+        except ApiError as exc:
+            return _error(exc)
+        return Response(status_code=204)
 
     async def _not_found(self, request: Request) -> Response:
         return _error(ApiError(404, "CMN-102", f"Resource for path [{request.url.path}] "
