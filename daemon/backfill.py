@@ -8,8 +8,9 @@ persists it in the journal (table ``gaps``: a crash does not forget it), then li
 
     GET /restapi/v1.0/account/~/a2p-sms/messages   dateFrom/dateTo, view=Detailed, paged
     GET /restapi/v1.0/account/~/a2p-sms/batches    dateFrom/dateTo, paged
-    GET /restapi/v1.0/account/~/a2p-sms/opt-outs   from=*, status=all, paged (no date filter:
-                                                   records dated inside the window only)
+    GET /restapi/v2/accounts/~/sms/consents        optStatus=OptOut&optStatus=OptIn, paged
+                                                   (no date filter: records whose
+                                                   lastModifiedTime is inside the window)
 
 for [gap start - ``margin``, now] (now: notifications after the new subscription arrive
 live, and content keys drop whichever of the two comes second). Every gap pending when a
@@ -68,6 +69,9 @@ log = get_logger("backfill")
 _FILTER = re.compile(
     r"^/restapi/v1\.0/account/[^/?]+/a2p-sms/(batches|messages|opt-outs)(?:\?(.*))?$")
 LIST_PATH: Final = "/restapi/v1.0/account/~/a2p-sms/"
+#: the opt-out states: the v2 consents API (the v1 ``a2p-sms/opt-outs`` list has left
+#: RingCentral's API spec, and its records carry no time: docs/protocol-notes.md §9)
+CONSENTS_PATH: Final = "/restapi/v2/accounts/~/sms/consents"
 #: a list that keeps answering next pages is cut here (a platform bug must not loop us)
 MAX_PAGES = 100_000
 
@@ -128,7 +132,7 @@ def synthetic(resource: str, record: dict[str, Any], event_path: str,
               owner_id: str | None) -> dict[str, Any] | None:
     """The notification envelope equivalent to a list record (None: not enough to name it)."""
     if resource == "opt-outs":
-        status = record.get("status")
+        status = record.get("optStatus") or record.get("status")
         if status not in ("OptOut", "OptIn") and not isinstance(record.get("active"), bool):
             return None
         active = record["active"] if isinstance(record.get("active"), bool) else \
@@ -269,16 +273,18 @@ class Backfill:
             if step == "open":
                 listed += await self._open_objects(start, end)
                 continue
-            chosen = [f for f in self.filters if f.resource == step]
             token = plan["token"] if plan is not None and number == first_step else None
-            async for records, following in self._pages(step, self._window(step, start, end),
-                                                        token):
-                for record in records:
-                    listed += 1
-                    await self._ingest(step, record, chosen, start, end)
-                await self.journal.flush()
-                if following is not None:
-                    await self._save(gaps, start, end, step, following)
+            try:
+                listed += await self._list_step(gaps, start, end, step, token)
+            except FatalPlatformError as exc:
+                if step != "opt-outs":
+                    raise
+                # the consents API needs the SMS permission: messages and batches go on
+                self.counters.inc("backfill_optouts_refused")
+                log.error("backfill_optouts_refused", reason=exc.reason, status=exc.status,
+                          code=exc.code, fix="give the app the SMS permission (the v2 "
+                          "consents API); then reload (SIGHUP) or restart",
+                          note="opt-out changes in this gap are not rebuilt")
             if number + 1 < len(steps):
                 await self._save(gaps, start, end, steps[number + 1], None)
         await self.journal.flush()
@@ -299,6 +305,21 @@ class Backfill:
                     requests=grew("backfill_pages") + grew("backfill_reads"),
                     rate_limited=grew("backfill_rate_limited"))
 
+    async def _list_step(self, gaps: Sequence[Gap], start: float, end: float, step: str,
+                         token: str | None) -> int:
+        """One list of the window, from ``token``, progress saved after each page."""
+        chosen = [f for f in self.filters if f.resource == step]
+        listed = 0
+        async for records, following in self._pages(step, self._window(step, start, end),
+                                                    token):
+            for record in records:
+                listed += 1
+                await self._ingest(step, record, chosen, start, end)
+            await self.journal.flush()
+            if following is not None:
+                await self._save(gaps, start, end, step, following)
+        return listed
+
     async def _save(self, gaps: Sequence[Gap], start: float, end: float, step: str,
                     token: str | None) -> None:
         """Where the listing is: the next ``step`` and its page ``token`` (None: page 1)."""
@@ -306,11 +327,11 @@ class Backfill:
             {"gaps": [[gap.id, gap.start] for gap in gaps], "start": start, "end": end,
              "step": step, "token": token}))
 
-    def _window(self, resource: str, start: float, end: float) -> dict[str, str]:
-        """A list's query for the window (the opt-out list has no date filter)."""
+    def _window(self, resource: str, start: float, end: float) -> dict[str, Any]:
+        """A list's query for the window (the consents list has no date filter)."""
         if resource == "opt-outs":
-            return {"from": "*", "status": "all"}
-        params = {"dateFrom": iso(start), "dateTo": iso(end)}
+            return {"optStatus": ["OptOut", "OptIn"]}
+        params: dict[str, Any] = {"dateFrom": iso(start), "dateTo": iso(end)}
         if resource == "messages":
             params["view"] = "Detailed"
         return params
@@ -366,7 +387,7 @@ class Backfill:
             return
         self.counters.inc("backfill_records")
         if resource == "opt-outs":
-            # the opt-out list has no date filter: only records dated inside the window
+            # the consents list has no date filter: only records dated inside the window
             when = _wall(record.get("lastModifiedTime")) or _wall(record.get("creationTime"))
             if when is None or not start <= when <= end:
                 self.counters.inc("backfill_skipped")
@@ -388,7 +409,7 @@ class Backfill:
             return
         await self.pipeline.ingest_event(decoded)
 
-    async def _pages(self, resource: str, query: dict[str, str], token: str | None,
+    async def _pages(self, resource: str, query: dict[str, Any], token: str | None,
                      ) -> AsyncIterator[tuple[list[Any], str | None]]:
         """Each page of one list from ``token`` on: (records, the next page's token or None
         after the last page). A page token the platform no longer takes (a listing resumed
@@ -416,7 +437,7 @@ class Backfill:
             token = following
         log.error("backfill_paging_cut", resource=resource, pages=MAX_PAGES)
 
-    async def _call(self, resource: str, params: dict[str, str]) -> dict[str, Any]:
+    async def _call(self, resource: str, params: dict[str, Any]) -> dict[str, Any]:
         """One GET, paced by the rate limit, retried until it succeeds; raises only
         ``FatalPlatformError`` (a ``PERMANENT`` answer)."""
         delays = backoff(self.cfg.retry_initial, 2.0, self.cfg.retry_max)
@@ -441,8 +462,8 @@ class Backfill:
                           note="the gap stays pending; resuming from the same page")
             self._not_before = max(self._not_before, anyio.current_time() + delay)
 
-    async def _get(self, resource: str, params: dict[str, str]) -> dict[str, Any]:
-        path = LIST_PATH + resource
+    async def _get(self, resource: str, params: dict[str, Any]) -> dict[str, Any]:
+        path = CONSENTS_PATH if resource == "opt-outs" else LIST_PATH + resource
         access = await self.auth.access_token()
         try:
             response = await self.http.get(

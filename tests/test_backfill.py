@@ -341,6 +341,27 @@ async def test_a_permanent_refusal_is_reported_once_and_retried_after_a_reload(
     assert out.count("backfill_refused") == 1
 
 
+async def test_opt_outs_refused_alone_leave_messages_and_batches_rebuilt(
+        tmp_path: Path) -> None:
+    """The consents API needs the SMS permission: when only it refuses (403), the lost
+    messages and batch are rebuilt all the same, the gap is closed, and the opt-outs'
+    refusal is said once (counter and error) instead of holding the gap."""
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            live = await publish_live(emu, daemon)
+            emu.a2p.fail_lists(403, times=None, only="/sms/consents")
+            emu.fail_next_recovery()
+            lost = await publish_while_away(emu, 2)
+            await backfilled(daemon)
+            await delivered(daemon, "archive", live + lost - 1)
+            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            assert counters.snapshot("backfilled.") == {"outbound": 2, "batch": 1}
+            assert counters["backfill_optouts_refused"] == 1
+            assert counters["backfill_refused"] == 0
+
+
 async def test_pending_gap_survives_a_restart(tmp_path: Path) -> None:
     """A gap whose backfill cannot run (the lists fail) is kept in the journal; the next
     start rebuilds it, once."""

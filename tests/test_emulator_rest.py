@@ -101,7 +101,8 @@ async def test_pages_follow_next_page_tokens() -> None:
 
 
 async def test_batches_and_opt_outs_lists() -> None:
-    """Batches list by window and status; opt-outs keep one record per pair, OptOut/OptIn."""
+    """Batches list by window and status; opt-outs keep one record per pair, OptOut/OptIn:
+    the v1 list without times, the v2 consents list with lastModifiedTime."""
     async with platform() as (emu, http):
         token = (await login(http))["access_token"]
         batch = {"id": "b-1", "from": "+16505550111", "batchSize": 1, "processedCount": 0,
@@ -126,7 +127,19 @@ async def test_batches_and_opt_outs_lists() -> None:
         every = (await get(http, token, "opt-outs", status="all")).json()["records"]
         assert sorted((r["to"], r["status"]) for r in every) == [
             ("+14155550122", "OptIn"), ("+14155550133", "OptOut")]
-        assert all(r["lastModifiedTime"] and r["source"] == "Recipient" for r in every)
+        # the v1 record as documented: no time at all
+        assert all(set(r) == {"from", "to", "status", "source"} for r in every)
+        consents = "/restapi/v2/accounts/~/sms/consents"
+        v2 = (await http.get(consents, headers={"Authorization": f"Bearer {token}"})).json()
+        assert [(r["to"], r["optStatus"]) for r in v2["records"]] == [
+            ("+14155550133", "OptOut")]
+        assert v2["paging"]["perPage"] == 100
+        both = (await http.get(consents, params=[("optStatus", "OptOut"), ("optStatus", "OptIn"),
+                                                  ("to", "+14155550122")],
+                               headers={"Authorization": f"Bearer {token}"})).json()
+        record, = both["records"]
+        assert (record["optStatus"], record["source"]) == ("OptIn", "Recipient")
+        assert record["lastModifiedTime"]
 
 
 async def test_injected_faults_answer_429_with_retry_after_then_clear() -> None:

@@ -4,7 +4,8 @@
     GET /restapi/v1.0/account/{accountId|~}/a2p-sms/messages/{messageId}
     GET /restapi/v1.0/account/{accountId|~}/a2p-sms/batches
     GET /restapi/v1.0/account/{accountId|~}/a2p-sms/batches/{batchId}
-    GET /restapi/v1.0/account/{accountId|~}/a2p-sms/opt-outs
+    GET /restapi/v1.0/account/{accountId|~}/a2p-sms/opt-outs   (v1: records without times)
+    GET /restapi/v2/accounts/{accountId|~}/sms/consents         (v2: the current API)
 
 ``A2pStore`` keeps the current state of every message, batch and opt-out pair published
 (the platform's view, whether or not a subscription took the notification), so a client
@@ -24,6 +25,11 @@ Volume SMS message-store page says ("Return messages created after the start dat
 message created before the window whose status changed inside it is *not* listed. Without
 ``dateFrom`` the window starts 24 h before ``dateTo`` (default: now), with ``batchId`` too
 (docs/protocol-notes.md §9). The single-object reads answer the current state or 404.
+
+Opt-outs: the v1 list answers the documented record ``{from, to, status, source}`` with no
+time at all; the v2 consents list (ringcentral-extensible's current spec: ``SmsOptRecord``)
+answers ``{from, to, optStatus, source, lastModifiedTime}``, ``optStatus`` filtering (default
+``OptOut``), ``from``/``to`` filters, ``perPage`` 100 by default (at most 1000).
 
 This module never imports from the rest of ``daemon`` (only the emulator's own modules).
 """
@@ -49,16 +55,20 @@ from daemon.emulator.traffic import iso_micros
 
 PREFIX = "/restapi/v1.0/account/{account}/a2p-sms/"
 DEFAULT_PER_PAGE = 1000
+CONSENTS_PER_PAGE = 100
+CONSENTS = "/restapi/v2/accounts/{account}/sms/consents"
 MAX_PER_PAGE = 1000
 
 
 @dataclass
 class ListFault:
-    """Answer list calls with ``status`` (``times`` times; None: until cleared)."""
+    """Answer list calls with ``status`` (``times`` times; None: until cleared), only those
+    whose path contains ``only`` when it is set."""
 
     status: int
     times: int | None
     retry_after: float | None = None
+    only: str | None = None
 
 
 @dataclass
@@ -121,20 +131,18 @@ class A2pStore:
             objects[str(body["id"])] = state
         elif kind == "optout" and "from" in body and "to" in body:
             key = (str(body["from"]), str(body["to"]))
-            now = iso_micros(self.wall())
-            previous = self.optouts.get(key)
             self.optouts[key] = {
                 "from": key[0], "to": key[1],
-                "status": "OptOut" if body.get("active") else "OptIn",
+                "optStatus": "OptOut" if body.get("active") else "OptIn",
                 "source": "Recipient",
-                "creationTime": previous["creationTime"] if previous else now,
-                "lastModifiedTime": now,
+                "lastModifiedTime": iso_micros(self.wall()),
             }
 
     def fail_lists(self, status: int, times: int | None = 1,
-                   retry_after: float | None = None) -> None:
-        """Make the next list calls answer ``status`` (None ``times``: until ``clear``)."""
-        self.fault = ListFault(status, times, retry_after)
+                   retry_after: float | None = None, only: str | None = None) -> None:
+        """Make the next list calls answer ``status`` (None ``times``: until ``clear``);
+        with ``only``, just the calls whose path contains it."""
+        self.fault = ListFault(status, times, retry_after, only)
 
     def clear_fault(self) -> None:
         self.fault = None
@@ -179,14 +187,29 @@ class A2pStore:
         return _one(self.batches, object_id, "Batch")
 
     def list_optouts(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        """v1 ``a2p-sms/opt-outs``: ``{from, to, status, source}``, no time (the docs')."""
         sender = (query.get("from") or ["*"])[0]
         recipients = query.get("to") or []
         recipient = recipients[0] if recipients else None
         status = (query.get("status") or ["optout"])[0].lower()
-        rows = [row for row in self.optouts.values()
+        rows = [{"from": row["from"], "to": row["to"], "status": row["optStatus"],
+                 "source": row["source"]} for row in self.optouts.values()
                 if (sender == "*" or row["from"] == sender)
                 and (recipient is None or row["to"] == recipient)
-                and (status == "all" or row["status"].lower() == status)]
+                and (status == "all" or row["optStatus"].lower() == status)]
+        return _page(rows, query, self.page_limit)
+
+    def list_consents(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        """v2 ``sms/consents``: the current state of each pair, with its time."""
+        statuses = set(query.get("optStatus") or ["OptOut"])
+        senders = set(query.get("from") or [])
+        recipients = set(query.get("to") or [])
+        rows = [dict(row) for row in self.optouts.values()
+                if row["optStatus"] in statuses
+                and (not senders or row["from"] in senders)
+                and (not recipients or row["to"] in recipients)]
+        if "perPage" not in query:
+            query = {**query, "perPage": [str(CONSENTS_PER_PAGE)]}
         return _page(rows, query, self.page_limit)
 
 
@@ -293,7 +316,8 @@ def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
                     return JSONResponse(ApiError(404, "CMN-102", f"Account [{account}] is not "
                                                  "found").body(), status_code=404)
                 fault = store.fault
-                if fault is not None:
+                if fault is not None and (fault.only is None or fault.only in
+                                          request.url.path):
                     if fault.times is not None:
                         fault.times -= 1
                         if fault.times <= 0:
@@ -327,5 +351,7 @@ def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
               endpoint("batch", lambda _, p: store.get_batch(p["object_id"])),
               methods=["GET"]),
         Route(PREFIX + "opt-outs", endpoint("optouts", lambda q, _: store.list_optouts(q)),
+              methods=["GET"]),
+        Route(CONSENTS, endpoint("consents", lambda q, _: store.list_consents(q)),
               methods=["GET"]),
     ]
