@@ -159,6 +159,8 @@ def synthetic(resource: str, record: dict[str, Any], event_path: str,
 #: answers that retrying cannot change (no A2P SMS permission, a retired endpoint, a query
 #: the platform will never take): reported once, the gaps kept until a reload or restart
 PERMANENT = frozenset({400, 403, 404, 405, 410})
+#: reads of open objects by id or batch beyond which one wide listing is cheaper
+TARGETED_READS = 25
 #: journal meta key of the listing in progress (resumed after a restart)
 PROGRESS_KEY = "backfill_progress"
 
@@ -306,7 +308,7 @@ class Backfill:
                     rate_limited=grew("backfill_rate_limited"))
 
     async def _list_step(self, gaps: Sequence[Gap], start: float, end: float, step: str,
-                         token: str | None) -> int:
+                         token: str | None, *, save: bool = True) -> int:
         """One list of the window, from ``token``, progress saved after each page."""
         chosen = [f for f in self.filters if f.resource == step]
         listed = 0
@@ -316,7 +318,7 @@ class Backfill:
                 listed += 1
                 await self._ingest(step, record, chosen, start, end)
             await self.journal.flush()
-            if following is not None:
+            if following is not None and save:
                 await self._save(gaps, start, end, step, following)
         return listed
 
@@ -338,20 +340,36 @@ class Backfill:
 
     async def _open_objects(self, start: float, end: float) -> int:
         """Read the later states of the objects still open that were created before the
-        window (the lists would not show them); how many records were read."""
+        window (the lists would not show them); how many records were read. An open batch's
+        messages are read too, even those the daemon never saw. Few objects: each batch by
+        id and its messages by ``batchId``, a batch-less message by id; more than
+        ``TARGETED_READS`` reads: the batches and messages lists from the oldest open
+        object's creation on instead (fewer calls when many small batches are open)."""
         chosen = {resource: [f for f in self.filters if f.resource == resource]
                   for resource in ("batches", "messages")}
         batches: list[str] = []
         singles: list[str] = []
         by_batch: dict[str, float] = {}
+        oldest = start
         for obj, batch, created in await self.journal.open_objects(start):
+            oldest = min(oldest, created)
             kind, _, ident = obj.partition(":")
             if kind == "batch":
                 batches.append(ident)
-            elif batch is None:
+            if batch is None:
                 singles.append(ident)
             else:
                 by_batch[batch] = min(created, by_batch.get(batch, created))
+        targeted = len(batches) * bool(chosen["batches"]) + \
+            (len(by_batch) + len(singles)) * bool(chosen["messages"])
+        if targeted > TARGETED_READS:
+            # a second early: creation times have microseconds
+            read = 0
+            for resource in ("batches", "messages"):
+                if chosen[resource]:
+                    read += await self._list_step([], oldest - 1.0, end, resource, None,
+                                                  save=False)
+            return read
         read, gone = 0, []
         for resource, idents in (("batches", batches), ("messages", singles)):
             for ident in idents if chosen[resource] else ():
@@ -367,7 +385,7 @@ class Backfill:
                 await self._ingest(resource, record, chosen[resource], start, end)
         for batch, created in by_batch.items() if chosen["messages"] else ():
             # dateFrom defaults to dateTo - 24 h, batchId or not: from the oldest open
-            # message's creation on (a second early: creation times have microseconds)
+            # object's creation on
             params = {"batchId": batch, "dateFrom": iso(created - 1.0), "dateTo": iso(end),
                       "view": "Detailed"}
             async for records, _ in self._pages("messages", params, None):

@@ -185,7 +185,7 @@ async def test_state_changes_of_objects_created_before_the_gap_are_backfilled(
     """The lists select by creationTime, so a delivery receipt or a batch completion inside a
     gap, for a message or batch created an hour before it, is not in the gap's window: the
     backfill asks for the batches the journal knows to be open (by id, and their messages by
-    batchId from their creation on) and rebuilds those states once."""
+    batchId from their creation on, those it never saw too) and rebuilds those states once."""
     emu = emulator()
     hour_ago = datetime.fromtimestamp(datetime.now(UTC).timestamp() - 3600, UTC)\
         .strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -205,17 +205,21 @@ async def test_state_changes_of_objects_created_before_the_gap_are_backfilled(
             for body in queued[:2]:
                 await emu.publish("message", {**body, "messageStatus": "Delivered",
                                               "lastModifiedTime": now_iso()})
+            # a message of the open batch the daemon never heard of until now
+            await emu.publish("message", {**queued[0], "id": "old-unseen",
+                                          "messageStatus": "Delivered",
+                                          "lastModifiedTime": now_iso()})
             await emu.publish("batch", {**old_batch, "status": "Completed",
                                         "lastModifiedTime": now_iso()})
             await backfilled(daemon)
-            await delivered(daemon, "archive", 8)
+            await delivered(daemon, "archive", 9)
             counters = daemon.pipeline.counters  # type: ignore[union-attr]
-            assert counters.snapshot("backfilled.") == {"outbound": 2, "batch": 1}
+            assert counters.snapshot("backfilled.") == {"outbound": 3, "batch": 1}
     records = read_records(tmp_path / "events")
     rebuilt = sorted((r["body"]["id"], r["body"].get("messageStatus") or r["body"]["status"])
                      for r in records if r.get("backfilled"))
     assert rebuilt == [("old-0", "Delivered"), ("old-1", "Delivered"),
-                       ("old-batch", "Completed")]
+                       ("old-batch", "Completed"), ("old-unseen", "Delivered")]
     by_id = [path for path, _, _ in emu.a2p.calls if path.endswith("/batches/old-batch")]
     assert len(by_id) == 1
 
