@@ -511,6 +511,20 @@ def lifecycle(event: Event, received: float) -> Lifecycle | None:
     return Lifecycle(obj, batch, created.timestamp() if created else received, True)
 
 
+def pair_time(event: Event) -> tuple[str, float] | None:
+    """An opt-out or opt-in's pair (``from:to``) and when its state was set: the list
+    record's ``lastModifiedTime`` for a backfilled one, else the notification's
+    ``timestamp``; None for other events or without a time. Opt-out notifications carry no
+    state time, so this is what orders a rebuilt state against a received one."""
+    body = event.body
+    if not isinstance(body, OptOutBody):
+        return None
+    extra = body.__pydantic_extra__
+    stamp = extra.get("lastModifiedTime") if extra else None
+    when = parse_time(stamp if isinstance(stamp, str) else event.timestamp)
+    return None if when is None else (f"{body.from_}:{body.to}", when.timestamp())
+
+
 def is_backfilled(event: Event) -> bool:
     """Whether the event was rebuilt from the REST lists (``"backfilled": true``)."""
     extra = event.__pydantic_extra__

@@ -19,6 +19,8 @@ the platform can still replay (session recovery) or the backfill rebuilds.
                  touched): an outbound message until a final status, a batch until Completed;
                  the backfill asks for their later states after a gap (the lists select by
                  creation time); forgotten after ``dedup_window`` without news
+    pairs        opt-out pair ("from:to") → when its newest journaled state was set: a rebuilt
+                 state older than that is stale (listed before a newer one arrived) and dropped
     cursors      sink → last delivered seq (a sink reads in order, at its own pace)
     dead_letters sink, uuid, seq, reason, attempts, first/last attempt, raw bytes
 
@@ -100,6 +102,8 @@ CREATE TABLE IF NOT EXISTS inflight (
     touched REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inflight_touched ON inflight (touched);
+CREATE TABLE IF NOT EXISTS pairs (pair TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pairs_at ON pairs (at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     sink TEXT NOT NULL,
@@ -180,6 +184,8 @@ class Pending:
     event: Any = None
     #: (object, batch, created, still open) of an A2P message or batch (table inflight)
     track: tuple[str, str | None, float, bool] | None = None
+    #: (pair, when its state was set) of an opt-out or opt-in (table pairs)
+    pair: tuple[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,17 +355,19 @@ class Journal:
     async def append(self, uuid: str, kind: str, sinks: Sequence[str], record: bytes, *,
                      key: str | None = None, drop: tuple[str, ...] = (),
                      backfilled: bool = False, event: Any = None,
-                     track: tuple[str, str | None, float, bool] | None = None) -> None:
+                     track: tuple[str, str | None, float, bool] | None = None,
+                     pair: tuple[str, float] | None = None) -> None:
         """Queue an event for the next group commit; waits when the journal is full
         (``block``) or too many appends are waiting. ``key``/``drop``/``backfilled``: content
         deduplication against the backfill (see ``_known``). ``event`` rides along with the
         row while it is among the latest commits (``Row.event``), never stored. ``track``:
-        the object the event opens or closes (``open_objects``)."""
+        the object the event opens or closes (``open_objects``); ``pair``: an opt-out
+        pair and its state's time (a rebuilt state older than the pair's newest is stale)."""
         if uuid in self._pending_uuids:
             self.counters.inc("duplicates")
             return
         item = Pending(uuid, kind, targets_field(sinks), record, key, drop, backfilled, event,
-                       track)
+                       track, pair)
         if (backfilled or self._backfilled_keys) and \
                 _known(item, self._pending_uuids.__contains__):
             self.counters.inc("backfill_duplicates")
@@ -546,6 +554,14 @@ class Journal:
         ops: dict[str, bool] = {}
         #: objects opened (their row) or closed (None) by this batch, the last event wins
         objects: dict[str, tuple[str, str | None, float, float] | None] = {}
+        #: opt-out pairs' newest state times, as this batch leaves them
+        pairs: dict[str, float] = {}
+
+        def pair_at(pair: str) -> float | None:
+            if pair in pairs:
+                return pairs[pair]
+            row = conn.execute("SELECT at FROM pairs WHERE pair = ?", (pair,)).fetchone()
+            return None if row is None else float(row[0])
 
         def present(key: str) -> bool:
             decided = ops.get(key)
@@ -573,6 +589,14 @@ class Journal:
                     known += 1
                     new_seen.append((item.uuid, now))
                     continue
+                if item.pair is not None:
+                    pair, at = item.pair
+                    newest = pair_at(pair)
+                    if item.backfilled and newest is not None and newest >= at:
+                        known += 1  # stale: a newer state of the pair is journaled
+                        new_seen.append((item.uuid, now))
+                        continue
+                    pairs[pair] = at if newest is None else max(at, newest)
                 if item.key is not None:
                     ops[(BACKFILLED if item.backfilled else LIVE) + item.key] = True
                 for stale in item.drop:
@@ -593,6 +617,9 @@ class Journal:
                                  [(key,) for key, kept in ops.items() if not kept])
                 conn.executemany("INSERT OR REPLACE INTO content (key, at) VALUES (?, ?)",
                                  [(key, now) for key, kept in ops.items() if kept])
+            if pairs:
+                conn.executemany("INSERT OR REPLACE INTO pairs (pair, at) VALUES (?, ?)",
+                                 list(pairs.items()))
             if objects:
                 conn.executemany("DELETE FROM inflight WHERE object = ?",
                                  [(obj,) for obj, row in objects.items() if row is None])
@@ -905,7 +932,7 @@ class Journal:
                 more = more or expired >= COMPACT_CHUNK
             forget = now - self.dedup_window
             for table, key, at in (("seen", "uuid", "at"), ("content", "key", "at"),
-                                   ("inflight", "object", "touched")):
+                                   ("inflight", "object", "touched"), ("pairs", "pair", "at")):
                 gone = conn.execute(
                     f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608 - constant names
                     f"WHERE {at} < ? ORDER BY {at} LIMIT ?)", (forget, COMPACT_CHUNK)).rowcount

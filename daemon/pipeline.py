@@ -119,7 +119,8 @@ class Pipeline:
         await self.journal.append(event.uuid, kind, targets, events.record_json(event),
                                   key=events.content_key(event),
                                   drop=events.superseded_keys(event), backfilled=backfilled,
-                                  event=event, track=events.lifecycle(event, time.time()))
+                                  event=event, track=events.lifecycle(event, time.time()),
+                                  pair=events.pair_time(event))
         self._ingested += 1
         if self._ingested % INGEST_SLICE == 0:
             # A burst arrives faster than the socket is read dry, so the receive loop would

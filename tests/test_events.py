@@ -245,3 +245,18 @@ def test_lifecycle_says_which_objects_may_still_change() -> None:
         f"batch:{batch.body.id}", batch.body.id, True)
     optout = decode(load("optout.json"))
     assert events.lifecycle(optout, 5.0) is None
+
+
+def test_pair_time_orders_opt_out_states() -> None:
+    """An opt-out's pair and time: the list record's lastModifiedTime when rebuilt, else the
+    notification's timestamp; None for other events."""
+    optout = decode(load("optout.json"))
+    assert isinstance(optout, OptOutEvent)
+    pair, when = events.pair_time(optout) or ("", 0.0)
+    assert pair == f"{optout.body.from_}:{optout.body.to}"
+    assert when == events.parse_time(optout.timestamp).timestamp()  # type: ignore[union-attr]
+    rebuilt = decode({**load("optout.json"), "backfilled": True,
+                      "body": {**load("optout.json")["body"],
+                               "lastModifiedTime": "2026-01-10T08:00:00Z"}})
+    assert events.pair_time(rebuilt) == (pair, datetime(2026, 1, 10, 8, tzinfo=UTC).timestamp())
+    assert events.pair_time(decode(load("outbound.json"))) is None

@@ -178,6 +178,30 @@ async def test_open_objects_follow_their_last_event_and_expire(tmp_path: Path) -
     await journal.aclose()
 
 
+async def test_a_rebuilt_opt_out_state_older_than_the_pairs_newest_is_stale(
+        tmp_path: Path) -> None:
+    """A backfilled opt-out state set before the newest state journaled for its pair (listed
+    before a newer notification arrived) is dropped; a newer one is journaled; received
+    notifications are never dropped this way."""
+    journal = await open_journal(tmp_path)
+    await journal.append("live-in", "optin", ["s"], b"1", key="optout:a:b:false",
+                         drop=("optout:a:b:true",), pair=("a:b", 100.0))
+    await journal.commit()
+    await journal.append("old-out", "optout", ["s"], b"2", key="optout:a:b:true",
+                         drop=("optout:a:b:false",), backfilled=True, pair=("a:b", 90.0))
+    await journal.append("live-late", "optout", ["s"], b"3", key="optout:c:d:true",
+                         pair=("c:d", 50.0))
+    await journal.commit()
+    await journal.append("new-out", "optout", ["s"], b"4", key="optout:a:b:true",
+                         drop=("optout:a:b:false",), backfilled=True, pair=("a:b", 110.0))
+    await journal.append("old-c", "optin", ["s"], b"5", key="optout:c:d:false",
+                         drop=("optout:c:d:true",), backfilled=True, pair=("c:d", 40.0))
+    await journal.commit()
+    assert [r.uuid for r in await journal.read(0, 10)] == ["live-in", "live-late", "new-out"]
+    assert journal.counters["backfill_duplicates"] == 2
+    await journal.aclose()
+
+
 async def test_dead_letters_are_stored_with_details(tmp_path: Path) -> None:
     """A dead letter keeps sink, reason, attempts, times and raw bytes."""
     journal = await open_journal(tmp_path)

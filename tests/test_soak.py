@@ -1,11 +1,12 @@
 """Soak: the real daemon process against the documented platform, above its recovery buffer.
 
 A2P traffic at 200 and at 1,000 events/s (batches Processing → Completed, outbound messages
-Queued → Sent → final, inbound replies, opt-outs and opt-ins), for a while, through a seeded
-schedule of faults: outages of 1-10 s (connections refused, the socket dropped: every one
-overflows the 100-notification replay), failed recoveries, SIGKILLs of the daemon with a
-restart 1-5 s later. The emulator keeps the documented limits: the Light rate group (time
-scaled 30x), short list pages, the subscription limit, the gateway's pings. At the end:
+Queued → Sent → final, inbound replies, opt-outs and opt-ins) through a seeded schedule of
+six faults 2-4 s apart: three outages of 1-10 s (connections refused, the socket dropped:
+every one overflows the 100-notification replay), a failed recovery, two SIGKILLs of the
+daemon with a restart 1-5 s later. The emulator keeps the documented limits: the Light
+rate group (time scaled 30x), short list pages, the subscription limit, the gateway's
+pings. At the end:
 
 - every final state of every message, batch and opt-out pair the emulator published is in
   the file sink;
@@ -237,21 +238,24 @@ fsync = "never"
                         await anyio.sleep(ahead)
 
             async def chaos() -> None:
-                for _ in range(6):
-                    await anyio.sleep(rng.uniform(2.0, 4.0))
-                    fault = rng.choice(["outage", "outage", "failed-recovery", "kill"])
+                # its own generator: the schedule does not depend on the traffic's timing
+                plan = random.Random(rate)
+                schedule = ["outage", "outage", "outage", "failed-recovery", "kill", "kill"]
+                plan.shuffle(schedule)
+                for fault in schedule:
+                    await anyio.sleep(plan.uniform(2.0, 4.0))
                     faults[fault] += 1
                     if fault == "outage":
                         emu.refuse_connections()
                         await emu.drop_connections(mode="abrupt")
-                        await anyio.sleep(rng.uniform(1.0, FAULT_MAX))
+                        await anyio.sleep(plan.uniform(1.0, FAULT_MAX))
                         emu.accept_connections()
                     elif fault == "failed-recovery":
                         emu.fail_next_recovery()
                         await emu.drop_connections(mode="abrupt")
                     else:
                         await daemon.kill()
-                        await anyio.sleep(rng.uniform(1.0, 5.0))
+                        await anyio.sleep(plan.uniform(1.0, 5.0))
                         await daemon.start(emu)
                 stop_traffic.set()
 
@@ -291,6 +295,8 @@ fsync = "never"
           f"{len(twice)}, redelivered after a kill {redelivered} (bound {daemon.kills} x "
           f"{BATCH_MAX}), faults {dict(faults)}, kills {daemon.kills}, list calls "
           f"{len(emu.a2p.calls)} ({sum(1 for c in emu.a2p.calls if c[1] == 429)} x 429)")
+    for key in sorted(twice)[:5]:
+        print("under two uuids:", key, sorted(by_key[key]), "published", flows.published[key])
     assert final <= set(by_key)
     assert not invented
     assert not twice
