@@ -73,6 +73,14 @@ async def publish_while_away(emu: Emulator, count: int) -> int:
     return count + 2
 
 
+async def failed_recovery_gap(emu: Emulator, daemon: Daemon, count: int) -> tuple[int, int]:
+    """Events received live, then a failed recovery with ``count`` messages (plus a batch
+    and an opt-out) published meanwhile: (live, lost)."""
+    live = await publish_live(emu, daemon)
+    emu.fail_next_recovery()
+    return live, await publish_while_away(emu, count)
+
+
 async def counted(daemon: Daemon, name: str, count: int) -> None:
     """Wait until the daemon's counter ``name`` reaches ``count``."""
     assert daemon.pipeline is not None
@@ -113,9 +121,7 @@ async def test_failed_recovery_gap_is_backfilled_once(tmp_path: Path,
     async with emu.running():
         settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
         async with running_daemon(settings) as daemon:
-            live = await publish_live(emu, daemon)
-            emu.fail_next_recovery()
-            lost = await publish_while_away(emu, 3)
+            live, lost = await failed_recovery_gap(emu, daemon, 3)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + lost)
             counters = daemon.pipeline.counters  # type: ignore[union-attr]
@@ -230,9 +236,7 @@ async def test_backfill_follows_pages(tmp_path: Path) -> None:
     async with emu.running():
         settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL + "per_page = 2\n")
         async with running_daemon(settings) as daemon:
-            live = await publish_live(emu, daemon)
-            emu.fail_next_recovery()
-            lost = await publish_while_away(emu, 7)
+            live, lost = await failed_recovery_gap(emu, daemon, 7)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + lost)
     messages = [c for c in emu.a2p.calls if c[0].endswith("/messages")]
@@ -278,9 +282,7 @@ async def test_a_gap_larger_than_the_rate_limit_is_paced_page_by_page(tmp_path: 
     async with emu.running():
         settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
         async with running_daemon(settings) as daemon:
-            live = await publish_live(emu, daemon)
-            emu.fail_next_recovery()
-            lost = await publish_while_away(emu, 60)
+            live, lost = await failed_recovery_gap(emu, daemon, 60)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + lost)
             counters = daemon.pipeline.counters  # type: ignore[union-attr]
@@ -300,9 +302,7 @@ async def test_a_listing_resumes_from_its_page_after_a_restart(tmp_path: Path) -
     async with emu.running():
         settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
         async with running_daemon(settings) as daemon:
-            live = await publish_live(emu, daemon)
-            emu.fail_next_recovery()
-            lost = await publish_while_away(emu, 60)
+            live, lost = await failed_recovery_gap(emu, daemon, 60)
             await counted(daemon, "backfill_pages", 7)
         stopped_at = len([c for c in emu.a2p.calls if c[0].endswith("/messages")])
         assert stopped_at < 13
