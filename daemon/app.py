@@ -19,12 +19,13 @@ stops the daemon the same graceful way and is then re-raised for the CLI's exit 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -37,7 +38,7 @@ from daemon import __version__, config, ops, protocol
 from daemon.auth import TokenManager
 from daemon.backfill import Backfill
 from daemon.config import Settings
-from daemon.errors import A2pdError, ConfigError, ConfigProblem
+from daemon.errors import A2pdError, ConfigError, ConfigProblem, StateDirInUse
 from daemon.journal import Journal
 from daemon.logging import get_logger, recent_problems, register_secret
 from daemon.notify import Notifier
@@ -49,6 +50,8 @@ from daemon.supervisor import Supervisor
 
 #: where a running daemon says where its ops endpoint listens (for `a2pd status`)
 OPS_FILE = "ops.json"
+#: held (flock) by the daemon using the state directory; holds its pid
+LOCK_FILE = "a2pd.lock"
 #: settings sections a reload cannot change (they apply at the next start)
 RESTART_SECTIONS = ("platform", "subscription", "connection", "state", "journal", "log",
                     "ops", "backfill")
@@ -82,6 +85,28 @@ def prepare_state_dir(path: Path) -> Path:
     return path
 
 
+def lock_state_dir(path: Path) -> int:
+    """Take the state directory's lock for this process (released when it exits); the
+    lock file's descriptor. ``StateDirInUse`` naming the other process if it is held.
+    `a2pd journal` and `a2pd dead-letters` do not take it: they work beside the daemon."""
+    lock = path / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StateDirInUse(f"another a2pd (pid {other}) is running with the state directory "
+                            f"{path}; stop it first, or give this one a state.directory of "
+                            f"its own") from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 async def open_journal(settings: Settings, state_dir: Path) -> Journal:
     """The journal of ``settings`` in ``state_dir``."""
     cfg = settings.journal
@@ -89,6 +114,41 @@ async def open_journal(settings: Settings, state_dir: Path) -> Journal:
                               commit_max=cfg.commit_max, fsync=cfg.fsync,
                               max_events=cfg.max_events, max_age=cfg.max_age or None,
                               full_policy=cfg.full_policy, dedup_window=cfg.dedup_window)
+
+
+async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpec],
+                               running: Collection[str], drop: Collection[str],
+                               *, check_only: bool = False) -> list[str]:
+    """Sinks with a cursor in the journal that are no longer ``running`` (removed or renamed
+    in the config): a backlog goes to the sink whose ``takes_over`` names it, or is dropped
+    if ``drop`` lists it, else ``ConfigError`` (nothing changed). Each hand-over or drop is
+    a warning with its count. ``check_only``: only the check. The takers."""
+    backlogs = await journal.backlogs(list(running))
+    takers = {old: name for name, spec in specs.items() if name in running
+              for old in spec.takes_over}
+    problems = [ConfigProblem(
+        f"sinks.{old}", f"removed with {count} undelivered events; keep it until they are "
+        f"delivered, name it in another sink's takes_over to deliver them there, or list it "
+        f"in delivery.drop_backlog to drop them")
+        for old, count in backlogs.items()
+        if count and old not in takers and old not in drop]
+    if problems:
+        raise ConfigError(problems)
+    if check_only:
+        return []
+    moved_to: list[str] = []
+    for old, count in backlogs.items():
+        if old in takers:
+            moved = await journal.hand_over(old, takers[old])
+            moved_to.append(takers[old])
+            log.warning("sink_backlog_handed_over", sink=old, to=takers[old], events=moved)
+        else:
+            await journal.drop_sink(old)
+            if count:
+                journal.counters.inc("dropped_removed_sink", count)
+                log.warning("sink_backlog_dropped", sink=old, events=count,
+                            note="delivery.drop_backlog names this removed sink")
+    return moved_to
 
 
 class Daemon:
@@ -107,6 +167,8 @@ class Daemon:
         self.ops_port: int | None = None
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)
         self._saved_session: dict[str, Any] | None = None
+        #: one session save at a time: the final save at a stop waits for a running one
+        self._saving = anyio.Lock()
         self.subscribed = anyio.Event()
         self._on_subscribed = on_subscribed
         self._stop = anyio.Event()
@@ -139,18 +201,40 @@ class Daemon:
             self._on_subscribed()
 
     def _fail(self, error: BaseException) -> None:
-        log.error("fatal", error=str(error), kind=type(error).__name__)
         if self._fatal is None:
+            log.error("fatal", error=str(error), kind=type(error).__name__)
             self._fatal = error
+        elif str(error) != str(self._fatal):
+            log.error("also_failed", error=str(error), kind=type(error).__name__)
         self._stop.set()
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Run until stopped; re-raise a fatal error after the graceful stop."""
-        settings = self.settings
         self.started_at = anyio.current_time()
         prepare_state_dir(self.state_dir)
+        lock = lock_state_dir(self.state_dir)
+        try:
+            await self._run(handle_signals)
+        finally:
+            os.close(lock)
+
+    async def _run(self, handle_signals: bool) -> None:
+        settings = self.settings
         journal = await open_journal(settings, self.state_dir)
         self.journal = journal
+        try:
+            unclean = await journal.begin_run()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await journal.aclose()
+            raise
+        try:
+            await settle_removed_sinks(journal, settings.sinks, settings.router.sink_names(),
+                                       settings.delivery.drop_backlog)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await journal.aclose()
+            raise
         sinks = build_sinks(settings, SinkContext(state_dir=self.state_dir,
                                                  counters=journal.counters))
         self.sinks = sinks
@@ -179,6 +263,8 @@ class Daemon:
                                         filters, pipeline,
                                         http_timeout=settings.platform.http_timeout)
                 self.backfill = backfill
+                if unclean is not None:
+                    self._unclean_stop(unclean)
                 supervisor = Supervisor(auth, filters, settings.connection, pipeline.ingest,
                                         pipeline.ingest_bad_frame, self._subscribed,
                                         on_gap=backfill.gap_opened if backfill else None,
@@ -221,7 +307,8 @@ class Daemon:
                 saver.cancel()
                 if store is not None and journal.all_durable:
                     # the committer is gone: save only when nothing is left uncommitted
-                    # (otherwise the periodic save, at most a second old, stands)
+                    # (otherwise the last save stands: its wsc is older than every
+                    # uncommitted event)
                     await self._save_session(store, flush=False)
                 tg.cancel_scope.cancel()
         finally:
@@ -233,6 +320,12 @@ class Daemon:
                     except Exception as exc:  # noqa: BLE001 - one sink must not block the rest
                         log.error("sink_close_failed", sink=name, error=repr(exc))
                 try:
+                    if not await journal.end_run():
+                        self._uncommitted_at_stop(journal)
+                except A2pdError as exc:
+                    self._uncommitted_at_stop(journal)
+                    self._fail(exc)
+                try:
                     await journal.aclose()
                 except A2pdError as exc:
                     self._fail(exc)
@@ -243,6 +336,25 @@ class Daemon:
                  dead_letters=pipeline.counters["dead_letters"])
         if self._fatal is not None:
             raise self._fatal
+
+    def _unclean_stop(self, since: float) -> None:
+        """The last run ended without a clean stop: what it had not committed (and what was
+        sent while it was down, unless the session is recovered) is a gap from ``since``."""
+        reason = "the last run did not stop cleanly (killed, crashed, or stopped with " \
+            "events it could not journal)"
+        if self.backfill is not None:
+            self.backfill.gap_opened(since, reason)
+        else:
+            log.error("gap_not_backfilled", since=since, reason=reason,
+                      note="backfill.enabled is false: events from then on may be missing")
+
+    def _uncommitted_at_stop(self, journal: Journal) -> None:
+        waiting = journal.waiting
+        if waiting:
+            journal.counters.inc("uncommitted_at_stop", waiting)
+            log.error("stopped_with_uncommitted", events=waiting, reason=journal.failing,
+                      note="not journaled; the next start records a gap from the last "
+                      "commit and rebuilds them from the platform")
 
     async def _run_pipeline(self, pipeline: Pipeline, scope: anyio.CancelScope, *,
                             task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -330,6 +442,10 @@ class Daemon:
         }
 
     async def _save_session(self, store: SessionStore, *, flush: bool = True) -> None:
+        async with self._saving:
+            await self._save_session_now(store, flush=flush)
+
+    async def _save_session_now(self, store: SessionStore, *, flush: bool) -> None:
         doc = self._session_doc()
         if doc == self._saved_session or doc["tokens"] is None:
             return  # unchanged, or nothing worth keeping yet (no OAuth session)
@@ -341,7 +457,8 @@ class Daemon:
             await anyio.to_thread.run_sync(store.save, doc)
         except OSError as exc:
             log.error("session_state_not_saved", error=exc.strerror or repr(exc),
-                      note="a restart will open a fresh session")
+                      note="the last saved state stands (a restart recovers from there, "
+                      "or records the gap)")
             return
         self._saved_session = doc
         log.debug("session_state_saved", connected=doc["disconnected_at"] is None)
@@ -445,6 +562,11 @@ class Daemon:
             not_ready.append("stopping")
         if not subscribed:
             not_ready.append("the WebSocket subscription is not active")
+        if self.journal is not None and self.journal.failing is not None:
+            not_ready.append(f"journal commits are failing ({self.journal.failing}); "
+                             "nothing more is read until one succeeds")
+        if self.journal is not None and self.journal.dead is not None:
+            not_ready.append(f"the journal is unusable ({self.journal.dead.reason})")
         sinks: dict[str, Any] = {}
         pipeline = self.pipeline
         backlog = pipeline.backlog() if pipeline else {}
@@ -483,6 +605,7 @@ class Daemon:
             "journal": {
                 "events": journal.depth if journal else 0,
                 "last_seq": journal.last_seq if journal else 0,
+                "commits_failing": journal.failing if journal else None,
                 "oldest_age_seconds": time.time() - oldest if oldest else None,
             },
             "sinks": sinks,
@@ -534,8 +657,12 @@ class Daemon:
         later = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
         if new.client_secret != old.client_secret or new.jwt != old.jwt:
             later.append("credentials")
-        context = SinkContext(state_dir=self.state_dir, counters=self.journal.counters)
+        journal = self.journal
+        context = SinkContext(state_dir=self.state_dir, counters=journal.counters)
         used = new.router.sink_names()
+        # a removed sink's backlog must have somewhere to go (or be dropped on purpose)
+        await settle_removed_sinks(journal, new.sinks, used, new.delivery.drop_backlog,
+                                   check_only=True)
         sinks: dict[str, Sink] = {}
         built: list[Sink] = []
         try:
@@ -561,7 +688,13 @@ class Daemon:
                     await sink.reopen()
                 except Exception as exc:  # noqa: BLE001 - one sink must not block the rest
                     log.error("sink_reopen_failed", sink=name, error=repr(exc))
-        retired = await pipeline.reconfigure(new.router, sinks)
+        async def settle() -> None:
+            # the readers of removed sinks have stopped: their cursors are final
+            for taker in await settle_removed_sinks(journal, new.sinks, used,
+                                                    new.delivery.drop_backlog):
+                pipeline.cursors[taker] = await journal.cursor(taker)
+
+        retired = await pipeline.reconfigure(new.router, sinks, before_start=settle)
         delivery = new.delivery
         pipeline.batch_max = delivery.batch_max
         pipeline.retry_policy = RetryPolicy(initial=delivery.retry_initial,

@@ -29,6 +29,7 @@ from daemon.errors import (
     EXIT_OK,
     ConfigError,
     FatalPlatformError,
+    StateDirInUse,
 )
 from daemon.journal import JournalError
 
@@ -88,6 +89,9 @@ def _state_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # every file a2pd writes is private to its user, whatever the umask it was started
+    # with (the journal and the sinks' files hold message text and phone numbers)
+    os.umask(0o077)
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"a2pd {__version__}")
@@ -204,7 +208,7 @@ def _guard(body: Callable[[], int | None]) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG
-    except (FatalPlatformError, JournalError) as exc:
+    except (FatalPlatformError, JournalError, StateDirInUse) as exc:
         print(f"a2pd: stopped: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -240,6 +240,10 @@ class DeliveryConfig(_Section):
     max_attempts: int = Field(default=0, ge=0)
     #: on SIGTERM/SIGINT, how long sinks get to deliver what is queued
     shutdown_timeout: Duration = 10.0
+    #: sinks removed from this file whose undelivered events may be dropped (a start or
+    #: reload that removes a sink with a backlog is refused otherwise; a sink's
+    #: ``takes_over`` hands the backlog on instead)
+    drop_backlog: list[str] = Field(default_factory=list)
 
 
 class OpsConfig(_Section):
@@ -326,6 +330,8 @@ class SinkSpec:
     name: str
     type: str
     options: SinkOptions
+    #: removed or renamed sinks whose undelivered events this sink delivers instead
+    takes_over: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,13 +537,34 @@ def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem],
         except UnknownSinkType as exc:
             problems.append(ConfigProblem(f"{key}.type", str(exc)))
             continue
-        options = {k: v for k, v in table.items() if k != "type"}
+        takes_over = table.get("takes_over", [])
+        if isinstance(takes_over, str):
+            takes_over = [takes_over]
+        if not isinstance(takes_over, list) or not all(
+                isinstance(old, str) and re.match(r"^[A-Za-z0-9_-]+$", old) and old != name
+                for old in takes_over):
+            problems.append(ConfigProblem(f"{key}.takes_over",
+                                          "a list of other sinks' names"))
+            takes_over = []
+        options = {k: v for k, v in table.items() if k not in ("type", "takes_over")}
         try:
             # the context lets an Options model resolve secrets from the same environment
             specs[name] = SinkSpec(name, type_name,
-                                   cls.Options.model_validate(options, context={"env": env}))
+                                   cls.Options.model_validate(options, context={"env": env}),
+                                   tuple(takes_over))
         except ValidationError as exc:
             problems.extend(_problems(exc, key))
+    claimed: dict[str, str] = {}
+    for name, spec in specs.items():
+        for old in spec.takes_over:
+            if old in tables:
+                problems.append(ConfigProblem(
+                    f"sinks.{name}.takes_over",
+                    f"{old!r} is still configured (remove it to hand its events over)"))
+            elif old in claimed:
+                problems.append(ConfigProblem(
+                    f"sinks.{name}.takes_over", f"{old!r} is taken over by {claimed[old]!r} too"))
+            claimed[old] = name
     return specs
 
 

@@ -123,6 +123,13 @@ class ProtocolError(A2pdError):
         self.raw = raw
 
 
+class StateDirInUse(A2pdError):
+    """Another a2pd runs with this state directory (two would share one session and journal:
+    both reconnect in turn and deliver the same events twice)."""
+
+    exit_code = EXIT_IOERR
+
+
 class SinkError(A2pdError):
     """A sink failed to deliver. Permanent failures are dead-lettered; others are retried."""
 

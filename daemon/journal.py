@@ -21,8 +21,17 @@ the platform can still replay (session recovery) or the backfill rebuilds.
                  creation time); forgotten after ``dedup_window`` without news
     pairs        opt-out pair ("from:to") → when its newest journaled state was set: a rebuilt
                  state older than that is stale (listed before a newer one arrived) and dropped
-    cursors      sink → last delivered seq (a sink reads in order, at its own pace)
+    cursors      sink → last delivered seq (a sink reads in order, at its own pace); a
+                 removed sink's backlog is handed over (``hand_over``) or dropped on purpose
     dead_letters sink, uuid, seq, reason, attempts, first/last attempt, raw bytes
+    meta         schema version; the run marker (``run`` running/stopped, ``last_commit``
+                 written by every commit): a run that did not end with everything committed
+                 is a gap from its last commit at the next start (``begin_run``)
+
+A failed commit (a full disk, a lock held elsewhere) is retried by the committer on its own,
+with backoff; while commits fail, appends wait (``failing`` says why): nothing more is taken
+in, so what the platform still holds stays there. The files are 0600 (the WAL and shared
+memory files get the database file's mode); the WAL is cut back after a burst.
 
 Events every sink has passed are compacted away. ``max_events`` / ``max_age`` bound the
 journal; when it is full, ``full_policy`` either makes appends wait (``block``) or drops the
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -48,7 +58,7 @@ import anyio
 
 from daemon.errors import EXIT_IOERR, A2pdError
 from daemon.logging import get_logger, scrub
-from daemon.observe import Counters
+from daemon.observe import Counters, LogThrottle
 
 log = get_logger("journal")
 
@@ -56,6 +66,9 @@ SCHEMA_VERSION = 1
 #: SQLite's automatic checkpoint only past this many WAL pages (~40 MB): the compactor
 #: checkpoints every second off the commit path (``Journal.checkpoint``)
 AUTOCHECKPOINT_PAGES = 10_000
+#: once a checkpoint has copied every frame, SQLite cuts the WAL file back to this size
+#: (without a limit it stays as large as the largest burst ever made it)
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 #: rows of the latest commits kept in memory for the readers, with the decoded events the
 #: receive side attached (~4 KB each): at most this many, and at most RECENT_BYTES of
 #: records (events can be as large as a frame: by count alone, a stream of large events
@@ -272,7 +285,13 @@ class Journal:
         self._room = anyio.Event()
         self.counters = counters if counters is not None else Counters()
         self.max_raw_bytes = max_raw_bytes
-        self.last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+        #: why commits fail (a full disk, a lock held elsewhere) while they do: appends wait
+        #: (reading stops) until one succeeds
+        self.failing: str | None = None
+        #: the error that ended the committer (nothing will be committed any more)
+        self.dead: JournalError | None = None
+        self._dropped_log = LogThrottle()
+        self.last_seq = self._last_seq()
         self._count = self._scalar("SELECT COUNT(*) FROM events")
         #: when the oldest journaled event was received (refreshed at commit and compaction)
         self.oldest_received = self._oldest()
@@ -311,6 +330,11 @@ class Journal:
                               dedup_window=24 * 3600.0)
 
     # -- small helpers ------------------------------------------------------------------------
+
+    def _last_seq(self) -> int:
+        """The newest seq ever given out (compaction may have removed it)."""
+        return self._scalar("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = "
+                            "'events'), (SELECT MAX(seq) FROM events), 0)")
 
     def _oldest(self) -> float | None:
         row = self._conn.execute("SELECT received FROM events ORDER BY seq LIMIT 1").fetchone()
@@ -377,8 +401,7 @@ class Journal:
             self.counters.inc("full_waits")
             self._room = anyio.Event() if self._room.is_set() else self._room
             await self._room.wait()
-        while self.waiting >= self.commit_max * 4:
-            await self.wait_committed()
+        await self._wait_for_commits()
         self._pending.append(item)
         self._pending_uuids.add(uuid)
         if key is not None:
@@ -387,6 +410,14 @@ class Journal:
         self._wake_committer.set()
         if len(self._pending) >= self.commit_max:
             self._hurry.set()
+
+    async def _wait_for_commits(self) -> None:
+        """Wait while commits fail (nothing more is taken in: the rest stays with the
+        platform, which replays it or the backfill rebuilds it) or too many appends wait."""
+        while self.failing is not None or self.waiting >= self.commit_max * 4:
+            if self.dead is not None:
+                raise self.dead
+            await self.wait_committed()
 
     @property
     def all_durable(self) -> bool:
@@ -398,6 +429,8 @@ class Journal:
         does the work; this only wakes it and waits)."""
         target = self._appended
         while self._durable < target:
+            if self.dead is not None:
+                raise self.dead
             self._wake_committer.set()
             self._hurry.set()
             await self.wait_committed()
@@ -413,8 +446,7 @@ class Journal:
         like an event: the receive loop never waits for a transaction of its own, and a
         crash loses at most the commit window, as it does for events. Waits when too many
         appends are waiting."""
-        while self.waiting >= self.commit_max * 4:
-            await self.wait_committed()
+        await self._wait_for_commits()
         kept = scrub(raw)[: self.max_raw_bytes]
         self._pending_letters.append(
             PendingLetter(sink, reason, kept, len(raw), uuid, self._clock()))
@@ -462,14 +494,24 @@ class Journal:
                 await self.commit()
             except JournalError as exc:
                 if not exc.transient:
+                    self.dead = exc
+                    self.poke()  # appends and flushes waiting for a commit raise it
                     raise
                 failures += 1
                 delay = min(30.0, 0.1 * 2.0 ** min(failures, 9))
                 self.counters.inc("commit_failures")
+                self.failing = exc.reason
                 log.error("journal_commit_failed", reason=exc.reason,
-                          pending=self.waiting, retry_in=delay)
+                          pending=self.waiting, retry_in=delay,
+                          note="reading stops until a commit succeeds; retried on its own")
+                # retried on its own: nothing new arrives while appends wait
+                self._wake_committer.set()
                 await anyio.sleep(delay)
             else:
+                if self.failing is not None:
+                    log.warning("journal_commit_recovered", failures=failures)
+                    self.failing = None
+                    self.poke()
                 failures = 0
 
     async def commit(self) -> list[int]:
@@ -510,9 +552,17 @@ class Journal:
             self._remember(rows)
         if dropped:
             self.counters.inc("dropped_full", dropped)
-            log.error("journal_full_dropped_oldest", dropped=dropped,
-                      max_events=self.max_events,
-                      note="undelivered events were dropped to make room")
+            held = self._dropped_log.allow()
+            if held is not None:
+                log.error("journal_full_dropped_oldest", dropped=dropped,
+                          max_events=self.max_events, suppressed=held,
+                          note="undelivered events were dropped to make room")
+        live: dict[str, int] = {}
+        for item in batch:
+            if not item.backfilled:
+                live[item.kind] = live.get(item.kind, 0) + 1
+        for kind, n in live.items():
+            self.counters.inc(f"received.{kind}", n)
         self.counters.inc("duplicates", len(batch) - len(inserted) - known)
         if known:
             self.counters.inc("backfill_duplicates", known)
@@ -641,6 +691,10 @@ class Journal:
                     for seq, item in zip(inserted, fresh, strict=True)]
             if backfilled:
                 self._backfilled_keys = True
+            # when this run last committed: if it ends without a clean stop, the next start
+            # records a gap from here (``begin_run``)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_commit', ?)",
+                         (repr(now),))
             if self.full_policy == "drop_oldest" and self.max_events:
                 over = self._count + len(inserted) - self.max_events
                 if over > 0:
@@ -723,6 +777,33 @@ class Journal:
             else:
                 self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                    (key, value))
+
+    async def begin_run(self) -> float | None:
+        """A daemon starts using this journal. If the last run did not end with everything
+        it had taken in committed (SIGKILL, a crash, a stop while the disk was full), the
+        wall time from which events may be missing (its last commit, else its start);
+        else None."""
+        return await self._db(self._begin_run, self._clock())
+
+    def _begin_run(self, now: float) -> float | None:
+        meta = dict(self._conn.execute(
+            "SELECT key, value FROM meta WHERE key IN ('run', 'run_started', 'last_commit')"))
+        since = None
+        if meta.get("run") == "running":
+            since = float(meta.get("last_commit") or meta.get("run_started") or now)
+        with self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                   [("run", "running"), ("run_started", repr(now))])
+        return since
+
+    async def end_run(self) -> bool:
+        """The daemon stops: commit what is pending and, if that leaves nothing
+        uncommitted, mark the run as ended cleanly. Whether it was."""
+        await self.commit()
+        if not self.all_durable:
+            return False
+        await self._db(self._set_meta, "run", "stopped")
+        return True
 
     async def close_gap(self, gap_id: int) -> None:
         """The gap is backfilled (its events are committed)."""
@@ -809,6 +890,52 @@ class Journal:
         with self._conn:
             self._conn.execute("UPDATE cursors SET seq = MAX(seq, ?) WHERE sink = ?",
                                (seq, sink))
+
+    async def backlogs(self, sinks: Sequence[str]) -> dict[str, int]:
+        """The sinks with a cursor here that are not in ``sinks`` (removed from the
+        configuration) and how many events each has not delivered."""
+        return await self._db_thread(self._backlogs, list(sinks))
+
+    def _backlogs(self, sinks: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for sink, seq in self._conn.execute("SELECT sink, seq FROM cursors").fetchall():
+            if sink not in sinks:
+                found[sink] = self._scalar(
+                    "SELECT COUNT(*) FROM events WHERE seq > ? AND instr(targets, ?) > 0",
+                    seq, f",{sink},")
+        return found
+
+    async def hand_over(self, old: str, new: str) -> int:
+        """``new`` delivers what the removed sink ``old`` had not: its events are
+        re-targeted, ``new``'s cursor goes back to ``old``'s if it is ahead (``new`` may then
+        get some of its own events again), ``old``'s cursor is gone. How many events."""
+        moved = await self._db_thread(self._hand_over, old, new)
+        self._forget_recent()  # the rows kept in memory carry the old targets
+        return moved
+
+    def _hand_over(self, old: str, new: str) -> int:
+        conn = self._conn
+        with conn:
+            row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (old,)).fetchone()
+            if row is None:
+                return 0
+            after = int(row[0])
+            moved = int(conn.execute(
+                "UPDATE events SET targets = replace(targets, ?, ?) "
+                "WHERE seq > ? AND instr(targets, ?) > 0",
+                (f",{old},", f",{new},", after, f",{old},")).rowcount)
+            conn.execute("INSERT INTO cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) "
+                         "DO UPDATE SET seq = min(seq, excluded.seq)", (new, after))
+            conn.execute("DELETE FROM cursors WHERE sink = ?", (old,))
+        return moved
+
+    async def drop_sink(self, sink: str) -> None:
+        """Forget a removed sink's cursor: its undelivered events are left to compaction."""
+        await self._db(self._drop_sink, sink)
+
+    def _drop_sink(self, sink: str) -> None:
+        with self._conn:
+            self._conn.execute("DELETE FROM cursors WHERE sink = ?", (sink,))
 
     # -- dead letters -------------------------------------------------------------------------
 
@@ -951,7 +1078,7 @@ class Journal:
         conn = self._conn
         events, oldest = conn.execute("SELECT COUNT(*), MIN(received) FROM events").fetchone()
         cursors = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
-        last = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+        last = self._last_seq()
         lag = {sink: self._scalar("SELECT COUNT(*) FROM events WHERE seq > ?", seq)
                for sink, seq in cursors.items()}
         dead = dict(conn.execute("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink")
@@ -1007,6 +1134,15 @@ class Journal:
                 self._checkpointer.execute(
                     f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            wal = self.path.with_name(self.path.name + "-wal")
+            try:
+                size = wal.stat().st_size
+            except FileNotFoundError:
+                return
+            if size > WAL_SIZE_LIMIT:
+                # a burst grew the WAL: with every frame copied, cut the file back (the next
+                # commit would only rewind it; a quiet journal would keep it at its peak)
+                self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _close_checkpointer(self) -> None:
         with self._checkpoint_lock:
@@ -1034,6 +1170,13 @@ def _kind_of(record: bytes) -> str:
 def _connect(path: Path, fsync: bool) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+        # database file's mode, whatever the umask (it holds message text and numbers)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for name in (path, path.with_name(path.name + "-wal"),
+                     path.with_name(path.name + "-shm")):
+            if name.exists():
+                name.chmod(0o600)  # made by an older version, or by hand
         conn = sqlite3.connect(path, timeout=1.0, isolation_level=None,
                                check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
@@ -1056,6 +1199,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool) -> None:
     # the last commits on power loss
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     check = conn.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok":
         raise JournalError(f"the journal is corrupt ({check}); move it aside to start afresh",
@@ -1068,7 +1212,6 @@ def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool) -> None:
                          (str(SCHEMA_VERSION),))
     elif int(version[0]) != SCHEMA_VERSION:
         raise JournalError(f"journal schema {version[0]} is not {SCHEMA_VERSION}", path)
-    path.chmod(0o600)
 
 
 def _translate(exc: sqlite3.Error, path: Path) -> JournalError:

@@ -9,8 +9,10 @@ while it was down replayed, instead of losing them (PROTOCOL.md §4, §7).
 The document is encrypted (AES-256-GCM) with a key derived (HKDF-SHA256) from the client
 secret and the JWT, which never touch the state directory: the file holds no token in the
 clear, and a copy of it is useless without the credentials. New credentials cannot read an
-old file; it is then ignored (a fresh session starts). Writes are atomic (temp file, fsync,
-rename, fsync of the directory).
+old file; it is then ignored (a fresh session starts). Writes are atomic (a temp file of a
+name no other write uses, fsync, rename, fsync of the directory) and one at a time: a save
+that starts while another runs waits for it (the periodic save and the final one at a stop
+used the same temp name, and one rename failed).
 
 Only a ``wsc`` whose notifications are all committed to the journal is saved (the caller
 waits for a commit after taking the snapshot), so a recovery from it never skips an event
@@ -23,6 +25,8 @@ import base64
 import json
 import os
 import secrets
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,8 @@ class SessionStore:
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"a2pd session state v1",
                    info=b"session.json").derive(material)
         self._aead = AESGCM(key)
+        #: one save at a time (they run in worker threads)
+        self._saving = threading.Lock()
 
     def load(self) -> dict[str, Any] | None:
         """The saved document, or None (missing, unreadable, other credentials, corrupt)."""
@@ -83,22 +89,25 @@ class SessionStore:
         outer = {"version": VERSION, "saved_at": time.time(),
                  "nonce": base64.b64encode(nonce).decode(),
                  "data": base64.b64encode(data).decode()}
-        tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(outer, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        with self._saving:
+            # mkstemp: a name of its own, mode 0600
+            fd, name = tempfile.mkstemp(prefix=f".{FILE_NAME}.", suffix=".tmp",
+                                        dir=self.path.parent)
+            tmp = Path(name)
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    json.dump(outer, handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

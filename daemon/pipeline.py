@@ -40,10 +40,6 @@ T = TypeVar("T")
 INGEST_SLICE = 32
 
 
-#: counter names by event kind
-_RECEIVED = {kind: f"received.{kind}" for kind in events.KINDS}
-
-
 class Pipeline:
     """Feeds the journal and runs one reader per sink.
 
@@ -65,6 +61,7 @@ class Pipeline:
                                         max_attempts=max_attempts)
         self.compact_interval = compact_interval
         self._closing = False
+        self._closed = anyio.Event()
         self._ingested = 0
         #: a sample of notification_undecodable lines (each one is dead-lettered)
         self._undecodable_log = LogThrottle()
@@ -108,8 +105,8 @@ class Pipeline:
         backfilled = events.is_backfilled(event)
         if not backfilled:
             # time.monotonic() is anyio.current_time() on asyncio, without the backend lookup
+            # (``received.<kind>`` is counted by the journal, once the event is committed)
             self.last_event_at = time.monotonic()
-            self.counters.inc(_RECEIVED[kind])
         targets = self.router.sinks_for(event)
         if not targets:
             self.counters.inc("unrouted")
@@ -144,6 +141,9 @@ class Pipeline:
             try:
                 async with anyio.create_task_group() as readers:
                     self._readers = readers
+                    # keeps the group open while a reload swaps every reader (otherwise
+                    # it ends once the last old reader has, before the new ones start)
+                    readers.start_soon(self._closed.wait)
                     for name, sink in self.sinks.items():
                         self._start_reader(name, sink)
                     task_status.started()
@@ -164,7 +164,9 @@ class Pipeline:
         self._readers.start_soon(self._reader, name, sink)
 
     async def reconfigure(self, router: Router, sinks: Mapping[str, Sink], *,
-                          grace: float = 30.0) -> list[Sink]:
+                          grace: float = 30.0,
+                          before_start: Callable[[], Awaitable[None]] | None = None,
+                          ) -> list[Sink]:
         """Swap the router and the sinks (a reload). A sink object that is not in ``sinks``
         any more (removed, or replaced by a new one under the same name) finishes its current
         batch, then its reader stops; a new object gets a reader from its name's cursor.
@@ -190,6 +192,10 @@ class Pipeline:
                 self._reader_scopes[name].cancel()
             for name in slow:
                 await self._reader_done[name].wait()
+        for name in set(old) - set(sinks):
+            self.cursors.pop(name, None)
+        if before_start is not None:
+            await before_start()
         self.router = router
         self.sinks = dict(sinks)
         for name, sink in sinks.items():
@@ -227,9 +233,12 @@ class Pipeline:
                 await anyio.sleep(delay)
 
     async def close(self) -> None:
-        """No more input: commit what is pending; readers stop once they have caught up."""
-        await self.journal.commit()
+        """No more input: wait until what is pending is committed (the committer retries
+        a full disk on its own; the caller bounds the wait); readers stop once they have
+        caught up."""
+        await self.journal.flush()
         self._closing = True
+        self._closed.set()
         self.journal.poke()
 
     def backlog(self) -> dict[str, int]:

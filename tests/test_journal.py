@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from daemon import journal as journal_module
 from daemon.journal import Journal, JournalError
@@ -470,3 +471,34 @@ async def test_compaction_works_in_chunks_until_done(tmp_path: Path,
     assert await journal.compact(["s"]) == 0
     assert journal._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 0
     await journal.aclose()
+
+
+async def test_the_last_seq_survives_compaction_and_reopening(tmp_path: Path) -> None:
+    """Every event delivered and compacted away: the journal still knows the newest seq it
+    gave out, in `a2pd journal stats` and after reopening (was: 0, beside cursors at 5)."""
+    journal = await open_journal(tmp_path)
+    await deliver_and_compact(journal, 5)
+    assert journal.last_seq == 5
+    assert (await journal.stats())["last_seq"] == 5
+    await journal.aclose()
+    journal = await open_journal(tmp_path)
+    assert journal.last_seq == 5
+    assert (await journal.stats())["last_seq"] == 5
+    await journal.aclose()
+
+
+async def test_dropping_the_oldest_is_logged_as_a_sample(tmp_path: Path) -> None:
+    """A full journal dropping events at every commit logs a sample (10 lines a minute,
+    then a line saying how many were held back), while the counter counts every one (was:
+    one line per commit, 378 lines in 3 s)."""
+    journal = await open_journal(tmp_path, max_events=2, full_policy="drop_oldest")
+    with capture_logs() as logs:
+        for i in range(50):
+            await journal.append(f"u{i}", "k", ["s"], b"")
+            await journal.append(f"v{i}", "k", ["s"], b"")
+            await journal.commit()
+    lines = [line for line in logs if line["event"] == "journal_full_dropped_oldest"]
+    assert len(lines) == 10
+    assert journal.counters["dropped_full"] == 98
+    await journal.aclose()
+

@@ -129,7 +129,12 @@ async def test_a_forced_stop_with_pending_events_ends_and_keeps_them(tmp_path: P
                 for i in range(3):
                     await emu.publish("message", {**seed("outbound.json")["body"],
                                                   "id": f"p{i}"})
-                await daemon.pipeline.counters.wait_for("received.outbound", 3)
+                assert daemon.supervisor is not None
+                await daemon.supervisor.state.counters.wait_for("notifications", 3)
+                assert daemon.journal is not None
+                # the first is committed at once, the other two wait for the interval
+                while daemon.journal.waiting < 2:
+                    await anyio.lowlevel.checkpoint()
             assert daemon.journal is not None
             assert not daemon.journal.all_durable
             daemon.request_stop()
