@@ -26,8 +26,6 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from daemon import config
-from daemon.app import Daemon
-from daemon.errors import ConfigError
 from daemon.journal import WAL_SIZE_LIMIT
 from daemon.persist import SessionStore
 from tests.disks import fill, free, tmpfs
@@ -130,10 +128,10 @@ async def fill_until_commits_fail(emu: Any, child: DaemonProcess, disk: Path,
 
 
 async def publish_delivered(emu: Any, child: DaemonProcess, first: int, count: int) -> None:
-    """Publish messages ``m<first>`` … and wait until the daemon delivered them all."""
+    """Publish messages ``m<first>`` … and wait until the daemon delivered as many more."""
+    total = child.delivered() + count
     for n in range(first, first + count):
         await emu.publish("message", plain(f"m{n}"))
-    total = first + count
     await child.wait_for(lambda: child.delivered() >= total, f"{total} delivered")
 
 
@@ -354,65 +352,76 @@ fsync = "never"
     return text
 
 
-def with_sinks(emu: Any, tmp_path: Path, sinks: str, routes: list[str],
-               drop: list[str] | None = None) -> config.Settings:
+def config_with(emu: Any, tmp_path: Path, sinks: str, routes: list[str],
+                drop: list[str] | None = None) -> Path:
+    """Write the config file with these sinks and default route; its path."""
     text = settings_text(emu, tmp_path, sinks=sinks,
                          routes=f"[default_route]\nsinks = {json.dumps(routes)}\n")
     if drop is not None:
         text = text.replace("[delivery]\n", f"[delivery]\ndrop_backlog = {json.dumps(drop)}\n")
-    return config.loads(text, source="test", env={})
+    path = tmp_path / "a2pd.toml"
+    path.write_text(text)
+    return path
 
 
 async def test_a_removed_or_renamed_sink_keeps_its_backlog_until_told(tmp_path: Path) -> None:
-    """``hook`` (down) has 20 undelivered events. A reload that renames it is refused while
-    nothing says where they go (was: applied, its backlog compacted away, one info line);
-    with ``takes_over`` the renamed sink delivers all 20, once; a start without it and
-    without ``takes_over`` is refused (exit 78); ``delivery.drop_backlog`` drops a backlog
-    on purpose, counted and logged."""
+    """``hook`` (down) is 200 events behind. A reload (SIGHUP) that renames it is refused
+    while nothing says where they go (was: applied, its backlog compacted away, one info
+    line); with ``takes_over`` the renamed sink delivers all 200, once; a start without the
+    sink and without ``takes_over`` exits 78 naming it; ``delivery.drop_backlog`` drops a
+    backlog on purpose, logged with the count."""
     emu = emulator()
+    first_sinks = sinks_toml(tmp_path, hook="#")
     async with emu.running():
-        first = with_sinks(emu, tmp_path, sinks_toml(tmp_path, hook="#"), ["archive", "hook"])
-        renamed = with_sinks(emu, tmp_path, sinks_toml(tmp_path, webhook="#"),
-                             ["archive", "webhook"])
-        async with running_daemon(first) as daemon:
-            assert daemon.pipeline is not None
-            for n in range(20):
-                await emu.publish("message", plain(f"m{n}"))
-            await delivered(daemon, "archive", 20)
-            with anyio.fail_after(TIMEOUT):
-                await daemon.pipeline.counters.wait_for("retries.hook", 1)
-            assert not await daemon.reload(renamed)
-            assert daemon.pipeline.counters["reloads_refused"] == 1
-            assert set(daemon.sinks) == {"archive", "hook"}
-            handed = with_sinks(emu, tmp_path,
-                                sinks_toml(tmp_path, webhook='takes_over = ["hook"]'),
-                                ["archive", "webhook"])
-            assert await daemon.reload(handed)
-            await delivered(daemon, "webhook", 20)
+        cfg = config_with(emu, tmp_path, first_sinks, ["archive", "hook"])
+        async with daemon_process(cfg) as child:
+            await child.wait_log("subscribed")
+            await publish_delivered(emu, child, 0, 200)  # archive's; hook retries
+            await child.wait_log("sink_retry")
+            config_with(emu, tmp_path, sinks_toml(tmp_path, webhook="#"), ["archive", "webhook"])
+            child.process.send_signal(signal.SIGHUP)
+            await child.wait_log("reload_refused")
+            config_with(emu, tmp_path, sinks_toml(tmp_path, webhook='takes_over = ["hook"]'),
+                        ["archive", "webhook"])
+            child.process.send_signal(signal.SIGHUP)
+            await child.wait_log("reloaded")
+            await child.wait_for(lambda: child.delivered() >= 400, "200 delivered by webhook")
+            child.process.send_signal(signal.SIGTERM)
+            assert await child.process.wait() == 0
+        [refused] = child.events("reload_refused")
+        assert refused["problems"] == [
+            "sinks.hook: removed with 200 undelivered events; keep it until they are "
+            "delivered, name it in another sink's takes_over to deliver them there, or list "
+            "it in delivery.drop_backlog to drop them"]
+        assert [(e["sink"], e["to"], e["events"])
+                for e in child.events("sink_backlog_handed_over")] == [("hook", "webhook", 200)]
         webhook = Counter(r["body"]["id"] for r in read_records(tmp_path / "webhook"))
-        assert webhook == Counter({f"m{n}": 1 for n in range(20)})
+        assert webhook == Counter({f"m{n}": 1 for n in range(200)})
 
         # a backlog left behind at a stop: the next start without the sink is refused
-        async with running_daemon(first) as daemon:
-            assert daemon.pipeline is not None
-            for n in range(20, 25):
-                await emu.publish("message", plain(f"m{n}"))
-            await delivered(daemon, "archive", 5)
+        config_with(emu, tmp_path, first_sinks, ["archive", "hook"])
+        async with daemon_process(cfg) as child:
+            await child.wait_log("subscribed")
+            await publish_delivered(emu, child, 200, 5)
+            child.process.send_signal(signal.SIGTERM)
+            assert await child.process.wait() == 0
+        config_with(emu, tmp_path, sinks_toml(tmp_path, webhook="#"), ["archive", "webhook"])
         with anyio.fail_after(TIMEOUT):
-            try:
-                await Daemon(renamed).run(handle_signals=False)
-            except ConfigError as exc:
-                refused = exc
-            else:
-                raise AssertionError("started without a word about hook's backlog")
-        assert refused.exit_code == 78
-        assert [p.key for p in refused.problems] == ["sinks.hook"]
-        assert "5 undelivered events" in refused.problems[0].reason
+            start = await anyio.run_process(
+                [sys.executable, "-m", "daemon", "run", "-c", str(cfg)], check=False)
+        assert start.returncode == 78
+        assert "sinks.hook: removed with 5 undelivered events" in start.stderr.decode()
 
-        dropped = with_sinks(emu, tmp_path, sinks_toml(tmp_path), ["archive"], drop=["hook"])
-        async with running_daemon(dropped) as daemon:
-            assert daemon.pipeline is not None
-            assert daemon.pipeline.counters["dropped_removed_sink"] == 5
+        config_with(emu, tmp_path, sinks_toml(tmp_path), ["archive"], drop=["hook"])
+        async with daemon_process(cfg) as child:
+            await child.wait_log("subscribed")
+            child.process.send_signal(signal.SIGTERM)
+            assert await child.process.wait() == 0
+        assert [(e["sink"], e["events"]) for e in child.events("sink_backlog_dropped")] == [
+            ("hook", 5)]
+    print(f"\nrename with a backlog: 200 behind, reload refused; handed over "
+          f"{len(webhook)} unique / {sum(webhook.values())} lines to webhook; "
+          f"5 left at a stop: start refused (78), then dropped on purpose")
 
 
 async def test_the_file_sink_on_a_full_then_deleted_directory_loses_and_repeats_nothing(
