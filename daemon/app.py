@@ -36,7 +36,7 @@ import httpx
 
 from daemon import __version__, config, ops, protocol
 from daemon.auth import TokenManager
-from daemon.backfill import Backfill
+from daemon.backfill import Backfill, iso
 from daemon.config import Settings
 from daemon.errors import A2pdError, ConfigError, ConfigProblem, StateDirInUse
 from daemon.journal import Journal
@@ -122,7 +122,10 @@ async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpe
     """Sinks with a cursor in the journal that are no longer ``running`` (removed or renamed
     in the config): a backlog goes to the sink whose ``takes_over`` names it, or is dropped
     if ``drop`` lists it, else ``ConfigError`` (nothing changed). Each hand-over or drop is
-    a warning with its count. ``check_only``: only the check. The takers."""
+    a warning with its count. ``check_only``: only the check; else, after a check during a
+    reload, a backlog that appeared since (events routed before the new routes applied)
+    is dropped with its warning: the reload is under way and cannot be refused any more.
+    The takers."""
     backlogs = await journal.backlogs(list(running))
     takers = {old: name for name, spec in specs.items() if name in running
               for old in spec.takes_over}
@@ -132,7 +135,7 @@ async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpe
         f"in delivery.drop_backlog to drop them")
         for old, count in backlogs.items()
         if count and old not in takers and old not in drop]
-    if problems:
+    if problems and check_only:
         raise ConfigError(problems)
     if check_only:
         return []
@@ -147,8 +150,20 @@ async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpe
             if count:
                 journal.counters.inc("dropped_removed_sink", count)
                 log.warning("sink_backlog_dropped", sink=old, events=count,
-                            note="delivery.drop_backlog names this removed sink")
+                            note="delivery.drop_backlog names this removed sink"
+                            if old in drop else "routed to it while the reload ran "
+                            "(it had none when the reload was checked)")
     return moved_to
+
+
+async def _close_unused(journal: Journal) -> None:
+    """Close the journal of a run that ends before it took anything in: a clean end (the
+    next start records no gap for it)."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await journal.end_run()
+        finally:
+            await journal.aclose()
 
 
 class Daemon:
@@ -223,20 +238,23 @@ class Daemon:
         journal = await open_journal(settings, self.state_dir)
         self.journal = journal
         try:
-            unclean = await journal.begin_run()
+            unclean = await journal.begin_run(record_gap=settings.backfill.enabled)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await journal.aclose()
             raise
+        if unclean is not None:
+            self._unclean_stop(journal, *unclean)
         try:
-            await settle_removed_sinks(journal, settings.sinks, settings.router.sink_names(),
-                                       settings.delivery.drop_backlog)
+            for check_only in (True, False):
+                await settle_removed_sinks(journal, settings.sinks,
+                                           settings.router.sink_names(),
+                                           settings.delivery.drop_backlog, check_only=check_only)
+            sinks = build_sinks(settings, SinkContext(state_dir=self.state_dir,
+                                                     counters=journal.counters))
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await journal.aclose()
+            await _close_unused(journal)
             raise
-        sinks = build_sinks(settings, SinkContext(state_dir=self.state_dir,
-                                                 counters=journal.counters))
         self.sinks = sinks
         delivery = settings.delivery
         pipeline = Pipeline(settings.router, sinks, journal, batch_max=delivery.batch_max,
@@ -247,8 +265,7 @@ class Daemon:
         try:
             await pipeline.prepare()
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await journal.aclose()
+            await _close_unused(journal)
             raise
         try:
             async with httpx.AsyncClient(follow_redirects=False) as http, \
@@ -263,8 +280,6 @@ class Daemon:
                                         filters, pipeline,
                                         http_timeout=settings.platform.http_timeout)
                 self.backfill = backfill
-                if unclean is not None:
-                    self._unclean_stop(unclean)
                 supervisor = Supervisor(auth, filters, settings.connection, pipeline.ingest,
                                         pipeline.ingest_bad_frame, self._subscribed,
                                         on_gap=backfill.gap_opened if backfill else None,
@@ -337,15 +352,17 @@ class Daemon:
         if self._fatal is not None:
             raise self._fatal
 
-    def _unclean_stop(self, since: float) -> None:
+    def _unclean_stop(self, journal: Journal, since: float, gap: int | None) -> None:
         """The last run ended without a clean stop: what it had not committed (and what was
-        sent while it was down, unless the session is recovered) is a gap from ``since``."""
+        sent while it was down, unless the session is recovered) is a gap from ``since``,
+        which the journal recorded for the backfill (unless it is off)."""
         reason = "the last run did not stop cleanly (killed, crashed, or stopped with " \
             "events it could not journal)"
-        if self.backfill is not None:
-            self.backfill.gap_opened(since, reason)
+        if gap is not None:
+            journal.counters.inc("gaps_recorded")
+            log.warning("gap_recorded", gap=gap, since=iso(since), reason=reason)
         else:
-            log.error("gap_not_backfilled", since=since, reason=reason,
+            log.error("gap_not_backfilled", since=iso(since), reason=reason,
                       note="backfill.enabled is false: events from then on may be missing")
 
     def _uncommitted_at_stop(self, journal: Journal) -> None:

@@ -778,23 +778,32 @@ class Journal:
                 self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                    (key, value))
 
-    async def begin_run(self) -> float | None:
+    async def begin_run(self, *, record_gap: bool = True) -> tuple[float, int | None] | None:
         """A daemon starts using this journal. If the last run did not end with everything
-        it had taken in committed (SIGKILL, a crash, a stop while the disk was full), the
-        wall time from which events may be missing (its last commit, else its start);
-        else None."""
-        return await self._db(self._begin_run, self._clock())
+        it had taken in committed (SIGKILL, a crash, a stop while the disk was full):
+        ``(since, gap id)``, ``since`` the wall time from which events may be missing (its
+        last commit, else its start), recorded as a gap in the same transaction when
+        ``record_gap`` (so a start that fails early cannot lose it); else None."""
+        return await self._db(self._begin_run, self._clock(), record_gap)
 
-    def _begin_run(self, now: float) -> float | None:
+    def _begin_run(self, now: float, record_gap: bool) -> tuple[float, int | None] | None:
         meta = dict(self._conn.execute(
             "SELECT key, value FROM meta WHERE key IN ('run', 'run_started', 'last_commit')"))
-        since = None
-        if meta.get("run") == "running":
-            since = float(meta.get("last_commit") or meta.get("run_started") or now)
+        unclean = None
         with self._conn:
+            if meta.get("run") == "running":
+                # its last commit; if it made none, its start (an older last commit
+                # belongs to a run that ended cleanly)
+                since = max(float(meta.get(key) or 0.0)
+                            for key in ("last_commit", "run_started")) or now
+                gap = None
+                if record_gap:
+                    gap = self._conn.execute("INSERT INTO gaps (start, opened) VALUES (?, ?)",
+                                             (since, now)).lastrowid
+                unclean = (since, gap)
             self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                    [("run", "running"), ("run_started", repr(now))])
-        return since
+        return unclean
 
     async def end_run(self) -> bool:
         """The daemon stops: commit what is pending and, if that leaves nothing

@@ -177,6 +177,9 @@ class Pipeline:
         if self._readers is None:
             raise RuntimeError("the pipeline is not running")
         old = self.sinks
+        # new events take the new routes at once: none is routed to a sink being removed
+        # while its reader finishes (a backlog checked before the reload stays as checked)
+        self.router = router
         retiring = [name for name, sink in old.items() if sinks.get(name) is not sink]
         for name in retiring:
             self._stop_reader[name].set()
@@ -196,7 +199,6 @@ class Pipeline:
             self.cursors.pop(name, None)
         if before_start is not None:
             await before_start()
-        self.router = router
         self.sinks = dict(sinks)
         for name, sink in sinks.items():
             if old.get(name) is not sink:

@@ -502,3 +502,35 @@ async def test_dropping_the_oldest_is_logged_as_a_sample(tmp_path: Path) -> None
     assert journal.counters["dropped_full"] == 98
     await journal.aclose()
 
+
+
+async def test_a_run_that_did_not_end_cleanly_is_a_gap_from_its_last_commit(
+        tmp_path: Path) -> None:
+    """The run marker: a run that ends without ``end_run`` (SIGKILL, a crash, a stop with
+    events it could not commit) makes the next ``begin_run`` record a gap from its last
+    commit, in the same transaction (a start that then fails cannot lose it); a clean end
+    records nothing."""
+    journal = await open_journal(tmp_path)
+    assert await journal.begin_run() is None  # a journal's first run
+    await journal.append("u0", "k", ["s"], b"{}")
+    await journal.commit()
+    last = float(await journal.get_meta("last_commit") or "nan")
+    await journal.aclose()  # no end_run: as after a SIGKILL
+
+    journal = await open_journal(tmp_path)
+    unclean = await journal.begin_run()
+    assert unclean is not None
+    since, gap = unclean
+    assert since == last
+    assert [g.id for g in await journal.gaps()] == [gap]
+    assert await journal.end_run()
+    await journal.aclose()
+
+    journal = await open_journal(tmp_path)
+    assert await journal.begin_run() is None
+    started = float(await journal.get_meta("run_started") or "nan")
+    await journal.aclose()  # killed again before committing anything: a gap from its start
+    journal = await open_journal(tmp_path)
+    assert await journal.begin_run(record_gap=False) == (started, None)
+    assert len(await journal.gaps()) == 1
+    await journal.aclose()
