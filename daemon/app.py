@@ -118,7 +118,8 @@ async def open_journal(settings: Settings, state_dir: Path) -> Journal:
 
 async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpec],
                                running: Collection[str], drop: Collection[str],
-                               *, check_only: bool = False) -> list[str]:
+                               *, check_only: bool = False,
+                               routed_anew_after: int | None = None) -> list[str]:
     """Sinks with a cursor in the journal that are no longer ``running`` (removed or renamed
     in the config): a backlog goes to the sink whose ``takes_over`` names it, or is dropped
     if ``drop`` lists it, else ``ConfigError`` (nothing changed). Each hand-over or drop is
@@ -142,9 +143,10 @@ async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpe
     moved_to: list[str] = []
     for old, count in backlogs.items():
         if old in takers:
-            moved = await journal.hand_over(old, takers[old])
+            moved, again = await journal.hand_over(old, takers[old], routed_anew_after)
             moved_to.append(takers[old])
-            log.warning("sink_backlog_handed_over", sink=old, to=takers[old], events=moved)
+            log.warning("sink_backlog_handed_over", sink=old, to=takers[old], events=moved,
+                        delivered_again=again)
         else:
             await journal.drop_sink(old)
             if count:
@@ -154,6 +156,27 @@ async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpe
                             if old in drop else "routed to it while the reload ran "
                             "(it had none when the reload was checked)")
     return moved_to
+
+
+async def settle_reloaded_sinks(pipeline: Pipeline, specs: dict[str, config.SinkSpec],
+                                running: Collection[str], drop: Collection[str],
+                                routed_anew_after: int) -> None:
+    """A reload's ``before_start``: the readers of removed sinks have stopped (their cursors
+    are final); events appended before the new routes applied are committed first (they
+    carry the old targets), then the removed sinks' backlogs are handed over or dropped."""
+    journal = pipeline.journal
+    await journal.flush()
+    for taker in await settle_removed_sinks(journal, specs, running, drop,
+                                            routed_anew_after=routed_anew_after):
+        pipeline.cursors[taker] = await journal.cursor(taker)
+
+
+def first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first error in ``group``, however deeply task groups nested it."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def _close_unused(journal: Journal) -> None:
@@ -335,6 +358,8 @@ class Daemon:
                     except Exception as exc:  # noqa: BLE001 - one sink must not block the rest
                         log.error("sink_close_failed", sink=name, error=repr(exc))
                 try:
+                    if self.backfill is not None:
+                        await self.backfill.record_opened()  # gaps not written yet
                     if not await journal.end_run():
                         self._uncommitted_at_stop(journal)
                 except A2pdError as exc:
@@ -380,7 +405,7 @@ class Daemon:
                 try:
                     await pipeline.run(task_status=task_status)
                 except* A2pdError as group:
-                    self._fail(group.exceptions[0])
+                    self._fail(first_error(group))
         finally:
             # also when the pipeline died: nothing is left to wait for in the drain
             self._drained.set()
@@ -396,7 +421,7 @@ class Daemon:
                         tg.start_soon(backfill.run)
                     await supervisor.run()
             except* A2pdError as group:
-                self._fail(group.exceptions[0])
+                self._fail(first_error(group))
 
     async def _drain(self, pipeline: Pipeline, workers: anyio.CancelScope) -> None:
         """Commit what is pending, then wait (up to the deadline, or until a second stop
@@ -469,7 +494,10 @@ class Daemon:
         # only a wsc whose notifications are all durable may be presented after a crash
         assert self.journal is not None
         if flush:
-            await self.journal.flush()
+            try:
+                await self.journal.flush()
+            except A2pdError:
+                return  # the journal is unusable: the daemon is stopping over it
         try:
             await anyio.to_thread.run_sync(store.save, doc)
         except OSError as exc:
@@ -705,13 +733,10 @@ class Daemon:
                     await sink.reopen()
                 except Exception as exc:  # noqa: BLE001 - one sink must not block the rest
                     log.error("sink_reopen_failed", sink=name, error=repr(exc))
-        async def settle() -> None:
-            # the readers of removed sinks have stopped: their cursors are final
-            for taker in await settle_removed_sinks(journal, new.sinks, used,
-                                                    new.delivery.drop_backlog):
-                pipeline.cursors[taker] = await journal.cursor(taker)
-
-        retired = await pipeline.reconfigure(new.router, sinks, before_start=settle)
+        retired = await pipeline.reconfigure(
+            new.router, sinks,
+            before_start=partial(settle_reloaded_sinks, pipeline, new.sinks, used,
+                                 new.delivery.drop_backlog))
         delivery = new.delivery
         pipeline.batch_max = delivery.batch_max
         pipeline.retry_policy = RetryPolicy(initial=delivery.retry_initial,

@@ -198,6 +198,8 @@ class Backfill:
         self.http_timeout = http_timeout
         self._clock = clock
         self._opened: list[tuple[float, str]] = []
+        #: set when gaps were reported (to write), and when gaps were written (to list)
+        self._record = anyio.Event()
         self._wake = anyio.Event()
         #: why the platform refused the lists for good (None: it did not)
         self.refused: str | None = None
@@ -205,9 +207,21 @@ class Backfill:
         self._not_before = 0.0
 
     def gap_opened(self, start: float, reason: str = "fresh session") -> None:
-        """The supervisor's ``on_gap``: a gap began at ``start`` (wall time)."""
+        """The supervisor's ``on_gap``: a gap began at ``start`` (wall time). Written to the
+        journal at once (``record_opened``), even while a listing runs."""
         self._opened.append((start, reason))
-        self._wake.set()
+        self._record.set()
+
+    async def record_opened(self) -> None:
+        """Write the gaps reported so far to the journal (also at a stop: a run ends
+        cleanly only once they are)."""
+        while self._opened:
+            start, reason = self._opened[0]
+            gap_id = await self.journal.add_gap(start)
+            self._opened.pop(0)
+            self.counters.inc("gaps_recorded")
+            log.warning("gap_recorded", gap=gap_id, since=iso(start), reason=reason)
+            self._wake.set()
 
     def resume(self) -> None:
         """Try again after a refusal (the operator may have fixed the app's permissions)."""
@@ -219,13 +233,18 @@ class Backfill:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Record and backfill gaps for ever (including gaps a previous run left pending)."""
         task_status.started()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._record_for_ever)
+            await self._backfill_for_ever()
+
+    async def _record_for_ever(self) -> None:
         while True:
-            while self._opened:
-                start, reason = self._opened[0]
-                gap_id = await self.journal.add_gap(start)
-                self._opened.pop(0)
-                self.counters.inc("gaps_recorded")
-                log.warning("gap_recorded", gap=gap_id, since=iso(start), reason=reason)
+            await self.record_opened()
+            await self._record.wait()
+            self._record = anyio.Event()
+
+    async def _backfill_for_ever(self) -> None:
+        while True:
             pending = await self.journal.gaps()
             if not pending or self.refused is not None:
                 await self._wake.wait()

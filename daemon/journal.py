@@ -69,6 +69,8 @@ AUTOCHECKPOINT_PAGES = 10_000
 #: once a checkpoint has copied every frame, SQLite cuts the WAL file back to this size
 #: (without a limit it stays as large as the largest burst ever made it)
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: a WAL over that size is cut back by the checkpoint once no commit came for this long
+TRUNCATE_IDLE = 1.0
 #: rows of the latest commits kept in memory for the readers, with the decoded events the
 #: receive side attached (~4 KB each): at most this many, and at most RECENT_BYTES of
 #: records (events can be as large as a frame: by count alone, a stream of large events
@@ -291,6 +293,8 @@ class Journal:
         #: the error that ended the committer (nothing will be committed any more)
         self.dead: JournalError | None = None
         self._dropped_log = LogThrottle()
+        #: monotonic time of the last commit (the checkpoint cuts the WAL back when quiet)
+        self._last_commit = time.monotonic()
         self.last_seq = self._last_seq()
         self._count = self._scalar("SELECT COUNT(*) FROM events")
         #: when the oldest journaled event was received (refreshed at commit and compaction)
@@ -396,12 +400,7 @@ class Journal:
                 _known(item, self._pending_uuids.__contains__):
             self.counters.inc("backfill_duplicates")
             return
-        while self.full_policy == "block" and self.max_events and \
-                self._count + len(self._pending) >= self.max_events:
-            self.counters.inc("full_waits")
-            self._room = anyio.Event() if self._room.is_set() else self._room
-            await self._room.wait()
-        await self._wait_for_commits()
+        await self.room()
         self._pending.append(item)
         self._pending_uuids.add(uuid)
         if key is not None:
@@ -410,6 +409,18 @@ class Journal:
         self._wake_committer.set()
         if len(self._pending) >= self.commit_max:
             self._hurry.set()
+
+    async def room(self) -> None:
+        """Return once an append would not wait: the journal has room (``block``), commits
+        succeed and not too many appends wait. An append right after it (with no await in
+        between) takes effect without yielding: the pipeline routes an event only then, so
+        a reload's new routes apply to every event appended after the swap."""
+        while self.full_policy == "block" and self.max_events and \
+                self._count + len(self._pending) >= self.max_events:
+            self.counters.inc("full_waits")
+            self._room = anyio.Event() if self._room.is_set() else self._room
+            await self._room.wait()
+        await self._wait_for_commits()
 
     async def _wait_for_commits(self) -> None:
         """Wait while commits fail (nothing more is taken in: the rest stays with the
@@ -478,6 +489,16 @@ class Journal:
         A full disk or a lock held by another process is retried with backoff, loudly, while
         appends wait (backpressure reaches the socket); nothing pending is dropped. Other
         errors (corrupt, read-only) end the committer and so the daemon."""
+        try:
+            await self._commit_for_ever()
+        finally:
+            if self.dead is None:
+                # cancelled with the pipeline (another part failed, or the stop): nothing
+                # waits for a committer that is gone
+                self.dead = JournalError("the committer has stopped", self.path)
+            self.poke()
+
+    async def _commit_for_ever(self) -> None:
         failures = 0
         last = -math.inf
         while True:
@@ -569,6 +590,7 @@ class Journal:
         for kind in backfilled:
             self.counters.inc(f"backfilled.{kind}")
         self.counters.inc("committed", len(inserted))
+        self._last_commit = time.monotonic()
         self._durable = max(self._durable, upto)
         self._count += len(inserted) - dropped
         if inserted:
@@ -914,29 +936,39 @@ class Journal:
                     seq, f",{sink},")
         return found
 
-    async def hand_over(self, old: str, new: str) -> int:
-        """``new`` delivers what the removed sink ``old`` had not: its events are
-        re-targeted, ``new``'s cursor goes back to ``old``'s if it is ahead (``new`` may then
-        get some of its own events again), ``old``'s cursor is gone. How many events."""
-        moved = await self._db_thread(self._hand_over, old, new)
+    async def hand_over(self, old: str, new: str, cap: int | None = None) -> tuple[int, int]:
+        """``new`` delivers what the removed sink ``old`` had not: ``old``'s events after its
+        cursor are re-targeted to ``new``, whose cursor goes back to ``old``'s (or to
+        ``cap``, where a reload's new routes began, if that is lower: rows routed to ``new``
+        after it were never ``old``'s to deliver), and ``old``'s cursor is gone. (events
+        handed over, events of ``new``'s own it will deliver again because its cursor went
+        back: 0 for a sink that is new)."""
+        moved = await self._db_thread(self._hand_over, old, new, cap)
         self._forget_recent()  # the rows kept in memory carry the old targets
         return moved
 
-    def _hand_over(self, old: str, new: str) -> int:
+    def _hand_over(self, old: str, new: str, cap: int | None) -> tuple[int, int]:
         conn = self._conn
         with conn:
             row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (old,)).fetchone()
             if row is None:
-                return 0
+                return 0, 0
             after = int(row[0])
+            start = after if cap is None else min(after, cap)
             moved = int(conn.execute(
                 "UPDATE events SET targets = replace(targets, ?, ?) "
                 "WHERE seq > ? AND instr(targets, ?) > 0",
                 (f",{old},", f",{new},", after, f",{old},")).rowcount)
+            own = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (new,)).fetchone()
+            again = 0
+            if own is not None and int(own[0]) > start:
+                again = self._scalar(
+                    "SELECT COUNT(*) FROM events WHERE seq > ? AND seq <= ? "
+                    "AND instr(targets, ?) > 0", start, int(own[0]), f",{new},")
             conn.execute("INSERT INTO cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) "
-                         "DO UPDATE SET seq = min(seq, excluded.seq)", (new, after))
+                         "DO UPDATE SET seq = min(seq, excluded.seq)", (new, start))
             conn.execute("DELETE FROM cursors WHERE sink = ?", (old,))
-        return moved
+        return moved, again
 
     async def drop_sink(self, sink: str) -> None:
         """Forget a removed sink's cursor: its undelivered events are left to compaction."""
@@ -1148,10 +1180,16 @@ class Journal:
                 size = wal.stat().st_size
             except FileNotFoundError:
                 return
-            if size > WAL_SIZE_LIMIT:
-                # a burst grew the WAL: with every frame copied, cut the file back (the next
-                # commit would only rewind it; a quiet journal would keep it at its peak)
-                self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if size > WAL_SIZE_LIMIT and time.monotonic() - self._last_commit >= TRUNCATE_IDLE:
+                # a burst grew the WAL and no commit came since: nothing would rewind it
+                # (which cuts it to journal_size_limit), so cut it here. Only when quiet,
+                # and without waiting: a TRUNCATE holds writers off while it waits for
+                # readers, and commits run on the event loop's thread
+                self._checkpointer.execute("PRAGMA busy_timeout = 0")
+                try:
+                    self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    self._checkpointer.execute("PRAGMA busy_timeout = 1000")
 
     def _close_checkpointer(self) -> None:
         with self._checkpoint_lock:

@@ -55,6 +55,10 @@ class SessionStore:
         self._aead = AESGCM(key)
         #: one save at a time (they run in worker threads)
         self._saving = threading.Lock()
+        # temp files a killed save left behind (one daemon per state directory: none of
+        # them is being written)
+        for stale in directory.glob(f".{FILE_NAME}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def load(self) -> dict[str, Any] | None:
         """The saved document, or None (missing, unreadable, other credentials, corrupt)."""

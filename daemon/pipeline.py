@@ -107,6 +107,9 @@ class Pipeline:
             # time.monotonic() is anyio.current_time() on asyncio, without the backend lookup
             # (``received.<kind>`` is counted by the journal, once the event is committed)
             self.last_event_at = time.monotonic()
+        # routed only once the journal takes it without waiting (no await between the
+        # routing and the append): a reload's new routes apply to every later append
+        await self.journal.room()
         targets = self.router.sinks_for(event)
         if not targets:
             self.counters.inc("unrouted")
@@ -165,7 +168,7 @@ class Pipeline:
 
     async def reconfigure(self, router: Router, sinks: Mapping[str, Sink], *,
                           grace: float = 30.0,
-                          before_start: Callable[[], Awaitable[None]] | None = None,
+                          before_start: Callable[[int], Awaitable[None]] | None = None,
                           ) -> list[Sink]:
         """Swap the router and the sinks (a reload). A sink object that is not in ``sinks``
         any more (removed, or replaced by a new one under the same name) finishes its current
@@ -180,6 +183,9 @@ class Pipeline:
         # new events take the new routes at once: none is routed to a sink being removed
         # while its reader finishes (a backlog checked before the reload stays as checked)
         self.router = router
+        #: rows after this were routed by the new routes (or appended before the swap and
+        #: not committed yet: those carry the old targets)
+        routed_anew_after = self.journal.last_seq
         retiring = [name for name, sink in old.items() if sinks.get(name) is not sink]
         for name in retiring:
             self._stop_reader[name].set()
@@ -198,7 +204,7 @@ class Pipeline:
         for name in set(old) - set(sinks):
             self.cursors.pop(name, None)
         if before_start is not None:
-            await before_start()
+            await before_start(routed_anew_after)
         self.sinks = dict(sinks)
         for name, sink in sinks.items():
             if old.get(name) is not sink:

@@ -22,11 +22,15 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from structlog.testing import capture_logs
 
 from daemon import config
-from daemon.journal import WAL_SIZE_LIMIT
+from daemon import journal as journal_module
+from daemon.app import Daemon
+from daemon.journal import Journal, JournalError
 from daemon.persist import SessionStore
 from tests.disks import fill, free, tmpfs
 from tests.harness import (
@@ -38,7 +42,12 @@ from tests.harness import (
     settings_for,
     settings_text,
 )
-from tests.test_backfill import plain
+from tests.test_backfill import (
+    FAST_BACKFILL,
+    failed_recovery_gap,
+    plain,
+    publish_while_away,
+)
 
 
 class DaemonProcess:
@@ -274,26 +283,38 @@ async def test_every_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
     assert any(p.endswith("journal.db-shm") for p in modes)
 
 
-async def test_the_wal_is_cut_back_after_a_burst(tmp_path: Path) -> None:
-    """A burst of large events grows the WAL well past its limit; once they are delivered
-    and checkpointed the file is cut back (was: it stayed at the burst's size for ever)."""
+async def test_the_wal_is_cut_back_after_a_burst(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of large events grows the WAL well past its limit. Once checkpointed, the
+    next commit cuts it back (``journal_size_limit``); and a journal that stays quiet gets
+    it cut by the checkpoint itself (was: the file stayed at the burst's size for ever)."""
     emu = emulator()
     async with emu.running():
-        # no checkpoint during the burst: the WAL takes all of it
-        settings = settings_for(emu, tmp_path, journal={"compact_interval": 30})
+        # no checkpoint by the compactor: the test runs them
+        settings = settings_for(emu, tmp_path, journal={"compact_interval": 300})
+        wal = Path(settings.state.directory) / "journal.db-wal"
         async with running_daemon(settings) as daemon:
             assert daemon.journal is not None
-            text = "x" * 4000
-            for n in range(3000):
-                await emu.publish("message", {**plain(f"m{n}"), "text": text})
-            await delivered(daemon, "archive", 3000)
-            wal = Path(settings.state.directory) / "journal.db-wal"
-            peak = wal.stat().st_size
-            for _ in range(2):  # the first may run beside the last commits
-                await daemon.journal.checkpoint()
-            after = wal.stat().st_size
-    assert peak > WAL_SIZE_LIMIT
-    assert after <= WAL_SIZE_LIMIT
+            sizes = []
+            for burst in range(2):
+                for n in range(3000):
+                    await emu.publish("message", {**plain(f"b{burst}-{n}"), "text": "x" * 4000})
+                await delivered(daemon, "archive", 3001 * burst + 3000)
+                sizes.append(wal.stat().st_size)
+                if burst == 0:
+                    await daemon.journal.checkpoint()
+                    await emu.publish("message", plain("after"))  # the next commit
+                    await delivered(daemon, "archive", 3001)
+                else:
+                    # quiet since the burst (the idle time scaled down to nothing)
+                    monkeypatch.setattr(journal_module, "TRUNCATE_IDLE", 0.0)
+                    await daemon.journal.checkpoint()
+                sizes.append(wal.stat().st_size)
+    print(f"\nWAL: {sizes[0]:,} B after a burst, {sizes[1]:,} B after the next commit; "
+          f"{sizes[2]:,} B after another, {sizes[3]:,} B after a quiet checkpoint")
+    assert min(sizes[0], sizes[2]) > journal_module.WAL_SIZE_LIMIT
+    assert sizes[1] <= journal_module.WAL_SIZE_LIMIT
+    assert sizes[3] == 0
 
 
 def test_overlapping_session_saves_all_succeed(tmp_path: Path) -> None:
@@ -467,3 +488,70 @@ fsync_interval = "50ms"
     assert before == Counter({f"m{n}": 1 for n in range(300)})
     assert after == Counter({f"m{n}": 1 for n in range(300, 500)})
     assert reopened == ["deleted"]
+
+
+async def test_a_journal_turned_read_only_stops_the_daemon_cleanly_with_exit_74(
+        tmp_path: Path) -> None:
+    """The journal stops taking writes under a stream (SQLite refuses them: the database is
+    made query-only, as a read-only remount would): the commit's error is fatal; the daemon
+    stops the graceful way, promptly, with one fatal line, and ends with the journal's error
+    (exit 74). Was, in this change's first version: a session save waiting for the commit
+    raised the error out of the task group (an ExceptionGroup: a traceback and exit 1), and
+    with the committer gone a stop waited out the whole shutdown_timeout."""
+    emu = emulator()
+    async with emu.running():
+        settings = config.loads(settings_text(emu, tmp_path).replace(
+            "shutdown_timeout = 5", "shutdown_timeout = 600"), source="test", env={})
+        daemon = Daemon(settings)
+        ended: list[Exception | None] = []
+
+        async def run() -> None:
+            try:
+                await daemon.run(handle_signals=False)
+            except Exception as exc:
+                ended.append(exc)
+            else:
+                ended.append(None)
+
+        # the whole run, its stop included: it ends by itself, promptly
+        with capture_logs() as logs, anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await daemon.subscribed.wait()
+                assert daemon.journal is not None
+                for n in range(3):
+                    await emu.publish("message", plain(f"m{n}"))
+                await daemon.journal.counters.wait_for("committed", 3)
+                daemon.journal._conn.execute("PRAGMA query_only = 1")
+                for n in range(3, 53):
+                    await emu.publish("message", plain(f"m{n}"))
+    [stopped] = ended
+    assert isinstance(stopped, JournalError), repr(stopped)
+    assert stopped.exit_code == 74
+    assert [line["event"] for line in logs if line["event"] in ("fatal", "stopping")] == [
+        "fatal", "stopping"]
+
+
+async def test_a_gap_reported_during_a_listing_is_written_at_once(tmp_path: Path) -> None:
+    """A second gap opens while the backfill is still retrying the first one's listing:
+    it is in the journal at once, so a stop (or a crash) then cannot lose it (was: kept in
+    memory until the listing ended, and a stop meanwhile marked the run clean)."""
+    emu = emulator()
+    async with emu.running():
+        settings = settings_for(emu, tmp_path, extra=FAST_BACKFILL)
+        async with running_daemon(settings) as daemon:
+            assert daemon.pipeline is not None
+            counters = daemon.pipeline.counters
+            emu.a2p.fail_lists(503, times=None)  # the listing keeps being retried
+            await failed_recovery_gap(emu, daemon, 2)
+            with anyio.fail_after(TIMEOUT):
+                await counters.wait_for("backfill_errors", 1)
+            emu.fail_next_recovery()
+            await publish_while_away(emu, 1)
+            with anyio.fail_after(TIMEOUT):
+                await counters.wait_for("gaps_recorded", 2)
+    journal = await Journal.open_for_admin(Path(settings.state.directory) / "journal.db")
+    try:
+        assert len(await journal.gaps()) == 2
+    finally:
+        await journal.aclose()
