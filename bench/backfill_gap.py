@@ -26,11 +26,11 @@ from typing import Any
 
 import anyio
 
-from daemon import config
-from daemon.app import Daemon
-from daemon.emulator import Emulator
-from daemon.emulator.config import EmulatorConfig
-from daemon.logging import configure
+from a2pd import config
+from a2pd.app import Daemon
+from a2pd.emulator import Emulator
+from a2pd.emulator.config import EmulatorConfig
+from a2pd.logging import configure
 
 RESULTS = Path(__file__).parent / "results" / "backfill_gap.json"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from daemon.journal import Journal
+from a2pd.journal import Journal
 
 RECORD = json.dumps({
     "kind": "outbound", "uuid": "3301827364519200002",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from side_by_side import CONSUMERS, RESULTS, WARMUP, Source, Tail, consumer_command
 
-from daemon.emulator import DEFAULT_JWT
+from a2pd.emulator import DEFAULT_JWT
 
 
 def top(collapsed: Path, count: int) -> str:

@@ -37,10 +37,10 @@ from pathlib import Path
 import anyio
 import redis
 
-from daemon import events
-from daemon.sinks import Sink, SinkContext
-from daemon.sinks.file import FileOptions, FileSink
-from daemon.sinks.redis import RedisOptions, RedisSink
+from a2pd import events
+from a2pd.sinks import Sink, SinkContext
+from a2pd.sinks.file import FileOptions, FileSink
+from a2pd.sinks.redis import RedisOptions, RedisSink
 
 TARGET_RATIO = 0.5
 ENVELOPE = {

@@ -8,7 +8,7 @@ Consumers, each in its own process, each against a fresh emulator in a process o
     limit          bare `websockets` loop appending each frame to a file (bench/consumers.py)
     peer           the official RingCentral SDK's WebSocketClient, a callback appending each
                    notification as a JSON line (bench/consumers.py)
-    a2pd           `python -m daemon run`: journal on, a file sink with fsync = "interval"
+    a2pd           `python -m a2pd run`: journal on, a file sink with fsync = "interval"
     a2pd-always    the same with the file sink's fsync = "always"
 
 Every consumer writes JSON lines to one file; a tail reader (a thread of this process,
@@ -238,7 +238,7 @@ def consumer_command(name: str, server: str, jwt: str, work: Path) -> tuple[list
     config = work / "a2pd.toml"
     config.write_text(A2PD_CONFIG.format(server=server, jwt=jwt, state=work / "state",
                                          events=work / "events", fsync=fsync))
-    return [sys.executable, "-m", "daemon", "run", "-c", str(config)], work / "events" / \
+    return [sys.executable, "-m", "a2pd", "run", "-c", str(config)], work / "events" / \
         "events.jsonl"
 
 
@@ -266,7 +266,7 @@ def measure(name: str, events: int, work: Path) -> dict[str, Any]:
     source = Source()
     result: dict[str, Any] = {"load": os.getloadavg()}
     try:
-        from daemon.emulator import DEFAULT_JWT
+        from a2pd.emulator import DEFAULT_JWT
         command, out = consumer_command(name, source.hello["server"], DEFAULT_JWT, work)
         with open(work / "stderr.log", "wb") as log, running(command, log) as process:
             source.call("subscribed")

@@ -29,9 +29,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from daemon.emulator import Emulator, EmulatorConfig
-from daemon.emulator.burst import Burst
-from daemon.emulator.traffic import TrafficPlanner
+from a2pd.emulator import Emulator, EmulatorConfig
+from a2pd.emulator.burst import Burst
+from a2pd.emulator.traffic import TrafficPlanner
 
 
 def pool(seed: int) -> list[tuple[str, dict[str, Any]]]:

@@ -16,10 +16,10 @@ from typing import Any
 
 import anyio
 
-from daemon import config
-from daemon.app import Daemon, open_journal
-from daemon.emulator import Emulator, EmulatorConfig
-from daemon.journal import DeadLetter
+from a2pd import config
+from a2pd.app import Daemon, open_journal
+from a2pd.emulator import Emulator, EmulatorConfig
+from a2pd.journal import DeadLetter
 
 #: every wait in an end-to-end test is bounded by this many seconds
 TIMEOUT = 15.0

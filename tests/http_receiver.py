@@ -27,7 +27,7 @@ import h11
 from anyio.abc import SocketStream
 from anyio.streams.tls import TLSListener
 
-from daemon.observe import Counters
+from a2pd.observe import Counters
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from typing import Any
 import anyio
 import pytest
 
-from daemon import config, events
-from daemon.app import Daemon, open_journal
-from daemon.backfill import parse_filters, synthetic
-from daemon.emulator import Emulator
-from daemon.errors import ConfigError
+from a2pd import config, events
+from a2pd.app import Daemon, open_journal
+from a2pd.backfill import parse_filters, synthetic
+from a2pd.emulator import Emulator
+from a2pd.errors import ConfigError
 from tests.harness import (
     TIMEOUT,
     delivered,

@@ -7,7 +7,7 @@ from itertools import islice
 
 import pytest
 
-from daemon.backoff import backoff
+from a2pd.backoff import backoff
 
 
 def test_ceiling_doubles_up_to_the_cap() -> None:

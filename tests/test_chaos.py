@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from daemon.emulator import Emulator
-from daemon.observe import Counters
+from a2pd.emulator import Emulator
+from a2pd.observe import Counters
 from tests.harness import TIMEOUT, emulator, read_records, seed, settings_text
 from tests.test_cli import started, stderr_lines
 

@@ -63,7 +63,7 @@ async def started(config: Path, jwt: str,
     (a failed test must not wait for a daemon nobody stops)."""
     env = {**os.environ, "A2PD_JWT": jwt, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = await anyio.open_process(
-        [sys.executable, "-m", "daemon", "run", "-c", str(config)], env=env,
+        [sys.executable, "-m", "a2pd", "run", "-c", str(config)], env=env,
         stdin=subprocess.DEVNULL)
     try:
         yield process
@@ -167,7 +167,7 @@ async def test_rejected_credentials_exit_77_with_one_clear_line(tmp_path: Path) 
 
 def test_version_command() -> None:
     """`a2pd version` prints the version."""
-    result = subprocess.run([sys.executable, "-m", "daemon", "version"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "a2pd", "version"], capture_output=True,
                             text=True, timeout=60, check=True)
     assert result.stdout.startswith("a2pd ")
 
@@ -177,7 +177,7 @@ def test_demo_runs_and_runs_again_in_the_same_directory(tmp_path: Path) -> None:
     (same journal, same seed) delivers again: emulator uuids are unique across runs."""
     for _ in range(2):
         result = subprocess.run(
-            [sys.executable, "-m", "daemon", "demo", "--duration", "3", "--rate", "50"],
+            [sys.executable, "-m", "a2pd", "demo", "--duration", "3", "--rate", "50"],
             cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stderr[-2000:]
         kinds = {json.loads(line)["kind"] for line in result.stdout.splitlines()}

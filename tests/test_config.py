@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import config
-from daemon.errors import ConfigError
-from daemon.sinks.file import FileOptions
+from a2pd import config
+from a2pd.errors import ConfigError
+from a2pd.sinks.file import FileOptions
 
 GOOD = """
 [platform]
@@ -198,11 +198,11 @@ def test_example_and_demo_configs_validate() -> None:
     config.load(root / "config" / "example.toml", env=env)
     config.load(root / "config" / "demo.toml", env={})
     assert (root / "config" / "demo.toml").resolve() == \
-        (root / "daemon" / "data" / "demo.toml").resolve()
+        (root / "daemon" / "a2pd" / "data" / "demo.toml").resolve()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "a2pd", *args], capture_output=True,
                           text=True, timeout=60, check=False)
 
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import config
-from daemon.errors import ConfigError, ConfigProblem
+from a2pd import config
+from a2pd.errors import ConfigError, ConfigProblem
 
 SECRET = "sk_live_51HqLyjWDarjtT1zdp7dcXDEADBEEF"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MDAxMjM0NTY3ODkifQ.c2VjcmV0LXNpZ25hdHVyZQ"
@@ -183,7 +183,7 @@ GOOD_TOML = to_toml(BASE)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "a2pd", *args], capture_output=True,
                           text=True, timeout=60, check=False, env=env)
 
 

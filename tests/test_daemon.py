@@ -11,8 +11,8 @@ import anyio
 import pytest
 from pydantic import SecretStr
 
-from daemon.app import Daemon
-from daemon.errors import FatalPlatformError
+from a2pd.app import Daemon
+from a2pd.errors import FatalPlatformError
 from tests.harness import (
     TIMEOUT,
     delivered,

@@ -21,8 +21,8 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from daemon.emulator import Emulator
-from daemon.journal import Journal
+from a2pd.emulator import Emulator
+from a2pd.journal import Journal
 from tests.harness import TIMEOUT, emulator, read_records, running_daemon, seed, settings_for
 from tests.test_cli import read_until, stderr_lines
 
@@ -70,7 +70,7 @@ level = "debug"
 
 async def start_daemon(config: Path) -> Process:
     return await anyio.open_process(
-        [sys.executable, "-m", "daemon", "run", "-c", str(config)],
+        [sys.executable, "-m", "a2pd", "run", "-c", str(config)],
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL)
 

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from daemon.emulator import DEFAULT_JWT, Emulator, EmulatorConfig, EmulatorConfigError
+from a2pd.emulator import DEFAULT_JWT, Emulator, EmulatorConfig, EmulatorConfigError
 
 #: every wait in these tests is bounded by this many seconds
 TIMEOUT = 10.0

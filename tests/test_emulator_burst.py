@@ -1,4 +1,4 @@
-"""The emulator's benchmark fast path (daemon/emulator/burst.py) over a real loopback socket."""
+"""The emulator's benchmark fast path (emulator/burst.py) over a real loopback socket."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from daemon import events, protocol
-from daemon.emulator import EmulatorConfigError
-from daemon.emulator.burst import STAMP_FIELD, Burst, encode_templates, index_digits
-from daemon.emulator.filters import parse_filter
-from daemon.emulator.gateway import Subscription
+from a2pd import events, protocol
+from a2pd.emulator import EmulatorConfigError
+from a2pd.emulator.burst import STAMP_FIELD, Burst, encode_templates, index_digits
+from a2pd.emulator.filters import parse_filter
+from a2pd.emulator.gateway import Subscription
 from tests.test_emulator import (
     A2P,
     ACCOUNT,

@@ -14,8 +14,8 @@ from ringcentral import SDK  # type: ignore[import-untyped]
 from ringcentral.websocket.events import WebSocketEvents  # type: ignore[import-untyped]
 from websockets.exceptions import ConnectionClosed
 
-from daemon.emulator import DEFAULT_JWT, Emulator, EmulatorConfig
-from daemon.emulator.cli import main
+from a2pd.emulator import DEFAULT_JWT, Emulator, EmulatorConfig
+from a2pd.emulator.cli import main
 
 TIMEOUT = 10.0
 FILTERS = ["/restapi/v1.0/account/~/a2p-sms/opt-outs",
@@ -77,9 +77,9 @@ async def test_the_official_sdk_logs_in_subscribes_and_gets_a_notification() -> 
 
 
 async def test_the_cli_prints_where_it_listens_and_stops_on_sigint() -> None:
-    """`python -m daemon.emulator --port 0` prints its URL, serves, and exits 0 on SIGINT."""
+    """`python -m a2pd.emulator --port 0` prints its URL, serves, and exits 0 on SIGINT."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon.emulator", "--port", "0",
+        sys.executable, "-m", "a2pd.emulator", "--port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert process.stdout is not None

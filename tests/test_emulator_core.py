@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from daemon.emulator import (
+from a2pd.emulator import (
     DEFAULT_JWT,
     ApiError,
     EmulatorConfig,
     EmulatorConfigError,
     OAuthError,
 )
-from daemon.emulator.filters import FilterRejected, parse_filter, split_query
-from daemon.emulator.gateway import Gateway
-from daemon.emulator.oauth import JWT_GRANT, OAuthServer
-from daemon.emulator.traffic import (
+from a2pd.emulator.filters import FilterRejected, parse_filter, split_query
+from a2pd.emulator.gateway import Gateway
+from a2pd.emulator.oauth import JWT_GRANT, OAuthServer
+from a2pd.emulator.traffic import (
     DELIVERY_FAILURES,
     FINAL_STATUSES,
     SENDING_FAILURES,

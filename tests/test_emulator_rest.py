@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from daemon.emulator.rest import RateLimit
+from a2pd.emulator.rest import RateLimit
 from tests.test_emulator import login, platform
 
 LIST = "/restapi/v1.0/account/~/a2p-sms/"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import events
-from daemon.events import BatchEvent, EventError, MessageEvent, OptOutEvent, OtherEvent
+from a2pd import events
+from a2pd.events import BatchEvent, EventError, MessageEvent, OptOutEvent, OtherEvent
 
 DATA = Path(__file__).parent / "data"
 

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import events
-from daemon.errors import SinkError
-from daemon.sinks import SinkContext
-from daemon.sinks.file import FileOptions, FileSink, fit_name, safe_component
+from a2pd import events
+from a2pd.errors import SinkError
+from a2pd.sinks import SinkContext
+from a2pd.sinks.file import FileOptions, FileSink, fit_name, safe_component
 from tests.harness import seed
 
 TEMPLATES = [

@@ -19,10 +19,10 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import events
-from daemon.errors import SinkError
-from daemon.sinks import SinkContext
-from daemon.sinks.file import FileOptions, FileSink
+from a2pd import events
+from a2pd.errors import SinkError
+from a2pd.sinks import SinkContext
+from a2pd.sinks.file import FileOptions, FileSink
 from tests.disks import fill, free, tmpfs
 from tests.harness import (
     DATA,

@@ -23,9 +23,9 @@ import anyio
 import pytest
 import structlog
 
-from daemon import events, protocol
-from daemon import logging as a2pd_logging
-from daemon.observe import LogThrottle
+from a2pd import events, protocol
+from a2pd import logging as a2pd_logging
+from a2pd.observe import LogThrottle
 from tests.fuzz import Generator, Item
 from tests.harness import (
     TIMEOUT,

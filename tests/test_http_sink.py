@@ -22,13 +22,13 @@ import pytest
 import trustme
 from standardwebhooks.webhooks import Webhook
 
-from daemon import config
-from daemon import logging as a2pd_logging
-from daemon.errors import ConfigError, SinkError
-from daemon.journal import Journal
-from daemon.pipeline import Pipeline
-from daemon.sinks import SinkContext, redact_url
-from daemon.sinks.http import HttpOptions, HttpSink, parse_retry_after
+from a2pd import config
+from a2pd import logging as a2pd_logging
+from a2pd.errors import ConfigError, SinkError
+from a2pd.journal import Journal
+from a2pd.pipeline import Pipeline
+from a2pd.sinks import SinkContext, redact_url
+from a2pd.sinks.http import HttpOptions, HttpSink, parse_retry_after
 from examples.verify_webhook import verify as readme_verify
 from tests.harness import delivered, emulator, running_daemon, seed, seed_kind, settings_for
 from tests.http_receiver import DROP, Answer, Receiver, Request, Slow, Stall
@@ -138,7 +138,7 @@ def test_basic_credentials_are_masked_as_sent(tmp_path: Path) -> None:
     """A receiver echoing the Authorization header cannot leak the Basic credentials."""
     import anyio.to_thread  # noqa: F401 - the sink is built outside an event loop here
 
-    from daemon.logging import scrub
+    from a2pd.logging import scrub
 
     options = HttpOptions.model_validate({"url": "https://example.com/hook", "auth": {
         "type": "basic", "username": "a2pd", "password": "basic-password-123"}})
@@ -522,7 +522,7 @@ async def test_giving_up_dead_letters_only_what_the_receiver_never_took(
 async def test_a_reload_replacing_the_sink_does_not_resend_what_arrived(tmp_path: Path) -> None:
     """A batch half-delivered when a reload replaces the sink (same url, other options):
     the new sink sends only what the receiver has not taken yet."""
-    from daemon.router import Route, Router
+    from a2pd.router import Route, Router
 
     stream = make_events(5)
     failing = {stream[3].uuid}

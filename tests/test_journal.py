@@ -13,8 +13,8 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import journal as journal_module
-from daemon.journal import Journal, JournalError
+from a2pd import journal as journal_module
+from a2pd.journal import Journal, JournalError
 
 
 async def open_journal(tmp_path: Path, **options: Any) -> Journal:
@@ -296,7 +296,7 @@ async def test_replay_requeues_sink_dead_letters_only(tmp_path: Path) -> None:
 
 async def test_dead_letter_raw_is_bounded_and_scrubbed(tmp_path: Path) -> None:
     """Raw bytes are cut to the limit (size kept) and registered secrets are masked."""
-    from daemon.logging import register_secret
+    from a2pd.logging import register_secret
 
     register_secret("sekrit-token-123")
     journal = await open_journal(tmp_path, max_raw_bytes=32)
@@ -310,7 +310,7 @@ async def test_dead_letter_raw_is_bounded_and_scrubbed(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "a2pd", *args], capture_output=True,
                           text=True, timeout=60, check=False)
 
 

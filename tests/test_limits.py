@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import events, protocol
-from daemon.journal import RECENT_BYTES, Journal
-from daemon.pipeline import Pipeline
-from daemon.router import Router
+from a2pd import events, protocol
+from a2pd.journal import RECENT_BYTES, Journal
+from a2pd.pipeline import Pipeline
+from a2pd.router import Router
 from tests.harness import (
     delivered,
     emulator,
@@ -129,7 +129,7 @@ async def test_queued_dead_letters_are_cut_after_masking_and_committed_in_order(
     """Dead letters of received input ride the group commit, in order, counted once
     committed; a secret straddling the 64 KiB cut is masked, not half kept (regression: the
     raw bytes were cut before masking)."""
-    from daemon.logging import register_secret
+    from a2pd.logging import register_secret
 
     secret = "straddling-secret-0123456789"
     register_secret(secret, permanent=True)
@@ -161,7 +161,7 @@ async def test_dead_letter_listing_escapes_hostile_uuids(tmp_path: Path,
                                                          ) -> None:
     """`a2pd dead-letters list` shows a sender's uuid with control characters escaped: one
     line per letter, no escape sequence reaches the terminal (regression)."""
-    from daemon import admin
+    from a2pd import admin
 
     journal = await Journal.open(tmp_path / "journal.db", commit_interval=0.05,
                                  commit_max=1000, fsync=False, max_events=0, max_age=None,

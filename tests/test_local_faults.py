@@ -27,11 +27,11 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from structlog.testing import capture_logs
 
-from daemon import config
-from daemon import journal as journal_module
-from daemon.app import Daemon
-from daemon.journal import Journal, JournalError
-from daemon.persist import SessionStore
+from a2pd import config
+from a2pd import journal as journal_module
+from a2pd.app import Daemon
+from a2pd.journal import Journal, JournalError
+from a2pd.persist import SessionStore
 from tests.disks import fill, free, tmpfs
 from tests.harness import (
     TIMEOUT,
@@ -96,7 +96,7 @@ class DaemonProcess:
 @asynccontextmanager
 async def daemon_process(config_path: Path) -> AsyncIterator[DaemonProcess]:
     process = await anyio.open_process(
-        [sys.executable, "-m", "daemon", "run", "-c", str(config_path)],
+        [sys.executable, "-m", "a2pd", "run", "-c", str(config_path)],
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL)
     child = DaemonProcess(process)
@@ -247,9 +247,9 @@ async def test_a_second_daemon_on_the_same_state_directory_exits_74(tmp_path: Pa
             await delivered(daemon, "archive", 1)
             with anyio.fail_after(TIMEOUT):
                 second = await anyio.run_process(
-                    [sys.executable, "-m", "daemon", "run", "-c", str(cfg)], check=False)
+                    [sys.executable, "-m", "a2pd", "run", "-c", str(cfg)], check=False)
                 stats = await anyio.run_process(
-                    [sys.executable, "-m", "daemon", "journal", "stats", "-c", str(cfg),
+                    [sys.executable, "-m", "a2pd", "journal", "stats", "-c", str(cfg),
                      "--json"], check=False)
     assert second.returncode == 74, second.stderr.decode()
     assert f"another a2pd (pid {os.getpid()})" in second.stderr.decode()
@@ -429,7 +429,7 @@ async def test_a_removed_or_renamed_sink_keeps_its_backlog_until_told(tmp_path: 
         config_with(emu, tmp_path, sinks_toml(tmp_path, webhook="#"), ["archive", "webhook"])
         with anyio.fail_after(TIMEOUT):
             start = await anyio.run_process(
-                [sys.executable, "-m", "daemon", "run", "-c", str(cfg)], check=False)
+                [sys.executable, "-m", "a2pd", "run", "-c", str(cfg)], check=False)
         assert start.returncode == 78
         assert "sinks.hook: removed with 5 undelivered events" in start.stderr.decode()
 

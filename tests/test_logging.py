@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.logging import mask_secrets, register_secret, scrub
+from a2pd.logging import mask_secrets, register_secret, scrub
 
 
 def test_credentials_stay_masked_however_many_tokens_rotate() -> None:

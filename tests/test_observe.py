@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.observe import LogThrottle
+from a2pd.observe import LogThrottle
 
 
 def test_log_throttle_lets_a_burst_through_then_reports_what_it_held_back() -> None:

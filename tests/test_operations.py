@@ -14,10 +14,10 @@ import anyio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import config
-from daemon.app import Daemon
-from daemon.ops import render_metrics
-from daemon.sinks.file import FileSink
+from a2pd import config
+from a2pd.app import Daemon
+from a2pd.ops import render_metrics
+from a2pd.sinks.file import FileSink
 from tests.harness import (
     TIMEOUT,
     delivered,
@@ -94,7 +94,7 @@ async def test_notify_messages_arrive_in_order(tmp_path: Path) -> None:
                     await read_until(stream, "subscribed", lines)
                     await got_ready.wait()
                     status = await anyio.run_process(
-                        [sys.executable, "-m", "daemon", "status", "-c", str(config_path)],
+                        [sys.executable, "-m", "a2pd", "status", "-c", str(config_path)],
                         check=False)
                     process.send_signal(signal.SIGHUP)
                     await read_until(stream, "reloaded", lines)
@@ -189,7 +189,7 @@ async def test_metrics_are_valid_prometheus_text_with_the_counts(tmp_path: Path)
 
 def test_status_view_escapes_what_others_wrote() -> None:
     """A receiver's answer quoted in a recent problem cannot reach the terminal raw."""
-    from daemon.status import render
+    from a2pd.status import render
 
     state = {"version": "x", "pid": 1, "uptime_seconds": 5.0, "state": "subscribed",
              "ready": True, "not_ready": [], "events_per_second": 0.0,
@@ -303,7 +303,7 @@ def test_cli_status_without_a_daemon_says_so(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = subprocess.run(
-        [sys.executable, "-m", "daemon", "status", "--url", f"http://127.0.0.1:{port}"],
+        [sys.executable, "-m", "a2pd", "status", "--url", f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "NO_PROXY": "*"})
     assert result.returncode == 69

@@ -11,14 +11,14 @@ from typing import Any
 import anyio
 import pytest
 
-from daemon import events
-from daemon.app import settle_reloaded_sinks
-from daemon.config import SinkSpec
-from daemon.errors import SinkError
-from daemon.journal import Journal
-from daemon.pipeline import Pipeline
-from daemon.router import Route, Router
-from daemon.sinks import Sink, SinkContext, SinkOptions
+from a2pd import events
+from a2pd.app import settle_reloaded_sinks
+from a2pd.config import SinkSpec
+from a2pd.errors import SinkError
+from a2pd.journal import Journal
+from a2pd.pipeline import Pipeline
+from a2pd.router import Route, Router
+from a2pd.sinks import Sink, SinkContext, SinkOptions
 
 DATA = Path(__file__).parent / "data"
 TIMEOUT = 15.0

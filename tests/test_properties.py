@@ -13,9 +13,9 @@ from typing import Any
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from daemon import events, protocol
-from daemon.events import Event, EventError
-from daemon.sinks.stdout import describe
+from a2pd import events, protocol
+from a2pd.events import Event, EventError
+from a2pd.sinks.stdout import describe
 from tests.harness import seed
 
 SEED_FILES = ["batch.json", "inbound.json", "outbound.json", "outbound_failed.json",

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from daemon import protocol
-from daemon.protocol import (
+from a2pd import protocol
+from a2pd.protocol import (
     ClientResponse,
     ConnectionDetails,
     ErrorFrame,
@@ -143,7 +143,7 @@ def test_notification_fast_path_decodes_like_the_general_path(
         seed: str, separators: tuple[str, str]) -> None:
     """A notification validated from its JSON in one pass is the event the general path
     makes, its envelope is still there as ``body``, and its raw bytes are kept."""
-    from daemon import events
+    from a2pd import events
     from tests.harness import seed as load_seed
 
     envelope = load_seed(seed)
@@ -160,7 +160,7 @@ def test_notification_fast_path_decodes_like_the_general_path(
 def test_a_header_event_key_does_not_mislead_the_fast_path() -> None:
     """An "event" key before the envelope's (here in the header) never picks the model:
     the frame is decoded by the general path, the same as without it."""
-    from daemon import events
+    from a2pd import events
     from tests.harness import seed as load_seed
 
     envelope = load_seed("outbound.json")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import anyio
 
-from daemon.journal import Journal
-from daemon.sinks.redis import RedisSink
+from a2pd.journal import Journal
+from a2pd.sinks.redis import RedisSink
 from tests.harness import TIMEOUT, delivered, emulator, running_daemon, seed, settings_for
 from tests.redis_server import RedisServer, redis_server
 from tests.test_durability import BATCH_MAX, run_then_kill

@@ -16,14 +16,14 @@ import anyio
 import pytest
 from redis import exceptions as redis_errors
 
-from daemon import config, events
-from daemon.errors import ConfigError, SinkError
-from daemon.journal import Journal
-from daemon.logging import configure
-from daemon.pipeline import Pipeline
-from daemon.router import Route, Router
-from daemon.sinks import SinkContext, sink_class
-from daemon.sinks.redis import RedisOptions, RedisSink, error_code, redact_url
+from a2pd import config, events
+from a2pd.errors import ConfigError, SinkError
+from a2pd.journal import Journal
+from a2pd.logging import configure
+from a2pd.pipeline import Pipeline
+from a2pd.router import Route, Router
+from a2pd.sinks import SinkContext, sink_class
+from a2pd.sinks.redis import RedisOptions, RedisSink, error_code, redact_url
 from tests.redis_server import RedisServer, redis_server
 
 DATA = Path(__file__).parent / "data"
@@ -530,7 +530,7 @@ def test_validate_command_exits_78_without_echoing_a_url_password(tmp_path: Path
     """`a2pd validate` names the bad redis key, exits 78, and never prints the URL."""
     path = tmp_path / "a2pd.toml"
     path.write_text(config_text("url = 'redis://alice:pw-in-the-url-123@127.0.0.1:6379/x'"))
-    result = subprocess.run([sys.executable, "-m", "daemon", "validate", str(path)],
+    result = subprocess.run([sys.executable, "-m", "a2pd", "validate", str(path)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 78
     assert "sinks.cache.url" in result.stdout + result.stderr

@@ -97,7 +97,7 @@ async def test_restart_inside_the_recovery_window_gets_the_replay(tmp_path: Path
 
 async def test_other_credentials_ignore_the_saved_state(tmp_path: Path) -> None:
     """A state file written with other credentials cannot be read: a fresh session starts."""
-    from daemon.persist import SessionStore
+    from a2pd.persist import SessionStore
 
     store = SessionStore(tmp_path, "secret-a", "jwt-a")
     store.save({"tokens": {"access": "x"}})
@@ -113,8 +113,8 @@ async def test_a_forced_stop_with_pending_events_ends_and_keeps_them(tmp_path: P
     them, so the next start delivers them."""
     from functools import partial
 
-    from daemon.app import Daemon
-    from daemon.journal import Journal
+    from a2pd.app import Daemon
+    from a2pd.journal import Journal
     from tests.harness import settings_for
 
     emu = emulator()

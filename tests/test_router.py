@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from daemon import events
-from daemon.router import Route, Router
+from a2pd import events
+from a2pd.router import Route, Router
 
 DATA = Path(__file__).parent / "data"
 

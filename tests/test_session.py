@@ -9,9 +9,9 @@ from typing import Any, cast
 import anyio
 from websockets.asyncio.client import ClientConnection
 
-from daemon import protocol
-from daemon.config import ConnectionConfig
-from daemon.session import SessionState, _Connection
+from a2pd import protocol
+from a2pd.config import ConnectionConfig
+from a2pd.session import SessionState, _Connection
 
 
 class StubSocket:

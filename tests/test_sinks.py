@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon import events
-from daemon.errors import SinkError
-from daemon.sinks import Sink, SinkContext, UnknownSinkType, sink_class, sink_types
-from daemon.sinks.file import FileOptions, FileSink, safe_component
-from daemon.sinks.stdout import StdoutOptions, StdoutSink
+from a2pd import events
+from a2pd.errors import SinkError
+from a2pd.sinks import Sink, SinkContext, UnknownSinkType, sink_class, sink_types
+from a2pd.sinks.file import FileOptions, FileSink, safe_component
+from a2pd.sinks.stdout import StdoutOptions, StdoutSink
 
 DATA = Path(__file__).parent / "data"
 
@@ -167,7 +167,7 @@ def test_registry_loads_entry_point_sinks(tmp_path: Path, monkeypatch: pytest.Mo
     pkg = tmp_path / "site"
     (pkg / "thirdsink").mkdir(parents=True)
     (pkg / "thirdsink" / "__init__.py").write_text(
-        "from daemon.sinks import Sink\nclass Mine(Sink):\n    type_name = 'mine'\n")
+        "from a2pd.sinks import Sink\nclass Mine(Sink):\n    type_name = 'mine'\n")
     dist = pkg / "thirdsink-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdsink\nVersion: 1.0\n")

@@ -34,9 +34,9 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from daemon.config import DeliveryConfig
-from daemon.emulator import Emulator
-from daemon.emulator.traffic import FINAL_STATUSES, RECIPIENTS, SENDERS, iso_micros
+from a2pd.config import DeliveryConfig
+from a2pd.emulator import Emulator
+from a2pd.emulator.traffic import FINAL_STATUSES, RECIPIENTS, SENDERS, iso_micros
 from tests.harness import emulator, read_records, settings_text
 
 #: the delivery batch size (DeliveryConfig's default): what one kill may deliver again
@@ -176,7 +176,7 @@ class Daemon:
         before = emu.gateway.subscriptions_created + \
             sum(1 for c in emu.gateway.connection_infos() if c.recovered)
         self.process = await anyio.open_process(
-            [sys.executable, "-m", "daemon", "run", "-c", str(self.config)],
+            [sys.executable, "-m", "a2pd", "run", "-c", str(self.config)],
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=self.log)
         await emu.wait_for(lambda: emu.gateway.subscriptions_created + sum(

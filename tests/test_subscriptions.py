@@ -6,7 +6,7 @@ from pathlib import Path
 
 import anyio
 
-from daemon import config
+from a2pd import config
 from tests.harness import (
     TIMEOUT,
     delivered,

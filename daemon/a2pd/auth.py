@@ -1,0 +1,402 @@
+"""OAuth for a2pd: the JWT bearer grant, refresh before expiry, and the WebSocket token.
+
+One ``TokenManager`` owns every token: all token work is serialised behind one lock, so
+parallel refreshes can never race and burn the Auth rate group (PROTOCOL.md §1.2, §8.1).
+
+- The access token is refreshed once ``refresh_at`` of its lifetime has passed (refresh keeps
+  the OAuth session, which session recovery needs). A failed refresh (400/401) falls back to
+  a new JWT grant — a new OAuth session, so ``session_id`` changes and the caller knows a
+  recovery with the old ``wsc`` is pointless.
+- ``/restapi/oauth/token`` and ``/restapi/oauth/wstoken`` share the Auth rate group (5/min by
+  default): WebSocket tokens are fetched at most once per ``wstoken_min_interval``, and a 429
+  blocks every auth call until its ``Retry-After`` has passed.
+- Rejected client credentials, a rejected JWT or a missing permission raise
+  ``FatalPlatformError``: retrying cannot fix them.
+
+Only this module and ``sinks/http`` import httpx. Tokens never reach a log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from a2pd.config import ConnectionConfig, PlatformConfig
+from a2pd.errors import FatalPlatformError, PlatformError, RateLimited
+from a2pd.logging import get_logger, register_secret
+from a2pd.observe import Counters
+from a2pd.protocol import error_code
+
+TOKEN_PATH = "/restapi/oauth/token"  # noqa: S105 - a URL path, not a secret
+WSTOKEN_PATH = "/restapi/oauth/wstoken"
+REVOKE_PATH = "/restapi/oauth/revoke"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+SUBSCRIPTION_PATH = "/restapi/v1.0/subscription/"
+DEFAULT_RETRY_AFTER = 30.0  # docs: without Retry-After wait at least 30 s (PROTOCOL.md §6)
+PERMISSION_CODES = frozenset({"SUB-528", "CMN-401", "InsufficientPermissions", "OAU-151"})
+
+log = get_logger("auth")
+
+
+@dataclass(frozen=True, slots=True)
+class WsToken:
+    """What ``/restapi/oauth/wstoken`` returns."""
+
+    ws_access_token: str
+    uri: str
+    expires_in: float
+
+    def __repr__(self) -> str:
+        return f"WsToken(uri={self.uri!r}, expires_in={self.expires_in})"
+
+
+class _Tokens:
+    __slots__ = ("access", "access_expires", "issued", "owner_id", "refresh", "refresh_expires",
+                 "session_id")
+
+    def __init__(self, data: dict[str, Any], now: float, previous: _Tokens | None = None) -> None:
+        self.access: str = str(data["access_token"])
+        lifetime = float(data.get("expires_in") or 3600)
+        self.issued = now
+        self.access_expires = now + lifetime
+        refresh = data.get("refresh_token")
+        self.refresh: str | None = str(refresh) if refresh else None
+        refresh_lifetime = data.get("refresh_token_expires_in")
+        # no stated lifetime: assume the documented default (7 days) rather than "expired"
+        self.refresh_expires = now + float(refresh_lifetime or 604800)
+        # a refresh keeps the OAuth session; a reply that omits the id does not change it
+        self.session_id: str | None = data.get("session_id") or (
+            previous.session_id if previous else None)
+        self.owner_id: str | None = data.get("owner_id") or (
+            previous.owner_id if previous else None)
+
+
+class TokenManager:
+    """The single owner of OAuth and WebSocket tokens."""
+
+    def __init__(
+        self,
+        platform: PlatformConfig,
+        client_secret: str,
+        jwt: str,
+        connection: ConnectionConfig,
+        client: httpx.AsyncClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._platform = platform
+        self._client_secret = client_secret
+        self._jwt = jwt
+        self._connection = connection
+        self._client = client
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._tokens: _Tokens | None = None
+        self._blocked_until = 0.0
+        self._last_wstoken: float | None = None
+        #: "no refresh token" is said once per process (every grant would repeat it)
+        self._warned_no_refresh = False
+        #: grants (new OAuth sessions), refreshes, wstokens, rate_limited
+        self.counters = Counters()
+        #: called whenever the tokens change (the daemon saves them, daemon/a2pd/persist.py)
+        self.on_change: Callable[[], None] | None = None
+        register_secret(client_secret, permanent=True)
+        register_secret(jwt, permanent=True)
+
+    # -- what callers read -------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The OAuth session id: it changes only when a new JWT grant was needed."""
+        return self._tokens.session_id if self._tokens else None
+
+    @property
+    def owner_id(self) -> str | None:
+        return self._tokens.owner_id if self._tokens else None
+
+    def refresh_due_in(self) -> float:
+        """Seconds until the access token should be refreshed (0 when it should be now)."""
+        tokens = self._tokens
+        if tokens is None:
+            return 0.0
+        lifetime = tokens.access_expires - tokens.issued
+        due = tokens.issued + lifetime * self._platform.refresh_at
+        return max(0.0, due - self._clock())
+
+    # -- persistence (wall-clock times: a restart changes the monotonic clock) ---------------
+
+    def export(self) -> dict[str, Any] | None:
+        """The tokens as a JSON-able document (secrets: only ever stored encrypted)."""
+        tokens = self._tokens
+        if tokens is None:
+            return None
+        # whole seconds: the two clocks' offset jitters by microseconds from call to call,
+        # and an unchanged token must export unchanged (the daemon saves on change)
+        offset = time.time() - self._clock()
+        return {"access": tokens.access, "refresh": tokens.refresh,
+                "issued": round(tokens.issued + offset),
+                "access_expires": round(tokens.access_expires + offset),
+                "refresh_expires": round(tokens.refresh_expires + offset),
+                "session_id": tokens.session_id, "owner_id": tokens.owner_id}
+
+    def restore(self, doc: dict[str, Any]) -> bool:
+        """Take tokens saved by ``export`` (before the first call); False if unusable."""
+        offset = time.time() - self._clock()
+        try:
+            data = {"access_token": str(doc["access"]), "refresh_token": doc.get("refresh"),
+                    "session_id": doc.get("session_id"), "owner_id": doc.get("owner_id"),
+                    "expires_in": float(doc["access_expires"]) - float(doc["issued"]),
+                    "refresh_token_expires_in":
+                        float(doc["refresh_expires"]) - float(doc["issued"])}
+            issued = float(doc["issued"]) - offset
+        except (KeyError, TypeError, ValueError):
+            return False
+        tokens = _Tokens(data, issued)
+        if tokens.refresh is None or self._clock() >= tokens.refresh_expires - 60:
+            return False  # nothing left to keep the OAuth session with: grant afresh
+        register_secret(tokens.access)
+        register_secret(tokens.refresh)
+        self._tokens = tokens
+        log.info("oauth_session_resumed", owner_id=tokens.owner_id,
+                 access_valid_for=round(max(0.0, tokens.access_expires - self._clock())))
+        return True
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def access_token(self) -> str:
+        """A valid access token, refreshing or granting one first if needed."""
+        async with self._lock:
+            return await self._valid_access()
+
+    async def _valid_access(self) -> str:
+        tokens = self._tokens
+        if tokens is None:
+            tokens = await self._grant()
+        else:
+            # treat the token as expired a little early: 5 s, or a tenth of a short lifetime
+            margin = min(5.0, 0.1 * (tokens.access_expires - tokens.issued))
+            if self._clock() >= tokens.access_expires - margin:
+                tokens = await self._refresh_or_grant()
+        return tokens.access
+
+    async def refresh(self) -> None:
+        """Refresh now (falls back to a new JWT grant when the refresh token is refused)."""
+        async with self._lock:
+            await self._refresh_or_grant()
+
+    async def refresh_if_due(self) -> None:
+        """Grant or refresh if that is (still) due once the lock is held: another caller may
+        have just done it, and a needless refresh invalidates a token someone is using."""
+        async with self._lock:
+            if self._tokens is None:
+                await self._grant()
+            elif self.refresh_due_in() <= 0:
+                await self._refresh_or_grant()
+
+    async def run_refresher(self) -> None:
+        """Keep the access token fresh for ever (the WS session hangs off the OAuth session)."""
+        failures = 0
+        while True:
+            await anyio.sleep(self.refresh_due_in())
+            try:
+                await self.refresh_if_due()
+                failures = 0
+            except RateLimited as exc:
+                await anyio.sleep(exc.retry_after)
+            except PlatformError as exc:
+                failures += 1
+                delay = min(60.0, 2.0 ** failures)
+                log.warning("token_refresh_failed", reason=exc.reason, status=exc.status,
+                            retry_in=delay)
+                await anyio.sleep(delay)
+
+    async def ws_token(self) -> WsToken:
+        """A fresh WebSocket token (one per connection attempt), paced for the Auth group."""
+        async with self._lock:
+            if self._last_wstoken is not None:
+                wait = self._last_wstoken + self._connection.wstoken_min_interval - self._clock()
+                if wait > 0:
+                    log.debug("wstoken_paced", wait=round(wait, 3))
+                    await anyio.sleep(wait)
+            # the access token is taken under the same lock hold, so no refresh can
+            # invalidate it between here and the request
+            access = await self._valid_access()
+            self._last_wstoken = self._clock()
+            try:
+                data = await self._post(WSTOKEN_PATH, bearer=access)
+            except PlatformError as exc:
+                if exc.status != 401:
+                    raise
+                # our access token was invalidated: a refresh keeps the OAuth session (and
+                # recovery); it falls back to a new grant when the session itself is gone
+                log.warning("access_token_refused", path=WSTOKEN_PATH)
+                access = (await self._refresh_or_grant()).access
+                data = await self._post(WSTOKEN_PATH, bearer=access)
+        try:
+            token = WsToken(str(data["ws_access_token"]), str(data["uri"]),
+                            float(data.get("expires_in") or 600))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlatformError("wstoken reply lacks ws_access_token/uri") from exc
+        register_secret(token.ws_access_token, kind="wstoken")
+        self.counters.inc("wstokens")
+        return token
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        """``DELETE /restapi/v1.0/subscription/{id}`` (a subscription this daemon left behind):
+        True when it is gone (deleted, or unknown to the platform), False otherwise."""
+        path = SUBSCRIPTION_PATH + quote(subscription_id, safe="")
+        try:
+            response = await self._client.delete(
+                self._platform.server + path, timeout=self._platform.http_timeout,
+                headers={"Accept": "application/json",
+                         "Authorization": f"Bearer {await self.access_token()}"})
+        except httpx.HTTPError as exc:
+            log.info("subscription_not_deleted", error=type(exc).__name__)
+            return False
+        if response.status_code in (200, 204, 404):
+            self.counters.inc("subscriptions_deleted")
+            return True
+        log.info("subscription_not_deleted", status=response.status_code)
+        return False
+
+    async def revoke(self) -> None:
+        """End the OAuth session. Failures are ignored and never retried (PROTOCOL.md §1.3)."""
+        tokens = self._tokens
+        if tokens is None:
+            return
+        try:
+            await self._post(REVOKE_PATH, form={"token": tokens.access}, basic=True)
+        except PlatformError as exc:
+            log.info("revoke_failed", status=exc.status)
+        self._tokens = None
+        self._changed()
+
+    # -- internals (call with the lock held) -------------------------------------------------
+
+    async def _grant(self) -> _Tokens:
+        form = {"grant_type": JWT_GRANT, "assertion": self._jwt}
+        try:
+            data = await self._post(TOKEN_PATH, form=form, basic=True)
+        except PlatformError as exc:
+            if exc.status in (400, 401, 403) and not isinstance(exc, RateLimited):
+                what = "client id/secret" if exc.code in ("invalid_client", "OAU-123") or \
+                    exc.status == 401 else "JWT credential"
+                raise FatalPlatformError(f"the platform rejected the {what}",
+                                         status=exc.status, code=exc.code) from exc
+            raise
+        tokens = self._store(data)
+        self.counters.inc("grants")
+        log.info("oauth_session_started", owner_id=tokens.owner_id,
+                 expires_in=round(tokens.access_expires - tokens.issued))
+        if tokens.refresh is None and not self._warned_no_refresh:
+            self._warned_no_refresh = True
+            log.warning(
+                "no_refresh_token",
+                fix="turn on 'Issue refresh tokens' in the app's settings (RingCentral "
+                "Developer Console → your app → Settings → Auth)",
+                note="without one, a2pd makes a new JWT grant (a new OAuth session) each time "
+                "the access token expires; a WebSocket session dropped after that cannot be "
+                "recovered, so its gap is rebuilt from the A2P lists instead")
+        return tokens
+
+    async def _refresh_or_grant(self) -> _Tokens:
+        tokens = self._tokens
+        if tokens is None or tokens.refresh is None or self._clock() >= tokens.refresh_expires:
+            return await self._grant()
+        form = {"grant_type": "refresh_token", "refresh_token": tokens.refresh}
+        try:
+            data = await self._post(TOKEN_PATH, form=form, basic=True)
+        except PlatformError as exc:
+            if exc.status in (400, 401) and not isinstance(exc, RateLimited):
+                log.warning("refresh_refused_new_grant", status=exc.status, code=exc.code)
+                self._tokens = None
+                return await self._grant()
+            raise
+        refreshed = self._store(data, previous=tokens)
+        self.counters.inc("refreshes")
+        log.debug("access_token_refreshed")
+        return refreshed
+
+    def _store(self, data: dict[str, Any], previous: _Tokens | None = None) -> _Tokens:
+        try:
+            tokens = _Tokens(data, self._clock(), previous)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlatformError("token reply lacks access_token/expires_in") from exc
+        register_secret(tokens.access)
+        register_secret(tokens.refresh)
+        self._tokens = tokens
+        self._changed()
+        return tokens
+
+    async def _post(self, path: str, *, form: dict[str, str] | None = None,
+                    bearer: str | None = None, basic: bool = False) -> dict[str, Any]:
+        wait = self._blocked_until - self._clock()
+        if wait > 0:
+            await anyio.sleep(wait)
+        headers = {"Accept": "application/json"}
+        if basic:
+            pair = f"{self._platform.client_id}:{self._client_secret}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
+        url = self._platform.server + path
+        try:
+            response = await self._client.post(url, data=form, headers=headers,
+                                               timeout=self._platform.http_timeout)
+        except httpx.TimeoutException as exc:
+            raise PlatformError(f"timed out calling {path}") from exc
+        except httpx.HTTPError as exc:
+            raise PlatformError(f"cannot reach the platform for {path}: {type(exc).__name__}") \
+                from exc
+        return self._check(path, response)
+
+    def _check(self, path: str, response: httpx.Response) -> dict[str, Any]:
+        status = response.status_code
+        try:
+            body = response.json() if response.content else {}
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        if 200 <= status < 300:
+            return body
+        code = error_code(body)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            self._blocked_until = self._clock() + retry_after
+            self.counters.inc("rate_limited")
+            log.warning("rate_limited", path=path, retry_after=retry_after, code=code)
+            raise RateLimited(f"{path} rate limited", retry_after=retry_after, code=code)
+        if status == 403 or code in PERMISSION_CODES:
+            raise FatalPlatformError(f"{path}: permission denied (does the app have the "
+                                     "WebSocket Subscriptions and A2P SMS permissions?)",
+                                     status=status, code=code)
+        raise PlatformError(f"{path} failed", status=status, code=code)
+
+
+def parse_retry_after(value: str | None, now: float, default: float = DEFAULT_RETRY_AFTER,
+                      cap: float = 3600.0) -> float:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP-date)."""
+    if not value:
+        return default
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        seconds = when.timestamp() - now
+    return min(cap, max(0.0, seconds))

@@ -1,0 +1,542 @@
+"""Gap backfill: rebuild what an unrecovered gap lost from the A2P SMS REST lists.
+
+When a session could not be recovered (``recoveryState: Failed``, the recovery window
+passed, a fresh session after an outage or a restart) the notifications sent meanwhile are
+gone (PROTOCOL.md §4.2, §7); when it was recovered, the replay holds at most
+``recoveryBufferSize`` of them. The supervisor reports where the gap began; this module
+persists it in the journal (table ``gaps``: a crash does not forget it), then lists
+
+    GET /restapi/v1.0/account/~/a2p-sms/messages   dateFrom/dateTo, view=Detailed, paged
+    GET /restapi/v1.0/account/~/a2p-sms/batches    dateFrom/dateTo, paged
+    GET /restapi/v2/accounts/~/sms/consents        optStatus=OptOut&optStatus=OptIn, paged
+                                                   (no date filter: records whose
+                                                   lastModifiedTime is inside the window)
+
+for [gap start - ``margin``, now] (now: notifications after the new subscription arrive
+live, and content keys drop whichever of the two comes second). Every gap pending when a
+backfill starts is covered by that one listing, from the oldest gap's start.
+
+The lists select by *creation* time (docs/protocol-notes.md §9), so a state change inside
+the gap of an object created before the window (a delivery receipt, a batch completing) is
+not in them. The journal tracks the objects still open (``Journal.open_objects``); for
+those created before the window the backfill also reads
+
+    GET /restapi/v1.0/account/~/a2p-sms/batches/{batchId}            an open batch
+    GET /restapi/v1.0/account/~/a2p-sms/messages?batchId=…&dateFrom=…  open messages, by batch,
+                                                                     from their creation on
+    GET /restapi/v1.0/account/~/a2p-sms/messages/{messageId}         an open message with no
+                                                                     batch Each record that matches
+one of the subscription's own event filters becomes a synthetic notification of the same
+event model, marked ``"backfilled": true`` with uuid ``backfill:<content key>``, and goes
+through the pipeline (routing, journal). The journal drops it when its content key
+(events.content_key: message id + status + lastModifiedTime, …) was already received.
+429 is obeyed (Retry-After); other failures are retried with backoff, the gap stays
+pending until everything listed is committed.
+
+The lists hold each object's current state only: a message that went Queued → Sent →
+Delivered inside the gap comes back as one Delivered event. Nothing is invented: records
+outside the window or matching no subscribed filter are skipped.
+
+Never raises out of ``run`` for platform trouble; only cancellation ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+import anyio
+import httpx
+from anyio.abc import TaskStatus
+
+from a2pd import events
+from a2pd.auth import TokenManager, parse_retry_after
+from a2pd.backoff import backoff
+from a2pd.config import BackfillConfig
+from a2pd.errors import FatalPlatformError, PlatformError, RateLimited
+from a2pd.journal import Gap, Journal
+from a2pd.logging import get_logger
+from a2pd.pipeline import Pipeline
+
+log = get_logger("backfill")
+
+_FILTER = re.compile(
+    r"^/restapi/v1\.0/account/[^/?]+/a2p-sms/(batches|messages|opt-outs)(?:\?(.*))?$")
+LIST_PATH: Final = "/restapi/v1.0/account/~/a2p-sms/"
+#: the opt-out states: the v2 consents API (the v1 ``a2p-sms/opt-outs`` list has left
+#: RingCentral's API spec, and its records carry no time: docs/protocol-notes.md §9)
+CONSENTS_PATH: Final = "/restapi/v2/accounts/~/sms/consents"
+#: a list that keeps answering next pages is cut here (a platform bug must not loop us)
+MAX_PAGES = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A subscribed A2P event filter: its resource and its query parameters."""
+
+    text: str
+    resource: str
+    params: tuple[tuple[str, str], ...]
+
+    def matches(self, body: dict[str, Any]) -> bool:
+        """Whether a list record would have been notified through this filter."""
+        for name, value in self.params:
+            if name == "to":
+                to = body.get("to")
+                if value not in (to if isinstance(to, list) else [to]):
+                    return False
+            elif str(body.get(name)) != value:
+                return False
+        return True
+
+
+def parse_filters(texts: list[str]) -> list[Filter]:
+    """The A2P filters among the subscription's (other filters have no list to rebuild from)."""
+    found = []
+    for text in texts:
+        match = _FILTER.match(text)
+        if match is None:
+            continue
+        params = []
+        for part in (match.group(2) or "").split("&"):
+            if part:
+                name, _, value = part.partition("=")
+                # unquote, not unquote_plus: a raw "+" starts an E.164 number (§5.2)
+                params.append((unquote(name), unquote(value)))
+        found.append(Filter(text, match.group(1), tuple(params)))
+    return found
+
+
+def iso(wall: float) -> str:
+    """A wall time as the lists' ISO 8601 (UTC, milliseconds)."""
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _wall(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def synthetic(resource: str, record: dict[str, Any], event_path: str,
+              owner_id: str | None) -> dict[str, Any] | None:
+    """The notification envelope equivalent to a list record (None: not enough to name it)."""
+    if resource == "opt-outs":
+        status = record.get("optStatus") or record.get("status")
+        if status not in ("OptOut", "OptIn") and not isinstance(record.get("active"), bool):
+            return None
+        active = record["active"] if isinstance(record.get("active"), bool) else \
+            status == "OptOut"
+        body = {**record, "active": active}
+        when = record.get("lastModifiedTime") or record.get("creationTime") or ""
+        uuid = f"backfill:optout:{record.get('from')}:{record.get('to')}:" \
+            f"{'true' if active else 'false'}:{when}"
+    elif resource == "messages":
+        body = dict(record)
+        uuid = f"backfill:message:{record.get('id')}:{record.get('messageStatus')}:" \
+            f"{record.get('lastModifiedTime') or ''}"
+    else:
+        body = dict(record)
+        uuid = f"backfill:batch:{record.get('id')}:{record.get('status')}:" \
+            f"{record.get('lastModifiedTime') or ''}"
+    envelope: dict[str, Any] = {"uuid": uuid, "event": event_path, "backfilled": True,
+                                "body": body}
+    if owner_id:
+        envelope["ownerId"] = owner_id
+    return envelope
+
+
+#: answers that retrying cannot change (no A2P SMS permission, a retired endpoint, a query
+#: the platform will never take): reported once, the gaps kept until a reload or restart
+PERMANENT = frozenset({400, 403, 404, 405, 410})
+#: reads of open objects by id or batch beyond which one wide listing is cheaper
+TARGETED_READS = 25
+#: journal meta key of the listing in progress (resumed after a restart)
+PROGRESS_KEY = "backfill_progress"
+
+
+class Backfill:
+    """Persists reported gaps and rebuilds them: every gap pending when a listing starts is
+    covered by it, from the oldest gap's start.
+
+    Every list call goes through ``_call``: paced by the ``X-Rate-Limit-*`` headers (once
+    ``Remaining`` is 0, nothing is sent for ``Window`` seconds) and by ``Retry-After`` after
+    a 429 (sending during the penalty would restart it), retried with backoff on errors, all
+    without leaving the page it was on. The step and page token reached are saved in the
+    journal after each page is committed, so a restart resumes there. A permanent answer
+    (``PERMANENT``) stops the backfill with one clear error until ``resume`` (a reload) or
+    a restart; the gaps stay recorded meanwhile.
+
+    Counters (the pipeline's): ``gaps_recorded``, ``gaps_backfilled``, ``backfill_records``
+    (listed), ``backfill_pages``, ``backfill_skipped`` (outside the window or no subscribed
+    filter), ``backfill_errors``, ``backfill_rate_limited``, ``backfill_paced`` (waits for
+    the rate limit's window), ``backfill_refused``, ``backfill_window_cut``; the journal
+    counts ``backfilled.<kind>`` (new events) and ``backfill_duplicates``.
+    """
+
+    def __init__(self, cfg: BackfillConfig, auth: TokenManager, http: httpx.AsyncClient,
+                 server: str, filters: list[str], pipeline: Pipeline, *,
+                 http_timeout: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.auth = auth
+        self.http = http
+        self.server = server.rstrip("/")
+        self.filters = parse_filters(filters)
+        self.pipeline = pipeline
+        self.journal: Journal = pipeline.journal
+        self.counters = pipeline.counters
+        self.http_timeout = http_timeout
+        self._clock = clock
+        self._opened: list[tuple[float, str]] = []
+        #: set when gaps were reported (to write), and when gaps were written (to list)
+        self._record = anyio.Event()
+        self._wake = anyio.Event()
+        #: why the platform refused the lists for good (None: it did not)
+        self.refused: str | None = None
+        #: monotonic time before which no list call may be sent (rate limit, backoff)
+        self._not_before = 0.0
+
+    def gap_opened(self, start: float, reason: str = "fresh session") -> None:
+        """The supervisor's ``on_gap``: a gap began at ``start`` (wall time). Written to the
+        journal at once (``record_opened``), even while a listing runs."""
+        self._opened.append((start, reason))
+        self._record.set()
+
+    async def record_opened(self) -> None:
+        """Write the gaps reported so far to the journal (also at a stop: a run ends
+        cleanly only once they are)."""
+        while self._opened:
+            start, reason = self._opened[0]
+            gap_id = await self.journal.add_gap(start)
+            self._opened.pop(0)
+            self.counters.inc("gaps_recorded")
+            log.warning("gap_recorded", gap=gap_id, since=iso(start), reason=reason)
+            self._wake.set()
+
+    def resume(self) -> None:
+        """Try again after a refusal (the operator may have fixed the app's permissions)."""
+        if self.refused is not None:
+            log.info("backfill_resumed")
+        self.refused = None
+        self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Record and backfill gaps for ever (including gaps a previous run left pending)."""
+        task_status.started()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._record_for_ever)
+            await self._backfill_for_ever()
+
+    async def _record_for_ever(self) -> None:
+        while True:
+            await self.record_opened()
+            await self._record.wait()
+            self._record = anyio.Event()
+
+    async def _backfill_for_ever(self) -> None:
+        while True:
+            pending = await self.journal.gaps()
+            if not pending or self.refused is not None:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            try:
+                await self.backfill(pending)
+            except FatalPlatformError as exc:
+                self.counters.inc("backfill_refused")
+                self.refused = f"{exc.reason} (HTTP {exc.status}, {exc.code or 'no code'})"
+                log.error("backfill_refused", reason=exc.reason, status=exc.status,
+                          code=exc.code, gaps=len(pending),
+                          fix="give the app the A2P SMS permission (and check the server "
+                          "URL); then reload (SIGHUP) or restart",
+                          note="the gaps stay recorded; no list is read until then")
+
+    async def backfill(self, gaps: Sequence[Gap]) -> None:
+        """List the gaps' window (from the oldest one's start), ingest what they lost, then
+        forget them. Resumes a listing a previous run left half done."""
+        saved = await self.journal.get_meta(PROGRESS_KEY)
+        plan = json.loads(saved) if saved else None
+        # a gap is named by its id and start (ids of closed gaps are used again)
+        pending = {(gap.id, gap.start) for gap in gaps}
+        if plan is not None and {(i, s) for i, s in plan["gaps"]} <= pending:
+            planned = {(i, s) for i, s in plan["gaps"]}
+            gaps = [gap for gap in gaps if (gap.id, gap.start) in planned]
+            start, end = float(plan["start"]), float(plan["end"])
+            log.info("backfill_resumed_listing", gaps=[i for i, _ in plan["gaps"]],
+                     step=plan["step"])
+        else:
+            plan = None
+            end = self._clock()
+            start = min(gap.start for gap in gaps) - self.cfg.margin
+        ids = [gap.id for gap in gaps]
+        if end - start > self.cfg.max_window:
+            self.counters.inc("backfill_window_cut")
+            log.warning("backfill_window_cut", gaps=ids, since=iso(start),
+                        max_window=self.cfg.max_window,
+                        note="events older than max_window are not rebuilt")
+            start = end - self.cfg.max_window
+        before = self.counters.snapshot()
+        listed = 0
+        steps = [r for r in ("batches", "messages", "opt-outs")
+                 if any(f.resource == r for f in self.filters)] + ["open"]
+        first_step = steps.index(plan["step"]) if plan and plan["step"] in steps else 0
+        for number, step in enumerate(steps[first_step:], first_step):
+            if step == "open":
+                listed += await self._open_objects(start, end)
+                continue
+            token = plan["token"] if plan is not None and number == first_step else None
+            try:
+                listed += await self._list_step(gaps, start, end, step, token)
+            except FatalPlatformError as exc:
+                if step != "opt-outs":
+                    raise
+                # the consents API needs the SMS permission: messages and batches go on
+                self.counters.inc("backfill_optouts_refused")
+                log.error("backfill_optouts_refused", reason=exc.reason, status=exc.status,
+                          code=exc.code, fix="give the app the SMS permission (the v2 "
+                          "consents API); then reload (SIGHUP) or restart",
+                          note="opt-out changes in this gap are not rebuilt")
+            if number + 1 < len(steps):
+                await self._save(gaps, start, end, steps[number + 1], None)
+        await self.journal.flush()
+        # progress first: a crash between the two lists the gaps again (never the reverse)
+        await self.journal.set_meta(PROGRESS_KEY, None)
+        for gap in gaps:
+            await self.journal.close_gap(gap.id)
+        self.counters.inc("gaps_backfilled", len(gaps))
+        after = self.counters.snapshot()
+
+        def grew(name: str) -> int:
+            return sum(v - before.get(k, 0) for k, v in after.items()
+                       if k == name or k.startswith(name + "."))
+
+        log.warning("gap_backfilled", gaps=ids, since=iso(start), until=iso(end),
+                    listed=listed, backfilled=grew("backfilled"),
+                    duplicates=grew("backfill_duplicates"), skipped=grew("backfill_skipped"),
+                    requests=grew("backfill_pages") + grew("backfill_reads"),
+                    rate_limited=grew("backfill_rate_limited"))
+
+    async def _list_step(self, gaps: Sequence[Gap], start: float, end: float, step: str,
+                         token: str | None, *, save: bool = True) -> int:
+        """One list of the window, from ``token``, progress saved after each page."""
+        chosen = [f for f in self.filters if f.resource == step]
+        listed = 0
+        async for records, following in self._pages(step, self._window(step, start, end),
+                                                    token):
+            for record in records:
+                listed += 1
+                await self._ingest(step, record, chosen, start, end)
+            await self.journal.flush()
+            if following is not None and save:
+                await self._save(gaps, start, end, step, following)
+        return listed
+
+    async def _save(self, gaps: Sequence[Gap], start: float, end: float, step: str,
+                    token: str | None) -> None:
+        """Where the listing is: the next ``step`` and its page ``token`` (None: page 1)."""
+        await self.journal.set_meta(PROGRESS_KEY, json.dumps(
+            {"gaps": [[gap.id, gap.start] for gap in gaps], "start": start, "end": end,
+             "step": step, "token": token}))
+
+    def _window(self, resource: str, start: float, end: float) -> dict[str, Any]:
+        """A list's query for the window (the consents list has no date filter)."""
+        if resource == "opt-outs":
+            return {"optStatus": ["OptOut", "OptIn"]}
+        params: dict[str, Any] = {"dateFrom": iso(start), "dateTo": iso(end)}
+        if resource == "messages":
+            params["view"] = "Detailed"
+        return params
+
+    async def _open_objects(self, start: float, end: float) -> int:
+        """Read the later states of the objects still open that were created before the
+        window (the lists would not show them); how many records were read. An open batch's
+        messages are read too, even those the daemon never saw. Few objects: each batch by
+        id and its messages by ``batchId``, a batch-less message by id; more than
+        ``TARGETED_READS`` reads: the batches and messages lists from the oldest open
+        object's creation on instead (fewer calls when many small batches are open)."""
+        chosen = {resource: [f for f in self.filters if f.resource == resource]
+                  for resource in ("batches", "messages")}
+        batches: list[str] = []
+        singles: list[str] = []
+        by_batch: dict[str, float] = {}
+        oldest = start
+        for obj, batch, created in await self.journal.open_objects(start):
+            oldest = min(oldest, created)
+            kind, _, ident = obj.partition(":")
+            if kind == "batch":
+                batches.append(ident)
+            if batch is None:
+                singles.append(ident)
+            else:
+                by_batch[batch] = min(created, by_batch.get(batch, created))
+        targeted = len(batches) * bool(chosen["batches"]) + \
+            (len(by_batch) + len(singles)) * bool(chosen["messages"])
+        if targeted > TARGETED_READS:
+            # a second early: creation times have microseconds
+            read = 0
+            for resource in ("batches", "messages"):
+                if chosen[resource]:
+                    read += await self._list_step([], oldest - 1.0, end, resource, None,
+                                                  save=False)
+            return read
+        read, gone = 0, []
+        for resource, idents in (("batches", batches), ("messages", singles)):
+            for ident in idents if chosen[resource] else ():
+                try:
+                    record = await self._call(f"{resource}/{quote(ident, safe='')}", {})
+                except FatalPlatformError as exc:
+                    if exc.status != 404:
+                        raise
+                    gone.append(f"{resource[:-1]}:{ident}")
+                    continue
+                self.counters.inc("backfill_reads")
+                read += 1
+                await self._ingest(resource, record, chosen[resource], start, end)
+        for batch, created in by_batch.items() if chosen["messages"] else ():
+            # dateFrom defaults to dateTo - 24 h, batchId or not: from the oldest open
+            # object's creation on
+            params = {"batchId": batch, "dateFrom": iso(created - 1.0), "dateTo": iso(end),
+                      "view": "Detailed"}
+            async for records, _ in self._pages("messages", params, None):
+                for record in records:
+                    read += 1
+                    await self._ingest("messages", record, chosen["messages"], start, end)
+        if gone:
+            log.info("backfill_objects_gone", objects=len(gone),
+                     note="the platform no longer knows them; no longer tracked")
+            await self.journal.forget_objects(gone)
+        return read
+
+    async def _ingest(self, resource: str, record: Any, chosen: list[Filter],
+                      start: float, end: float) -> None:
+        if not isinstance(record, dict):
+            self.counters.inc("backfill_skipped")
+            return
+        self.counters.inc("backfill_records")
+        if resource == "opt-outs":
+            # the consents list has no date filter: only records dated inside the window
+            when = _wall(record.get("lastModifiedTime")) or _wall(record.get("creationTime"))
+            if when is None or not start <= when <= end:
+                self.counters.inc("backfill_skipped")
+                return
+        matched = next((f for f in chosen if f.matches(record)), None)
+        if matched is None:
+            self.counters.inc("backfill_skipped")
+            return
+        envelope = synthetic(resource, record, matched.text, self.auth.owner_id)
+        raw = json.dumps(envelope if envelope is not None else record,
+                         separators=(",", ":")).encode()
+        decoded = events.decode_notification(envelope, raw) if envelope is not None else \
+            events.EventError("list record lacks a status", raw)
+        if isinstance(decoded, events.EventError):
+            self.counters.inc("backfill_errors")
+            log.warning("backfill_record_undecodable", reason=decoded.reason)
+            await self.journal.queue_dead_letter("backfill", decoded.reason, raw,
+                                                 uuid=decoded.uuid)
+            return
+        await self.pipeline.ingest_event(decoded)
+
+    async def _pages(self, resource: str, query: dict[str, Any], token: str | None,
+                     ) -> AsyncIterator[tuple[list[Any], str | None]]:
+        """Each page of one list from ``token`` on: (records, the next page's token or None
+        after the last page). A page token the platform no longer takes (a listing resumed
+        after a restart) starts the list over."""
+        params = {"perPage": str(self.cfg.per_page), **query}
+        for _ in range(MAX_PAGES):
+            try:
+                page = await self._call(resource, params | ({"pageToken": token} if token
+                                                             else {}))
+            except FatalPlatformError as exc:
+                if token is None or exc.status != 400:
+                    raise
+                log.warning("backfill_page_token_refused", resource=resource,
+                            note="listing this resource again from its first page")
+                token = None
+                continue
+            self.counters.inc("backfill_pages")
+            records = page.get("records")
+            paging = page.get("paging")
+            following = paging.get("nextPageToken") if isinstance(paging, dict) else None
+            last = not isinstance(following, str) or not following or following == token
+            yield (records if isinstance(records, list) else []), None if last else following
+            if last:
+                return
+            token = following
+        log.error("backfill_paging_cut", resource=resource, pages=MAX_PAGES)
+
+    async def _call(self, resource: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One GET, paced by the rate limit, retried until it succeeds; raises only
+        ``FatalPlatformError`` (a ``PERMANENT`` answer)."""
+        delays = backoff(self.cfg.retry_initial, 2.0, self.cfg.retry_max)
+        while True:
+            wait = self._not_before - anyio.current_time()
+            if wait > 0:
+                await anyio.sleep(wait)
+            try:
+                return await self._get(resource, params)
+            except RateLimited as exc:
+                self.counters.inc("backfill_rate_limited")
+                delay = max(exc.retry_after, 0.0)
+                log.warning("backfill_rate_limited", retry_in=round(delay, 3), code=exc.code,
+                            note="resuming from the same page")
+            except FatalPlatformError:
+                raise
+            except PlatformError as exc:
+                self.counters.inc("backfill_errors")
+                delay = next(delays)
+                log.error("backfill_failed", reason=exc.reason, status=exc.status,
+                          code=exc.code, retry_in=round(delay, 3),
+                          note="the gap stays pending; resuming from the same page")
+            self._not_before = max(self._not_before, anyio.current_time() + delay)
+
+    async def _get(self, resource: str, params: dict[str, Any]) -> dict[str, Any]:
+        path = CONSENTS_PATH if resource == "opt-outs" else LIST_PATH + resource
+        access = await self.auth.access_token()
+        try:
+            response = await self.http.get(
+                self.server + path, params=params, timeout=self.http_timeout,
+                headers={"Accept": "application/json", "Authorization": f"Bearer {access}"})
+        except httpx.TimeoutException as exc:
+            raise PlatformError(f"timed out listing {path}") from exc
+        except httpx.HTTPError as exc:
+            raise PlatformError(f"cannot reach the platform for {path}: "
+                                f"{type(exc).__name__}") from exc
+        self._pace(response.headers)
+        try:
+            body = response.json() if response.content else {}
+        except ValueError:
+            body = {}
+        status = response.status_code
+        code = body.get("errorCode") if isinstance(body, dict) else None
+        code = code if isinstance(code, str) else None
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            raise RateLimited(f"{path} rate limited", retry_after=retry_after, code=code)
+        if status in PERMANENT:
+            raise FatalPlatformError(f"{path} refused", status=status, code=code)
+        if not 200 <= status < 300 or not isinstance(body, dict):
+            raise PlatformError(f"{path} failed", status=status, code=code)
+        return body
+
+    def _pace(self, headers: httpx.Headers) -> None:
+        """Once ``X-Rate-Limit-Remaining`` is 0, send nothing for ``X-Rate-Limit-Window``
+        seconds (the rate-limits page's advice: a call in the penalty restarts it)."""
+        try:
+            remaining = int(headers.get("X-Rate-Limit-Remaining", "1"))
+            window = float(headers.get("X-Rate-Limit-Window", "60"))
+        except ValueError:
+            return
+        if remaining <= 0 and window > 0:
+            self.counters.inc("backfill_paced")
+            log.info("backfill_paced", wait=window, note="the rate limit's window is used up")
+            self._not_before = max(self._not_before, anyio.current_time() + min(window, 3600))
