@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="the ops endpoint (default: from the config and state directory)")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    check = sub.add_parser("check", help="check the RingCentral account and app a config uses")
+    check.add_argument("-c", "--config", default=os.environ.get("A2PD_CONFIG", DEFAULT_CONFIG))
+
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -108,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _admin(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "check":
+        from a2pd.check import main as check_main
+
+        return _guard(lambda: check_main(args.config))
     if args.command == "demo":
         from a2pd.demo import run_demo
 
