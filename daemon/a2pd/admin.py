@@ -8,9 +8,11 @@ validating the rest, so a config whose secrets are not available here still work
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import tomllib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,13 +76,68 @@ async def journal_stats(directory: Path, as_json: bool) -> int:
     return 0
 
 
-async def dead_letters(directory: Path, action: str, ids: list[int], all_: bool,
-                       sink: str | None, as_json: bool) -> int:
+@dataclass(frozen=True)
+class LetterRequest:
+    """One ``a2pd dead-letters`` command line."""
+
+    action: str  # list | show | replay | purge
+    ids: list[int]
+    all: bool
+    sink: str | None
+    as_json: bool
+    yes: bool  # purge without asking
+    configured_sinks: list[str]
+
+
+def configured_sinks(config_path: str | None) -> list[str]:
+    """The sink names of a config file, read without validating it; none when unreadable
+    (``--state-dir`` was given and the config is not there)."""
+    if config_path is None:
+        return []
+    try:
+        data = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    sinks = data.get("sinks")
+    return [str(name) for name in sinks] if isinstance(sinks, dict) else []
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; never when stdin is not one (a script must say ``--yes``)."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def dead_letters(directory: Path, request: LetterRequest) -> int:
+    action, ids, sink = request.action, request.ids, request.sink
+    if action in ("show", "replay", "purge") and not ids and not (request.all and
+                                                                   action != "show"):
+        what = "one or more ids" if action == "show" else "ids or --all"
+        print(f"a2pd: dead-letters {action} needs {what}", file=sys.stderr)
+        return 2
+    if ids and request.all:
+        print(f"a2pd: dead-letters {action}: give ids or --all, not both", file=sys.stderr)
+        return 2
     journal = await Journal.open_for_admin(directory / "journal.db")
     try:
+        if sink is not None:
+            stats = await journal.stats()
+            known = sorted({*request.configured_sinks, *stats["cursors"],
+                            *stats["dead_letters"]})
+            if sink not in known:
+                close = difflib.get_close_matches(sink, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                print(f"a2pd: no sink named {one_line(sink)!r}{hint}; known: "
+                      f"{', '.join(known) or 'none'}", file=sys.stderr)
+                return 2
         if action == "list":
             letters = await journal.dead_letters(sink)
-            if as_json:
+            if request.as_json:
                 print(json.dumps([_letter_summary(d) for d in letters], indent=2))
             else:
                 for d in letters:
@@ -93,9 +150,7 @@ async def dead_letters(directory: Path, action: str, ids: list[int], all_: bool,
             return 0
         if action == "show":
             letters = [d for d in await journal.dead_letters(sink) if d.id in ids]
-            if not letters:
-                print(f"a2pd: no dead letter with id {ids}", file=sys.stderr)
-                return 1
+            missing = sorted(set(ids) - {d.id for d in letters})
             for d in letters:
                 summary = _letter_summary(d)
                 try:
@@ -103,17 +158,30 @@ async def dead_letters(directory: Path, action: str, ids: list[int], all_: bool,
                 except UnicodeDecodeError:
                     summary["raw_hex"] = d.raw.hex()
                 print(json.dumps(summary, indent=2, ensure_ascii=False))
+            if missing:
+                where = f" of sink {sink}" if sink else ""
+                print(f"a2pd: no dead letter{where} with id "
+                      f"{', '.join(map(str, missing))}", file=sys.stderr)
+                return 1
             return 0
-        if not ids and not all_:
-            print(f"a2pd: dead-letters {action} needs ids or --all", file=sys.stderr)
-            return 2
-        chosen = None if all_ else ids
+        chosen = None if request.all else ids
         if action == "replay":
             count = await journal.replay_dead_letters(chosen, sink)
             print(f"requeued {count} dead letter(s) for delivery")
-        else:
-            count = await journal.purge_dead_letters(chosen, sink)
-            print(f"purged {count} dead letter(s)")
+            return 0
+        matching = [d for d in await journal.dead_letters(sink)
+                    if chosen is None or d.id in chosen]
+        if not matching:
+            print("purged 0 dead letter(s)")
+            return 0
+        if not request.yes:
+            where = f" of sink {sink}" if sink else ""
+            if not _confirm(f"Delete {len(matching)} dead letter(s){where} for good?"):
+                print(f"a2pd: not purged: {len(matching)} dead letter(s) would be deleted "
+                      "for good; answer y on a terminal, or add --yes", file=sys.stderr)
+                return 1
+        count = await journal.purge_dead_letters(chosen, sink)
+        print(f"purged {count} dead letter(s)")
         return 0
     finally:
         await journal.aclose()

@@ -7,21 +7,27 @@ Rules an operator can rely on:
   ``"1h"``, ``"7d"``;
 - relative paths are relative to the working directory;
 - secrets (client secret, JWT) come from, in order of precedence: the environment
-  (``A2PD_CLIENT_SECRET``, ``A2PD_JWT``; overrides exist for secrets only), a file named by
-  ``*_file``, a systemd credential in ``$CREDENTIALS_DIRECTORY`` (``client_secret``, ``jwt``),
-  then the value inline in the file. Secrets are ``SecretStr`` and never printed. A sink's
-  ``Options`` model is validated with ``context={"env": env}``, so a sink resolves its own
-  secrets (the Redis password) from the same environment, in the same order.
+  (``A2PD_CLIENT_SECRET``, ``A2PD_JWT``; overrides exist for secrets only), a systemd
+  credential in ``$CREDENTIALS_DIRECTORY`` (``client_secret``, ``jwt``), a file named by
+  ``*_file``, then the value inline in the file. The credential comes before the file: the
+  service's unit loads the credential from that same file (``LoadCredential=``), which its
+  dynamic user could not read itself, while a command run by hand reads the file. Secrets
+  are ``SecretStr`` and never printed. A sink's ``Options`` model is validated with
+  ``context={"env": env, "secrets": ...}``, so a sink resolves its own secrets (the Redis
+  password) from the same environment, in the same order;
+- ``secrets=False`` checks everything but the secrets' values (``a2pd validate --no-secrets``):
+  where a secret comes from is still checked, but nothing is read.
 
 This module reads files and the environment, nothing else.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,7 +46,13 @@ from pydantic import (
 
 from a2pd.errors import ConfigError, ConfigProblem
 from a2pd.router import ROUTABLE_FIELDS, Route, Router
-from a2pd.sinks import SinkOptions, UnknownSinkType, refuse_bool_numbers, sink_class
+from a2pd.sinks import (
+    SinkOptions,
+    UnknownSinkType,
+    refuse_bool_numbers,
+    sink_class,
+    sink_types,
+)
 
 SECRET_ENV = {"client_secret": "A2PD_CLIENT_SECRET", "jwt": "A2PD_JWT"}
 
@@ -354,8 +366,11 @@ class Settings:
     backfill: BackfillConfig
 
 
-def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a config file; raise ``ConfigError`` listing every problem."""
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+         secrets: bool = True) -> Settings:
+    """Read and validate a config file; raise ``ConfigError`` listing every problem.
+    ``secrets=False``: leave the secrets unread (the Settings then carry empty ones and are
+    good only for a check, never to run)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -364,11 +379,11 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         raise ConfigError([problem], source) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem("", "not UTF-8 text")], source) from exc
-    return loads(text, source=source, env=env)
+    return loads(text, source=source, env=env, secrets=secrets)
 
 
 def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None,
-          overrides: Mapping[str, Any] | None = None) -> Settings:
+          overrides: Mapping[str, Any] | None = None, secrets: bool = True) -> Settings:
     """Validate TOML text. ``overrides`` replaces whole top-level keys of sections (``{"platform":
     {"server": ...}}`` merges into ``[platform]``), used by ``a2pd demo``."""
     env = os.environ if env is None else env
@@ -380,13 +395,14 @@ def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None 
         merged = dict(data.get(section, {}))
         merged.update(values)
         data[section] = merged
-    return from_dict(data, source=source, env=env)
+    return from_dict(data, source=source, env=env, secrets=secrets)
 
 
-def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str]) -> Settings:
+def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str],
+              secrets: bool = True) -> Settings:
     """Validate an already-parsed config document."""
     problems: list[ConfigProblem] = []
-    secrets = _secret_values(data, env)
+    known_secrets = _secret_values(data, env)
     try:
         raw = _RawSettings.model_validate(data)
     except ValidationError as exc:
@@ -394,16 +410,24 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str]) -> S
         # Still check the sink tables so one run reports everything it can.
         sinks_data = data.get("sinks")
         if isinstance(sinks_data, dict):
-            _build_sinks(sinks_data, problems, env)
-        raise ConfigError(_masked(problems, secrets), source) from None
+            _build_sinks(sinks_data, problems, env, secrets)
+        raise ConfigError(_masked(problems, known_secrets), source) from None
 
-    client_secret = _secret(raw.platform, "client_secret", env, problems)
-    jwt = _secret(raw.platform, "jwt", env, problems)
-    secrets.extend(s.get_secret_value() for s in (client_secret, jwt) if s is not None)
-    sinks = _build_sinks(raw.sinks, problems, env)
+    if secrets:
+        client_secret = _secret(raw.platform, "client_secret", env, problems)
+        jwt = _secret(raw.platform, "jwt", env, problems)
+    else:
+        client_secret = jwt = SecretStr("")
+        for name in SECRET_ENV:
+            if getattr(raw.platform, name) is not None and \
+                    getattr(raw.platform, f"{name}_file") is not None:
+                problems.append(ConfigProblem(f"platform.{name}",
+                                              f"set either {name} or {name}_file, not both"))
+    known_secrets.extend(s.get_secret_value() for s in (client_secret, jwt) if s is not None)
+    sinks = _build_sinks(raw.sinks, problems, env, secrets)
     router = _build_router(raw, problems)
     if problems:
-        raise ConfigError(_masked(problems, secrets), source)
+        raise ConfigError(_masked(problems, known_secrets), source)
     assert client_secret is not None
     assert jwt is not None
     return Settings(
@@ -437,6 +461,7 @@ def _secret_values(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
 def _masked(problems: list[ConfigProblem], secrets: list[str]) -> list[ConfigProblem]:
     """``problems`` with any secret value replaced by ``***`` (a validator may quote a value,
     and a secret pasted into the wrong key is still a secret)."""
+    secrets = [secret for secret in secrets if secret]
     if not secrets:
         return problems
     longest_first = sorted(set(secrets), key=len, reverse=True)
@@ -450,18 +475,56 @@ def _masked(problems: list[ConfigProblem], secrets: list[str]) -> list[ConfigPro
     return masked
 
 
-def _problems(exc: ValidationError, prefix: str = "") -> list[ConfigProblem]:
+def _problems(exc: ValidationError, prefix: str = "", *,
+              model: type[BaseModel] | None = None) -> list[ConfigProblem]:
+    """One problem per validation error. An unknown key gets a "did you mean" from the keys
+    its table accepts in ``model`` (a sink's options), else in the whole document's model."""
     found = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = [str(p) for p in err["loc"]]
         key = ".".join([prefix, *loc] if prefix else loc)
         reason = err["msg"]
         if err["type"] == "extra_forbidden":
-            reason = "unknown key"
+            reason = "unknown key" + _did_you_mean(loc[-1], _known_keys(
+                model or _RawSettings, err["loc"][:-1]))
         elif err["type"] == "missing":
             reason = "required key is missing"
         found.append(ConfigProblem(key, reason))
     return found
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table at ``loc`` inside ``model`` accepts (empty when unknown)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or name for name, f in current.model_fields.items()]
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside an annotation such as ``list[RouteConfig]`` or ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(word: str, known: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``known``, or ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _secret(platform: PlatformConfig, name: str, env: Mapping[str, str],
@@ -479,16 +542,16 @@ def _secret(platform: PlatformConfig, name: str, env: Mapping[str, str],
             problems.append(ConfigProblem(key, f"${env_name} is set but empty"))
             return None
         return SecretStr(value)
-    if file is not None:
-        return _read_secret(file, f"{key}_file", problems)
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir and (Path(cred_dir) / name).exists():
         return _read_secret(Path(cred_dir) / name, f"{key} (systemd credential)", problems)
+    if file is not None:
+        return _read_secret(file, f"{key}_file", problems)
     if inline is not None:
         return inline
     problems.append(ConfigProblem(
         key,
-        f"missing: set {name}_file, ${env_name}, a systemd credential named {name!r}, or {name}",
+        f"missing: set ${env_name}, a systemd credential named {name!r}, {name}_file, or {name}",
     ))
     return None
 
@@ -515,7 +578,7 @@ def _read_secret(path: Path, key: str, problems: list[ConfigProblem]) -> SecretS
 
 
 def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem],
-                 env: Mapping[str, str]) -> dict[str, SinkSpec]:
+                 env: Mapping[str, str], secrets: bool = True) -> dict[str, SinkSpec]:
     specs: dict[str, SinkSpec] = {}
     for name, table in tables.items():
         key = f"sinks.{name}"
@@ -535,7 +598,8 @@ def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem],
         try:
             cls = sink_class(type_name)
         except UnknownSinkType as exc:
-            problems.append(ConfigProblem(f"{key}.type", str(exc)))
+            problems.append(ConfigProblem(f"{key}.type",
+                                          str(exc) + _did_you_mean(type_name, sink_types())))
             continue
         takes_over = table.get("takes_over", [])
         if isinstance(takes_over, str):
@@ -549,11 +613,12 @@ def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem],
         options = {k: v for k, v in table.items() if k not in ("type", "takes_over")}
         try:
             # the context lets an Options model resolve secrets from the same environment
+            context = {"env": env, "secrets": secrets}
             specs[name] = SinkSpec(name, type_name,
-                                   cls.Options.model_validate(options, context={"env": env}),
+                                   cls.Options.model_validate(options, context=context),
                                    tuple(takes_over))
         except ValidationError as exc:
-            problems.extend(_problems(exc, key))
+            problems.extend(_problems(exc, key, model=cls.Options))
     claimed: dict[str, str] = {}
     for name, spec in specs.items():
         for old in spec.takes_over:
@@ -578,7 +643,8 @@ def _build_router(raw: _RawSettings, problems: list[ConfigProblem]) -> Router:
         seen.add(rc.name)
         for sink in rc.sinks:
             if sink not in raw.sinks:
-                problems.append(ConfigProblem(f"{key}.sinks", f"no sink named {sink!r}"))
+                problems.append(ConfigProblem(f"{key}.sinks", f"no sink named {sink!r}"
+                                              + _did_you_mean(sink, raw.sinks)))
         match = {field: frozenset(_as_strings(v)) for field, v in rc.match.items()}
         for field, accepted in match.items():
             if not accepted:
@@ -593,7 +659,8 @@ def _build_router(raw: _RawSettings, problems: list[ConfigProblem]) -> Router:
         routes.append(Route(rc.name, tuple(rc.sinks), match, rc.stop))
     for sink in raw.default_route.sinks:
         if sink not in raw.sinks:
-            problems.append(ConfigProblem("default_route.sinks", f"no sink named {sink!r}"))
+            problems.append(ConfigProblem("default_route.sinks", f"no sink named {sink!r}"
+                                          + _did_you_mean(sink, raw.sinks)))
     if not raw.routes and not raw.default_route.sinks:
         problems.append(ConfigProblem("default_route.sinks",
                                       "no routes and no default route: events would go nowhere"))

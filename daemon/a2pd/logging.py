@@ -9,9 +9,11 @@ that would carry it anyway.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import re
 import sys
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -136,8 +138,42 @@ def recent_problems() -> list[dict[str, Any]]:
     return list(_recent)
 
 
+#: syslog priorities (sd-daemon(3)): journald reads a ``<N>`` prefix as the line's priority
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def to_journald(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``stream`` is connected to journald: systemd sets ``$JOURNAL_STREAM`` to the
+    device and inode of the stream it gave the service (systemd.exec(5))."""
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return bool(inode) and (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def print_error(text: str, stream: TextIO | None = None) -> None:
+    """Print a line of a command's error output, with journald's error priority when stderr
+    is the journal (``a2pd: stopped: ...`` from the service shows in ``journalctl -p err``)."""
+    out = stream if stream is not None else sys.stderr
+    prefix = f"<{_PRIORITY['error']}>" if to_journald(out) else ""
+    print(f"{prefix}{text}", file=out)
+
+
+def _with_priority(render: Any) -> Any:
+    """A renderer whose line starts with the event's syslog priority, ``<4>{...}``."""
+    def renderer(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
+        priority = _PRIORITY.get(str(event_dict.get("level", "info")), 6)
+        return f"<{priority}>{render(logger, name, event_dict)}"
+    return renderer
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog for the whole process. ``fmt``: auto | json | console."""
+    """Set up structlog for the whole process. ``fmt``: auto | json | console. Under systemd
+    each line carries its priority for journald (``journalctl -p warning``); colours only on
+    a terminal and never with ``$NO_COLOR`` set (no-color.org)."""
     out = stream if stream is not None else sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     processors: list[Any] = [
@@ -148,10 +184,10 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         mask_secrets,
         remember_problems,
     ]
-    if console:
-        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
-    else:
-        processors.append(structlog.processors.JSONRenderer())
+    colors = out.isatty() and not os.environ.get("NO_COLOR")
+    render: Any = (structlog.dev.ConsoleRenderer(colors=colors) if console
+                   else structlog.processors.JSONRenderer())
+    processors.append(_with_priority(render) if to_journald(out) else render)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -62,7 +62,14 @@ from a2pd.config import Duration, DurationOrOff
 from a2pd.errors import SinkError
 from a2pd.events import Event, to_json
 from a2pd.logging import get_logger, register_secret, scrub
-from a2pd.sinks import Sink, SinkContext, SinkOptions, read_secret_file, redact_url
+from a2pd.sinks import (
+    Sink,
+    SinkContext,
+    SinkOptions,
+    read_secret_file,
+    redact_url,
+    secrets_wanted,
+)
 from a2pd.sinks.file import check_template, template_values
 
 log = get_logger("sinks.redis")
@@ -241,6 +248,9 @@ class RedisOptions(SinkOptions):
             env = os.environ
         url_user = unquote(parts.username) if parts.username else None
         url_password = unquote(parts.password) if parts.password else None
+        if not secrets_wanted(info):
+            self._username, self._password = url_user, None
+            return self
         username = _resolve_secret(self, "username", env, url_user)
         password = _resolve_secret(self, "password", env, url_password)
         self._username = username.get_secret_value() if username is not None else None
@@ -271,8 +281,9 @@ class RedisOptions(SinkOptions):
 def _resolve_secret(options: RedisOptions, name: str, env: Mapping[str, str],
                     from_url: str | None) -> SecretStr | None:
     """``name`` (username or password) from, in order: ``$A2PD_<CREDENTIAL_NAME>_<NAME>``,
-    ``<name>_file``, the systemd credential ``<credential_name>_<name>``, the inline option,
-    the URL. Errors name the option, never the value."""
+    the systemd credential ``<credential_name>_<name>``, ``<name>_file``, the inline option,
+    the URL (the order of the platform's secrets, config.py). Errors name the option, never
+    the value."""
     env_name = f"A2PD_{options.credential_name.upper()}_{name.upper()}"
     inline_raw = getattr(options, name)
     inline = (inline_raw.get_secret_value() if isinstance(inline_raw, SecretStr)
@@ -285,12 +296,12 @@ def _resolve_secret(options: RedisOptions, name: str, env: Mapping[str, str],
         if not value:
             raise ValueError(f"{name}: ${env_name} is set but empty")
         return SecretStr(value)
-    if file is not None:
-        return _read(file, f"{name}_file")
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     credential = f"{options.credential_name}_{name}"
     if cred_dir and (Path(cred_dir) / credential).exists():
         return _read(Path(cred_dir) / credential, f"{name} (systemd credential {credential})")
+    if file is not None:
+        return _read(file, f"{name}_file")
     if inline is not None:
         return SecretStr(inline)
     return SecretStr(from_url) if from_url else None

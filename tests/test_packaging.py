@@ -1,0 +1,67 @@
+"""What ``pip install`` gives a user: the wheel built from this tree, installed (not editable)
+into a new virtualenv beside ``python-daemon`` (which installs a top-level ``daemon``
+package), runs the demo and its commands from there, and keeps working when python-daemon
+is removed again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parent.parent
+#: a new venv and its dependencies from the package index: minutes at worst
+INSTALL_TIMEOUT = 600
+
+
+def run(*args: str | Path, cwd: Path | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("A2PD_CONFIG", "A2PD_CLIENT_SECRET", "A2PD_JWT", "PYTHONPATH")}
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_wheel_installs_beside_python_daemon_and_runs_the_demo(tmp_path: Path) -> None:
+    built = run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", REPO,
+                timeout=INSTALL_TIMEOUT)
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "dist").glob("a2pd-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "a2pd/data/demo.toml" in names
+    assert "a2pd/py.typed" in names
+    assert not [n for n in names if n.startswith("daemon/")], "the wheel must not own daemon/"
+
+    venv = tmp_path / "venv"
+    assert run(sys.executable, "-m", "venv", venv).returncode == 0
+    pip = [venv / "bin/python", "-m", "pip", "install", "-q"]
+    installed = run(*pip, "python-daemon", wheel, timeout=INSTALL_TIMEOUT)
+    assert installed.returncode == 0, installed.stderr
+    a2pd = venv / "bin/a2pd"
+    other = run(venv / "bin/python", "-c", "import daemon, a2pd; print(daemon.__file__); "
+                "print(a2pd.__file__)", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    daemon_file, a2pd_file = other.stdout.split()
+    assert "site-packages/daemon/" in daemon_file  # python-daemon's
+    assert "site-packages/a2pd/" in a2pd_file
+
+    demo = run(a2pd, "demo", "--duration", "4", "--rate", "50", cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    records = [json.loads(line) for path in (tmp_path / "demo-output/events").rglob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert records, demo.stderr
+    helped = run(a2pd, "emulator", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "--traffic" in helped.stdout
+
+    removed = run(venv / "bin/python", "-m", "pip", "uninstall", "-q", "-y", "python-daemon")
+    assert removed.returncode == 0, removed.stderr
+    version = run(a2pd, "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("a2pd ")
