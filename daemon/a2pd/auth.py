@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -42,6 +42,12 @@ JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SUBSCRIPTION_PATH = "/restapi/v1.0/subscription/"
 DEFAULT_RETRY_AFTER = 30.0  # docs: without Retry-After wait at least 30 s (PROTOCOL.md §6)
 PERMISSION_CODES = frozenset({"SUB-528", "CMN-401", "InsufficientPermissions", "OAU-151"})
+#: what to do about a missing refresh token (the warning below, and ``a2pd check``)
+NO_REFRESH_FIX = ("turn on 'Issue refresh tokens' in the app's settings (RingCentral "
+                  "Developer Console → your app → Settings → Auth)")
+NO_REFRESH_NOTE = ("without one, a2pd makes a new JWT grant (a new OAuth session) each time "
+                   "the access token expires; a WebSocket session dropped after that cannot be "
+                   "recovered, so its gap is rebuilt from the A2P lists instead")
 
 log = get_logger("auth")
 
@@ -56,6 +62,41 @@ class WsToken:
 
     def __repr__(self) -> str:
         return f"WsToken(uri={self.uri!r}, expires_in={self.expires_in})"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What the platform said when it refused a call, as it said it (``a2pd check`` shows it;
+    nothing here is a secret: the platform's error bodies name codes and permissions)."""
+
+    path: str
+    status: int
+    #: ``errorCode``, else OAuth's ``error`` (protocol.error_code)
+    code: str | None
+    #: every error code in the body: the top-level one and each ``errors[].errorCode``
+    codes: tuple[str, ...]
+    message: str | None
+    #: the ``permissionName`` of an InsufficientPermissions answer
+    permission: str | None
+
+
+def refusal(path: str, status: int, body: Any) -> Refusal:
+    """Read a RingCentral error body (REST, OAuth, or a ClientRequest reply) into a Refusal."""
+    doc = body if isinstance(body, dict) else {}
+    errors = doc.get("errors")
+    inner = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+    codes = [c for c in (doc.get("errorCode"), doc.get("error"),
+                         *(e.get("errorCode") for e in inner)) if isinstance(c, str)]
+
+    def first(key: str) -> str | None:
+        for item in (doc, *inner):
+            value = item.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    return Refusal(path, status, error_code(doc), tuple(dict.fromkeys(codes)),
+                   first("error_description") or first("message"), first("permissionName"))
 
 
 class _Tokens:
@@ -107,6 +148,8 @@ class TokenManager:
         self.counters = Counters()
         #: called whenever the tokens change (the daemon saves them, daemon/a2pd/persist.py)
         self.on_change: Callable[[], None] | None = None
+        #: the platform's latest refusal (non-2xx answer), for ``a2pd check``'s report
+        self.last_refusal: Refusal | None = None
         register_secret(client_secret, permanent=True)
         register_secret(jwt, permanent=True)
 
@@ -120,6 +163,12 @@ class TokenManager:
     @property
     def owner_id(self) -> str | None:
         return self._tokens.owner_id if self._tokens else None
+
+    @property
+    def has_refresh_token(self) -> bool:
+        """Whether the platform issued a refresh token with the current access token (the
+        app setting "Issue refresh tokens")."""
+        return self._tokens is not None and self._tokens.refresh is not None
 
     def refresh_due_in(self) -> float:
         """Seconds until the access token should be refreshed (0 when it should be now)."""
@@ -270,17 +319,48 @@ class TokenManager:
         log.info("subscription_not_deleted", status=response.status_code)
         return False
 
-    async def revoke(self) -> None:
-        """End the OAuth session. Failures are ignored and never retried (PROTOCOL.md §1.3)."""
+    async def revoke(self) -> bool:
+        """End the OAuth session. Failures are ignored and never retried (PROTOCOL.md §1.3);
+        False says the platform did not confirm it (True: it did, or there was none)."""
         tokens = self._tokens
         if tokens is None:
-            return
+            return True
+        revoked = True
         try:
             await self._post(REVOKE_PATH, form={"token": tokens.access}, basic=True)
         except PlatformError as exc:
             log.info("revoke_failed", status=exc.status)
+            revoked = False
         self._tokens = None
         self._changed()
+        return revoked
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """One REST ``GET path`` with the access token (``a2pd check`` reads a list page):
+        the JSON object of a 2xx answer. Otherwise raises ``PlatformError`` (``RateLimited``
+        for 429) with the status and code, ``last_refusal`` saying what the platform said;
+        unlike the Auth calls, a 429 here holds nothing back (another rate group)."""
+        access = await self.access_token()
+        headers = {"Accept": "application/json", "Authorization": f"Bearer {access}"}
+        try:
+            response = await self._client.get(self._platform.server + path, params=params,
+                                              headers=headers,
+                                              timeout=self._platform.http_timeout)
+        except httpx.TimeoutException as exc:
+            raise PlatformError(f"timed out calling {path}") from exc
+        except httpx.HTTPError as exc:
+            raise PlatformError(f"cannot reach the platform for {path}: {type(exc).__name__}") \
+                from exc
+        body = _json_object(response)
+        status = response.status_code
+        if 200 <= status < 300:
+            return body
+        self.last_refusal = refusal(path, status, body)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            raise RateLimited(f"{path} rate limited", retry_after=retry_after,
+                              code=error_code(body))
+        raise PlatformError(f"{path} failed", status=status, code=error_code(body))
 
     # -- internals (call with the lock held) -------------------------------------------------
 
@@ -301,13 +381,7 @@ class TokenManager:
                  expires_in=round(tokens.access_expires - tokens.issued))
         if tokens.refresh is None and not self._warned_no_refresh:
             self._warned_no_refresh = True
-            log.warning(
-                "no_refresh_token",
-                fix="turn on 'Issue refresh tokens' in the app's settings (RingCentral "
-                "Developer Console → your app → Settings → Auth)",
-                note="without one, a2pd makes a new JWT grant (a new OAuth session) each time "
-                "the access token expires; a WebSocket session dropped after that cannot be "
-                "recovered, so its gap is rebuilt from the A2P lists instead")
+            log.warning("no_refresh_token", fix=NO_REFRESH_FIX, note=NO_REFRESH_NOTE)
         return tokens
 
     async def _refresh_or_grant(self) -> _Tokens:
@@ -363,14 +437,10 @@ class TokenManager:
 
     def _check(self, path: str, response: httpx.Response) -> dict[str, Any]:
         status = response.status_code
-        try:
-            body = response.json() if response.content else {}
-        except ValueError:
-            body = {}
-        if not isinstance(body, dict):
-            body = {}
+        body = _json_object(response)
         if 200 <= status < 300:
             return body
+        self.last_refusal = refusal(path, status, body)
         code = error_code(body)
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
@@ -383,6 +453,15 @@ class TokenManager:
                                      "WebSocket Subscriptions and A2P SMS permissions?)",
                                      status=status, code=code)
         raise PlatformError(f"{path} failed", status=status, code=code)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    """The response's JSON object ({} for an empty, non-JSON or non-object body)."""
+    try:
+        body = response.json() if response.content else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def parse_retry_after(value: str | None, now: float, default: float = DEFAULT_RETRY_AFTER,

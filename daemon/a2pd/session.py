@@ -9,7 +9,8 @@
 ``run_session`` returns only by raising: ``ConnectionLost`` (reconnect), ``RateLimited``,
 ``FatalPlatformError`` or ``ConfigError`` (stop). Everything that must outlive the
 connection (newest ``wsc``, subscription id, recovery window) lives in ``SessionState``,
-owned by the supervisor.
+owned by the supervisor. ``probe_subscription`` is the same handshake and subscription
+request for ``a2pd check``: it deletes what it created and reports the platform's answer.
 
 Only this module imports websockets.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import anyio
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
@@ -403,19 +405,7 @@ async def run_session(
 ) -> None:
     """Run one connection until it ends (always by raising); ``on_subscribed`` is called once
     the subscription is active (created, or carried over by a successful recovery)."""
-    try:
-        # No client pings: the gateway ignores them for its idle timer (Heartbeats do that);
-        # websockets still answers the server's pings by itself.
-        ws = await connect(url, open_timeout=cfg.connect_timeout, close_timeout=2,
-                           max_size=cfg.max_frame_bytes, ping_interval=None, compression=None,
-                           user_agent_header="a2pd")
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        raise ConnectionLost(f"WebSocket upgrade refused (HTTP {status})",
-                             code=f"http-{status}", recoverable=status not in (401, 403)) from exc
-    except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
-        raise ConnectionLost(f"cannot open the WebSocket: {type(exc).__name__}") from exc
-
+    ws = await _open(url, cfg)
     conn = _Connection(ws, cfg, state, on_notification, on_bad_frame, oauth_session)
     state.connection_count += 1
     state.count("connections")
@@ -448,6 +438,80 @@ async def run_session(
         state.subscribed = False
         with anyio.CancelScope(shield=True):
             await ws.close()
+
+
+async def _open(url: str, cfg: ConnectionConfig) -> ClientConnection:
+    """Open the socket (the upgrade); every failure is a ``ConnectionLost``."""
+    try:
+        # No client pings: the gateway ignores them for its idle timer (Heartbeats do that);
+        # websockets still answers the server's pings by itself.
+        return await connect(url, open_timeout=cfg.connect_timeout, close_timeout=2,
+                             max_size=cfg.max_frame_bytes, ping_interval=None,
+                             compression=None, user_agent_header="a2pd")
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        raise ConnectionLost(f"WebSocket upgrade refused (HTTP {status})",
+                             code=f"http-{status}", recoverable=status not in (401, 403)) from exc
+    except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
+        raise ConnectionLost(f"cannot open the WebSocket: {type(exc).__name__}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What ``probe_subscription`` saw."""
+
+    #: the platform's answer to the subscription request (a ClientRequest reply or an Error)
+    reply: protocol.ClientResponse | protocol.ErrorFrame
+    #: the subscription created (None: refused, or a reply without an id)
+    info: protocol.SubscriptionInfo | None
+    #: the platform confirmed the deletion of ``info`` over the socket
+    deleted: bool
+
+
+async def probe_subscription(url: str, filters: list[str], cfg: ConnectionConfig) -> Probe:
+    """Connect, wait for ConnectionDetails, subscribe with ``filters`` as ``run_session``
+    does, delete the subscription it created (over the socket) and close: can this app
+    subscribe, leaving nothing behind (``a2pd check``)? Raises ``ConnectionLost`` when the
+    socket cannot be opened, the gateway refuses the session or an answer does not come."""
+
+    async def ignore(_message: object) -> None:
+        return None
+
+    ws = await _open(url, cfg)
+    conn = _Connection(ws, cfg, SessionState(), ignore, ignore, None)
+    probe: Probe | None = None
+    try:
+        await _handshake(conn, presented_wsc=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.receive_loop)
+            probe = await _subscribe_and_delete(conn, filters)
+            tg.cancel_scope.cancel()
+    except* ConnectionLost as group:
+        raise group.exceptions[0] from None
+    finally:
+        with anyio.CancelScope(shield=True):
+            await ws.close()
+    if probe is None:
+        raise ConnectionLost("the subscription request was not answered")
+    return probe
+
+
+async def _subscribe_and_delete(conn: _Connection, filters: list[str]) -> Probe:
+    reply = await conn.request(lambda mid: protocol.encode_subscribe(mid, filters))
+    # only these two are ever handed to a waiting request (``dispatch``)
+    if not isinstance(reply, protocol.ClientResponse | protocol.ErrorFrame):
+        raise ConnectionLost("unexpected answer to the subscription request")
+    info = None
+    if isinstance(reply, protocol.ClientResponse) and reply.ok:
+        try:
+            info = protocol.SubscriptionInfo.model_validate(reply.body)
+        except ValidationError:
+            return Probe(reply, None, deleted=False)
+    if info is None:
+        return Probe(reply, None, deleted=False)
+    path = f"{protocol.SUBSCRIPTION_PATH}/{quote(info.id, safe='')}"
+    answer = await conn.request(lambda mid: protocol.encode_request(mid, "DELETE", path))
+    return Probe(reply, info, isinstance(answer, protocol.ClientResponse) and answer.ok)
 
 
 async def _handshake(conn: _Connection, presented_wsc: bool) -> None:

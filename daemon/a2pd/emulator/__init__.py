@@ -20,7 +20,12 @@ Choices where PROTOCOL.md leaves room:
 - WSG-902/903 and drop mode ``close`` close with 1000 after the Error frame (status 400);
   a second socket on the same WS token, or a revoked/evicted OAuth session, closes with 1008;
 - the idle timer counts client frames only (RFC 6455 pongs do not reset it, PROTOCOL 3);
-- an expired access token does not close a live socket; revoke and eviction do.
+- an expired access token does not close a live socket; revoke and eviction do;
+- a missing app permission (``app_permissions``) is refused with 403
+  ``InsufficientPermissions``/``CMN-401`` naming it: ``WebSocketsSubscription`` at the WS
+  token (or, with ``ws_permission_refused_at="subscription"``, 403 ``SUB-528`` at the
+  subscription request), ``ReadAccounts`` at a subscription with A2P filters, ``A2PSMS`` at
+  the ``a2p-sms`` lists, ``SMS`` at the consents list (docs/protocol-notes.md §8c).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from a2pd.emulator.errors import (
     EmulatorTimeout,
     NotRunning,
     OAuthError,
+    PermissionRefused,
 )
 from a2pd.emulator.gateway import ConnectionInfo, GeneratedRecord, SentRecord
 from a2pd.emulator.server import Emulator
@@ -50,6 +56,7 @@ __all__ = [
     "GeneratedRecord",
     "NotRunning",
     "OAuthError",
+    "PermissionRefused",
     "SentRecord",
     "Traffic",
     "TrafficPlanner",

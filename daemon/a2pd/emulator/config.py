@@ -41,6 +41,22 @@ def _demo_jwt() -> str:
 #: the JWT credential the emulator accepts unless configured otherwise
 DEFAULT_JWT = _demo_jwt()
 
+#: application permissions (the Developer Console's "App Permissions", the token's ``scope``)
+#: a2pd needs, each with the call that needs it (docs/protocol-notes.md §8c):
+#: the WS token (subscribing.md: "the app must first possess the WebSocketsSubscription app
+#: scope"; spec: "App Permission: WebSocket")
+WS_PERMISSION = "WebSocketsSubscription"
+#: the A2P event filters (event-filter pages: "Required Permissions: ReadAccounts")
+READ_ACCOUNTS = "ReadAccounts"
+#: the ``a2p-sms/*`` endpoints (spec: "App Permission: A2PSMS")
+A2P_PERMISSION = "A2PSMS"
+#: the v2 consents list the backfill reads opt-outs from (spec: "App Permission: SMS")
+SMS_PERMISSION = "SMS"
+DAEMON_PERMISSIONS = frozenset({WS_PERMISSION, READ_ACCOUNTS, A2P_PERMISSION, SMS_PERMISSION})
+#: where a missing WebSocketsSubscription permission is refused: at the WS token (the
+#: docs) or at the subscription request (403 SUB-528, as a third-party client met it)
+WS_REFUSALS = ("wstoken", "subscription")
+
 
 @dataclass(frozen=True)
 class EmulatorConfig:
@@ -75,6 +91,14 @@ class EmulatorConfig:
     #: default refresh tokens are not issued). On here, as the demo's app is set up; off:
     #: token replies carry no refresh token and every refresh grant is refused
     issue_refresh_tokens: bool = True
+    #: the app's permissions; a call needing one the app lacks is refused with 403
+    #: ``InsufficientPermissions``/``CMN-401`` (default: every one a2pd needs)
+    app_permissions: frozenset[str] = DAEMON_PERMISSIONS
+    #: where a missing ``WebSocketsSubscription`` is refused (``WS_REFUSALS``)
+    ws_permission_refused_at: str = "wstoken"
+    #: the app's auth type is "JWT auth flow"; off: the JWT grant is refused (403
+    #: ``unauthorized_client``, OAU-112), as for an app made for another flow
+    jwt_flow: bool = True
     #: the A2P REST calls' usage plan group "Light": this many requests per user and app in a
     #: sliding window of ``a2p_rate_window`` seconds, then every call is refused (429) for
     #: ``a2p_rate_penalty`` seconds, each refused call restarting the penalty (rate-limits
@@ -111,6 +135,10 @@ class EmulatorConfig:
             raise EmulatorConfigError("max_subscriptions must be >= 1")
         if self.max_oauth_sessions < 1:
             raise EmulatorConfigError("max_oauth_sessions must be >= 1")
+        if self.ws_permission_refused_at not in WS_REFUSALS:
+            raise EmulatorConfigError(f"ws_permission_refused_at must be one of {WS_REFUSALS}")
+        if not isinstance(self.app_permissions, frozenset):
+            raise EmulatorConfigError("app_permissions must be a frozenset of permission names")
         for name in ("account_id", "extension_id", "client_id", "client_secret", "jwt"):
             if not getattr(self, name):
                 raise EmulatorConfigError(f"{name} must not be empty")

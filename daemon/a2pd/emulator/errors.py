@@ -12,7 +12,9 @@ the HTTP status and the RingCentral error body fields; the HTTP edge and the Web
     ├── EmulatorTimeout (TimeoutError)     a wait_* helper ran out of time
     ├── NotRunning (RuntimeError)          an I/O helper was used outside ``running()``
     └── ApiError                           a REST error: status + errorCode + message
-        └── OAuthError                     an OAuth error: also the ``error`` field
+        ├── OAuthError                     an OAuth error: also the ``error`` field
+        └── PermissionRefused              403 InsufficientPermissions: an app permission
+                                           is missing (``permissionName``)
 """
 
 from __future__ import annotations
@@ -68,4 +70,26 @@ class OAuthError(ApiError):
             "error_description": self.message,
             "errors": [{"errorCode": self.error_code, "message": self.message,
                         "parameters": []}],
+        }
+
+
+class PermissionRefused(ApiError):
+    """403: the app lacks an application permission. The shape the live platform answers
+    (ringcentral-web-phone #154, ringcentral-embeddable #591/#620): top-level ``errorCode``
+    ``InsufficientPermissions``, ``errors[0].errorCode`` ``CMN-401`` (the errors page:
+    "Specific application permission required"), both with ``permissionName``."""
+
+    def __init__(self, permission: str) -> None:
+        super().__init__(403, "CMN-401", "In order to call this API endpoint, application "
+                                         f"needs to have [{permission}] permission")
+        self.permission = permission
+
+    def body(self) -> dict[str, Any]:
+        """The body as the platform sends it (see the class docstring)."""
+        return {
+            "errorCode": "InsufficientPermissions",
+            "message": self.message,
+            "errors": [{"errorCode": self.error_code, "message": self.message,
+                        "permissionName": self.permission}],
+            "permissionName": self.permission,
         }

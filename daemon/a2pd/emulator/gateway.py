@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from a2pd.emulator.config import EmulatorConfig, seconds
+from a2pd.emulator.config import READ_ACCOUNTS, WS_PERMISSION, EmulatorConfig, seconds
 from a2pd.emulator.errors import ApiError, EmulatorConfigError
 from a2pd.emulator.filters import (
     EventFilter,
@@ -564,6 +564,7 @@ class Gateway:
             if method == "POST":
                 filters, disabled = self._filters(body)
                 _check_delivery_mode(body)
+                self._check_permissions(filters)
                 if session.subscription is None and \
                         self.subscription_count() >= self.config.max_subscriptions:
                     raise ApiError(403, "SUB-505", "Subscriptions limit exceeded")
@@ -591,7 +592,9 @@ class Gateway:
         if method == "GET":
             return 200, current.info(wall)
         if method == "PUT":
-            current.filters, current.disabled = self._filters(body)
+            filters, disabled = self._filters(body)
+            self._check_permissions(filters)
+            current.filters, current.disabled = filters, disabled
             return 200, current.info(wall)
         raise ApiError(405, "CMN-405", f"Method {method} is not allowed here")
 
@@ -616,6 +619,21 @@ class Gateway:
             listed = ", ".join(str(t) for t in raw)
             raise ApiError(400, "SUB-508", f"Invalid event filters: [{listed}]")
         return tuple(accepted), tuple(disabled)
+
+    def _check_permissions(self, filters: tuple[EventFilter, ...]) -> None:
+        """The app permissions a subscription needs: ``WebSocketsSubscription`` when it is
+        refused here rather than at the WS token (403 SUB-528, worded after the API
+        reference's SUB-528 row and the permission name a third-party client met), and
+        ``ReadAccounts`` for the A2P filters (their event-filter pages' "Required
+        Permissions"; how the platform refuses a filter's permission is not documented: the
+        app-permission answer, 403 InsufficientPermissions, is our reading)."""
+        config = self.config
+        if config.ws_permission_refused_at == "subscription" and \
+                WS_PERMISSION not in config.app_permissions:
+            raise ApiError(403, "SUB-528", "[SubscriptionWebSocket] application permission "
+                                           "is required for [WebSocket] transport")
+        if any(f.kind != "other" for f in filters):
+            self.oauth.require(READ_ACCOUNTS)
 
     def _error_frame(self, message_id: str | None, status: int, code: str, message: str) -> str:
         header = {"type": "Error", "messageId": message_id or self.new_id(), "status": status,

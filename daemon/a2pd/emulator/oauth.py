@@ -7,7 +7,11 @@ Pure state, no I/O: the HTTP edge (``server.py``) hands in the form fields and t
 - every JWT grant opens a new OAuth session; past ``max_oauth_sessions`` the oldest is evicted;
 - a refresh keeps the session, is single-use, and kills the previous access token;
 - revoking any token of a session ends the whole session;
-- a WS token belongs to the OAuth session whose access token asked for it.
+- a WS token belongs to the OAuth session whose access token asked for it;
+- the token's ``scope`` is the app's permissions (``app_permissions``); a call needing one
+  the app lacks is refused (``require``: 403 InsufficientPermissions/CMN-401); an app not
+  made for the JWT flow (``jwt_flow`` off) has its JWT grant refused (403
+  ``unauthorized_client``, OAU-112).
 
 Tokens are opaque random strings from :mod:`secrets`; they must never be logged.
 """
@@ -23,11 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from a2pd.emulator.config import EmulatorConfig, seconds
-from a2pd.emulator.errors import ApiError, OAuthError
+from a2pd.emulator.errors import ApiError, OAuthError, PermissionRefused
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REFRESH_GRANT = "refresh_token"
-SCOPE = "ReadAccounts A2PSMS WebSocketsSubscription"
 #: PROTOCOL 1.1: access_token_ttl may be asked for within 600..3600 s, refresh up to 30 days
 _ACCESS_TTL_RANGE = (600.0, 3600.0)
 _REFRESH_TTL_MAX = 2592000.0
@@ -86,6 +89,12 @@ class OAuthServer:
                          f"Unsupported grant type: {grant or '(none)'}")
 
     def _jwt_grant(self, form: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+        if not self.config.jwt_flow:
+            # the errors page: 403 OAU-112 "The client is unauthorized for the required grant
+            # type"; ``unauthorized_client`` is RFC 6749's name for it
+            raise OAuthError(403, "unauthorized_client", "OAU-112",
+                             f"The client is unauthorized for the required grant type: "
+                             f"[{JWT_GRANT}]")
         assertion = form.get("assertion", "")
         if not assertion or not hmac.compare_digest(assertion.encode(),
                                                     self.config.jwt.encode()):
@@ -133,7 +142,7 @@ class OAuthServer:
             "access_token": session.access_token,
             "token_type": "bearer",
             "expires_in": seconds(access_ttl),
-            "scope": SCOPE,
+            "scope": " ".join(sorted(self.config.app_permissions)),
             "owner_id": self.config.extension_id,
             "endpoint_id": session.endpoint_id,
             "session_id": session.id,
@@ -188,6 +197,11 @@ class OAuthServer:
         if self.clock() >= session.access_expires:
             raise ApiError(401, "OAU-128", "Access token expired")
         return session
+
+    def require(self, permission: str) -> None:
+        """Refuse the call (403 InsufficientPermissions) unless the app has ``permission``."""
+        if permission not in self.config.app_permissions:
+            raise PermissionRefused(permission)
 
     def issue_ws_token(self, session: OAuthSession) -> dict[str, Any]:
         """A new WS token for ``session`` (``POST /restapi/oauth/wstoken``), minus ``uri``."""

@@ -11,7 +11,9 @@
 (the platform's view, whether or not a subscription took the notification), so a client
 can rebuild what it missed. Lists answer ``{"records": [...], "paging": {...}}`` with an
 opaque ``pageToken``/``nextPageToken`` and ``perPage`` (default 1000, as the spec says).
-Every call needs a valid bearer access token (401 otherwise). Tests can make the next calls
+Every call needs a valid bearer access token (401 otherwise) and the app permission its
+API reference names (403 InsufficientPermissions otherwise): ``A2PSMS`` for ``a2p-sms/*``,
+``SMS`` for the consents list (docs/protocol-notes.md §8c). Tests can make the next calls
 fail (``fail_lists``: e.g. 429 with Retry-After, or 503 until cleared, or a permanent 403).
 
 Every call counts against the usage plan group "Light" (``RateLimit``): 50 requests per user
@@ -49,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from a2pd.emulator.config import A2P_PERMISSION, SMS_PERMISSION
 from a2pd.emulator.errors import ApiError
 from a2pd.emulator.oauth import OAuthServer
 from a2pd.emulator.traffic import iso_micros
@@ -297,7 +300,8 @@ Answer = Callable[[Mapping[str, list[str]], Mapping[str, Any]], dict[str, Any]]
 def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
     """The Starlette routes of the list and single-object endpoints."""
 
-    def endpoint(name: str, lister: Answer) -> Callable[[Request], Any]:
+    def endpoint(name: str, lister: Answer,
+                 permission: str = A2P_PERMISSION) -> Callable[[Request], Any]:
         async def handle(request: Request) -> Response:
             path = request.url.path
             response = _answer(request, lister)
@@ -307,6 +311,7 @@ def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
         def _answer(request: Request, lister: Answer) -> Response:
             try:
                 oauth.authenticate(request.headers.get("authorization"))
+                oauth.require(permission)
                 allowed, limits = store.rate.take() if store.rate else (True, {})
                 if not allowed:
                     return JSONResponse(ApiError(429, "CMN-301", "Request rate exceeded")
@@ -352,6 +357,6 @@ def routes(store: A2pStore, oauth: OAuthServer) -> list[Route]:
               methods=["GET"]),
         Route(PREFIX + "opt-outs", endpoint("optouts", lambda q, _: store.list_optouts(q)),
               methods=["GET"]),
-        Route(CONSENTS, endpoint("consents", lambda q, _: store.list_consents(q)),
-              methods=["GET"]),
+        Route(CONSENTS, endpoint("consents", lambda q, _: store.list_consents(q),
+                                 SMS_PERMISSION), methods=["GET"]),
     ]

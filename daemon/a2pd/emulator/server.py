@@ -32,7 +32,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from a2pd.emulator.config import EmulatorConfig
+from a2pd.emulator.config import WS_PERMISSION, EmulatorConfig
 from a2pd.emulator.errors import (
     ApiError,
     EmulatorConfigError,
@@ -467,6 +467,8 @@ class Emulator:
             return _fault_response(fault)
         try:
             session = self.oauth.authenticate(request.headers.get("authorization"))
+            if self.config.ws_permission_refused_at == "wstoken":
+                self.oauth.require(WS_PERMISSION)
         except ApiError as exc:
             return _error(exc)
         return JSONResponse({**self.oauth.issue_ws_token(session), "uri": self.ws_url})
