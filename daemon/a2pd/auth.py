@@ -342,15 +342,7 @@ class TokenManager:
         unlike the Auth calls, a 429 here holds nothing back (another rate group)."""
         access = await self.access_token()
         headers = {"Accept": "application/json", "Authorization": f"Bearer {access}"}
-        try:
-            response = await self._client.get(self._platform.server + path, params=params,
-                                              headers=headers,
-                                              timeout=self._platform.http_timeout)
-        except httpx.TimeoutException as exc:
-            raise PlatformError(f"timed out calling {path}") from exc
-        except httpx.HTTPError as exc:
-            raise PlatformError(f"cannot reach the platform for {path}: {type(exc).__name__}") \
-                from exc
+        response = await self._request("GET", path, params=params, headers=headers)
         body = _json_object(response)
         status = response.status_code
         if 200 <= status < 300:
@@ -424,16 +416,18 @@ class TokenManager:
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         if bearer is not None:
             headers["Authorization"] = f"Bearer {bearer}"
-        url = self._platform.server + path
+        return self._check(path, await self._request("POST", path, data=form, headers=headers))
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call to the platform; a network failure or timeout is a ``PlatformError``."""
         try:
-            response = await self._client.post(url, data=form, headers=headers,
-                                               timeout=self._platform.http_timeout)
+            return await self._client.request(method, self._platform.server + path,
+                                              timeout=self._platform.http_timeout, **kwargs)
         except httpx.TimeoutException as exc:
             raise PlatformError(f"timed out calling {path}") from exc
         except httpx.HTTPError as exc:
             raise PlatformError(f"cannot reach the platform for {path}: {type(exc).__name__}") \
                 from exc
-        return self._check(path, response)
 
     def _check(self, path: str, response: httpx.Response) -> dict[str, Any]:
         status = response.status_code
