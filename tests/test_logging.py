@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from a2pd.logging import mask_secrets, register_secret, scrub
+import os
+from pathlib import Path
+
+import pytest
+import structlog
+
+from a2pd.logging import configure, get_logger, mask_secrets, register_secret, scrub, to_journald
 
 
 def test_credentials_stay_masked_however_many_tokens_rotate() -> None:
@@ -36,3 +42,38 @@ def test_a_flood_of_one_token_kind_keeps_the_others_masked() -> None:
     line = mask_secrets(None, "info", {"event": "x", "a": "access-token-in-use-0001",
                                        "w": "wsc-token-004999"})
     assert line == {"event": "x", "a": "***", "w": "***"}
+
+
+@pytest.mark.parametrize(("no_color", "coloured"), [(None, True), ("1", False)])
+def test_console_colours_only_on_a_terminal_without_no_color(
+        monkeypatch: pytest.MonkeyPatch, no_color: str | None, coloured: bool) -> None:
+    """On a terminal the console format is coloured, unless ``$NO_COLOR`` is set
+    (no-color.org)."""
+    if no_color is None:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    else:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    leader, follower = os.openpty()
+    try:
+        with os.fdopen(follower, "w", closefd=False) as terminal:
+            configure("info", "auto", terminal)
+            get_logger("test").warning("coloured_or_not")
+            terminal.flush()
+        out = os.read(leader, 65536).decode()
+    finally:
+        os.close(leader)
+        os.close(follower)
+        structlog.reset_defaults()
+    assert "coloured_or_not" in out
+    assert ("\x1b[" in out) is coloured
+
+
+def test_journald_stream_lines_start_with_their_priority(tmp_path: Path) -> None:
+    """When stderr is the stream ``$JOURNAL_STREAM`` names, each line starts with ``<N>``;
+    on any other stream it does not."""
+    path = tmp_path / "log"
+    with path.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        assert to_journald(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert not to_journald(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+        assert not to_journald(stream, {})
