@@ -57,7 +57,7 @@ def a2pd_counters(log: Path) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{int(match[1])}/metrics", timeout=5) as reply:
         text = reply.read().decode()
     return "\n".join(line for line in text.splitlines()
-                     if line.startswith("a2pd_") and not line.endswith(" 0")
+                     if line.startswith("a2pd_") and not line.endswith((" 0", " 0.0"))
                      and not line.startswith(("a2pd_http", "a2pd_build")))
 
 

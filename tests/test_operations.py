@@ -9,14 +9,18 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
+import pytest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from a2pd import config
 from a2pd.app import Daemon
-from a2pd.ops import render_metrics
+from a2pd.observe import Histogram
+from a2pd.ops import Metrics
 from a2pd.sinks.file import FileSink
 from tests.harness import (
     TIMEOUT,
@@ -173,7 +177,7 @@ async def test_metrics_are_valid_prometheus_text_with_the_counts(tmp_path: Path)
             response = await client.get(ops_url(daemon, "/metrics"))
             status = (await client.get(ops_url(daemon, "/status"))).json()
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
     values = metric_values(response.text)
     assert values[("a2pd_events_received_total", (("kind", "outbound"),))] == 7
     assert values[("a2pd_events_received_total", (("kind", "optout"),))] == 1
@@ -205,27 +209,76 @@ def test_status_view_escapes_what_others_wrote() -> None:
     shown = render(state)
     assert "\x1b" not in shown
     assert "\\x1b[2J\\ngotcha" in shown
+    assert "journal 0 events, oldest never" in shown  # a daemon that did not say its size
+    state["journal"] = {"events": 3, "oldest_age_seconds": 2.0, "size_bytes": 3 * 1024 * 1024}
+    assert "journal 3 events (3.0 MiB), oldest 2.0s" in render(state)
+
+
+def snapshot_of(counters: dict[str, int], sinks: dict[str, str]) -> dict[str, Any]:
+    """A daemon snapshot with these counters and sinks (name → type), idle otherwise."""
+    return {"version": "x", "counters": counters, "ready": True, "uptime_seconds": 1.0,
+            "connection": {"connected": True, "subscribed": True,
+                           "last_event_age_seconds": None},
+            "journal": {"events": 0, "oldest_age_seconds": None, "size_bytes": 4096,
+                        "limit_events": 100, "limit_age_seconds": None,
+                        "commits_failing": None},
+            "backfill": {"refused": None},
+            "sinks": {name: {"type": kind, "backlog": 0, "busy_seconds": None, "ready": True}
+                      for name, kind in sinks.items()}}
 
 
 def test_http_sink_latency_renders_as_a_histogram() -> None:
-    """The http sink's bucket counters become a cumulative Prometheus histogram."""
+    """The http sink's bucket counters become a cumulative Prometheus histogram; status
+    classes and recovery outcomes become labels of one family each."""
     counters = {"http_latency_ms_le_5.hook": 1, "http_latency_ms_le_10.hook": 3,
                 "http_latency_ms_sum.hook": 24, "http_latency_ms_count.hook": 4,
                 "http_status_2xx.hook": 3, "http_status_5xx.hook": 1,
-                "recoveries_successful": 2, "recoveries_failed": 1, "something_new.x": 5}
-    state = {"counters": counters, "ready": True, "uptime_seconds": 1.0,
-             "connection": {"connected": True, "subscribed": True,
-                            "last_event_age_seconds": None},
-             "journal": {"events": 0, "oldest_age_seconds": None}, "sinks": {}}
-    values = metric_values(render_metrics(state))
+                "recoveries_successful": 2, "recoveries_failed": 1}
+    values = metric_values(Metrics(lambda: snapshot_of(counters, {"hook": "http"}),
+                                   dict).render().decode())
     hook = (("le", "0.005"), ("sink", "hook"))
     assert values[("a2pd_http_request_duration_seconds_bucket", hook)] == 1
     assert values[("a2pd_http_request_duration_seconds_bucket",
                    (("le", "+Inf"), ("sink", "hook")))] == 4
     assert values[("a2pd_http_request_duration_seconds_sum", (("sink", "hook"),))] == 0.024
     assert values[("a2pd_http_responses_total", (("class", "5xx"), ("sink", "hook")))] == 1
+    assert values[("a2pd_http_responses_total", (("class", "4xx"), ("sink", "hook")))] == 0
     assert values[("a2pd_recoveries_total", (("outcome", "failed"),))] == 1
-    assert values[("a2pd_something_new_total", (("name", "x"),))] == 5
+
+
+def test_undeclared_counters_are_not_exported_but_a_plugin_sinks_are() -> None:
+    """A counter nobody declared gets no made-up family (it is logged instead); a
+    third-party sink's own "<counter>.<sink>" counters are labels of one declared family;
+    the dead letters' total is not exported beside the per-source series."""
+    counters = {"something_new.x": 5, "something_new": 1, "produced.kafka": 7,
+                "dead_letters": 3, "dead_letters.kafka": 2, "dead_letters.frame": 1}
+    text = Metrics(lambda: snapshot_of(counters, {"kafka": "kafka"}), dict).render().decode()
+    values = metric_values(text)
+    assert not [name for name, _ in values if "something_new" in name]
+    assert values[("a2pd_sink_plugin_counter_total",
+                   (("counter", "produced"), ("sink", "kafka")))] == 7
+    assert values[("a2pd_dead_letters_total", (("sink", "kafka"),))] == 2
+    assert values[("a2pd_dead_letters_total", (("sink", "frame"),))] == 1
+    assert ("a2pd_dead_letters_total", ()) not in values
+    assert values[("a2pd_sink_delivered_total", (("sink", "kafka"),))] == 0
+
+
+def test_delivery_latency_histogram_comes_from_the_pipeline() -> None:
+    """The pipeline's per-sink latency histograms render with their buckets in seconds;
+    a configured sink without one yet has every bucket at 0."""
+    histogram = Histogram((0.01, 0.1, 1.0))
+    for value in (0.005, 0.01, 0.05, 2.0):
+        histogram.observe(value)
+    state = snapshot_of({}, {"a": "file", "b": "stdout"})
+    values = metric_values(Metrics(lambda: state, lambda: {"a": histogram}).render().decode())
+    bucket = "a2pd_delivery_latency_seconds_bucket"
+    assert values[(bucket, (("le", "0.01"), ("sink", "a")))] == 2
+    assert values[(bucket, (("le", "0.1"), ("sink", "a")))] == 3
+    assert values[(bucket, (("le", "+Inf"), ("sink", "a")))] == 4
+    assert values[("a2pd_delivery_latency_seconds_sum", (("sink", "a"),))] == \
+        pytest.approx(2.065)
+    assert values[("a2pd_delivery_latency_seconds_count", (("sink", "b"),))] == 0
+    assert values[(bucket, (("le", "300.0"), ("sink", "b")))] == 0
 
 
 async def test_reload_with_a_changed_route_loses_and_duplicates_nothing(tmp_path: Path) -> None:

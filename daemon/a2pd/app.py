@@ -42,6 +42,7 @@ from a2pd.errors import A2pdError, ConfigError, ConfigProblem, StateDirInUse
 from a2pd.journal import Journal
 from a2pd.logging import get_logger, recent_problems, register_secret
 from a2pd.notify import Notifier
+from a2pd.observe import Histogram
 from a2pd.persist import SessionStore
 from a2pd.pipeline import Pipeline
 from a2pd.session import MAX_STALE
@@ -221,6 +222,8 @@ class Daemon:
         self.auth: TokenManager | None = None
         self.backfill: Backfill | None = None
         self.sinks: dict[str, Sink] = {}
+        #: what /metrics exposes (a registry of this daemon's own)
+        self.metrics = ops.Metrics(self.snapshot, self.delivery_latency)
 
     def request_stop(self) -> None:
         """Begin a graceful stop (a second call skips the drain)."""
@@ -451,7 +454,8 @@ class Daemon:
             return
         host, port = address
         try:
-            self.ops_port = await tg.start(partial(ops.serve, host, port, self.snapshot))
+            self.ops_port = await tg.start(partial(ops.serve, host, port, self.snapshot,
+                                                   self.metrics))
         except OSError as exc:
             raise ConfigError([ConfigProblem(
                 "ops.listen", f"cannot listen on {self.settings.ops.listen}: "
@@ -588,8 +592,13 @@ class Daemon:
         backlog = sum(self.pipeline.backlog().values()) if self.pipeline else 0
         return f"{where}; {self.event_rate():.1f} events/s; backlog {backlog}"
 
+    def delivery_latency(self) -> dict[str, Histogram]:
+        """Per sink, the delivery latency so far (/metrics)."""
+        return self.pipeline.delivery_latency if self.pipeline is not None else {}
+
     def snapshot(self) -> dict[str, Any]:
-        """Everything /status, /metrics and /readyz report (from memory, no I/O)."""
+        """Everything /status, /metrics and /readyz report (from memory; the journal's size
+        is two ``stat`` calls)."""
         now = anyio.current_time()
         counters: dict[str, int] = {}
         if self.pipeline is not None:
@@ -652,6 +661,9 @@ class Daemon:
                 "last_seq": journal.last_seq if journal else 0,
                 "commits_failing": journal.failing if journal else None,
                 "oldest_age_seconds": time.time() - oldest if oldest else None,
+                "size_bytes": journal.size_bytes() if journal else 0,
+                "limit_events": self.settings.journal.max_events,
+                "limit_age_seconds": self.settings.journal.max_age or None,
             },
             "sinks": sinks,
             "backfill": None if self.backfill is None else {"refused": self.backfill.refused},

@@ -42,6 +42,7 @@ Only this module touches SQLite. All database work runs in one worker thread at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -348,6 +349,15 @@ class Journal:
     def depth(self) -> int:
         """Events in the journal (as of the last commit or compaction)."""
         return self._count
+
+    def size_bytes(self) -> int:
+        """The bytes the journal takes on disk: the database file and its write-ahead log
+        (two ``stat`` calls; a file that is not there counts 0)."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(OSError):
+                total += os.stat(path).st_size
+        return total
 
     def _scalar(self, sql: str, *args: Any) -> int:
         value = self._conn.execute(sql, args).fetchone()[0]

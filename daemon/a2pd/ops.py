@@ -1,6 +1,6 @@
 """The ops endpoint: Prometheus metrics, health, readiness and status over HTTP/1.1.
 
-    GET /metrics   Prometheus text format (0.0.4)
+    GET /metrics   Prometheus text format (prometheus_client's; docs/metrics.md lists it)
     GET /healthz   200 while the event loop answers (the process is alive)
     GET /readyz    200 when the socket is subscribed AND every sink is within its lag
                    budget; 503 with the reasons otherwise
@@ -8,35 +8,64 @@
 
 It listens on loopback by default (``[ops] listen``). The server is a few lines of h11 over
 anyio sockets: no framework, no signal handlers of its own, nothing that can outlive the
-daemon's task group. Requests are small and answered from memory.
+daemon's task group. Requests are small and answered from memory (and two ``stat`` calls
+for the journal's size).
+
+``Metrics`` is the exposition: a private prometheus_client registry per daemon (tests run
+several in one process) with a collector that reads the daemon's snapshot at scrape time
+and yields fixed, declared families — the counters of ``observe.COUNTERS``, every series
+from the start (per sink, per event kind, per outcome, at 0), gauges, the delivery latency
+histogram — and prometheus_client's process collector. A counter nobody declared is not
+exported (a warning says so once); a test keeps the declarations complete.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Callable, Iterable
+import platform
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
 import h11
 from anyio.abc import SocketStream, TaskStatus
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from a2pd.logging import get_logger
+from a2pd.observe import (
+    BUILTIN_SINK_TYPES,
+    DEAD_LETTER_LABELS,
+    DEAD_LETTER_SOURCES,
+    DELIVERY_LATENCY_BUCKETS,
+    FAMILIES,
+    FILE_SINKS,
+    HTTP_SINKS,
+    SINKS,
+    Histogram,
+    exported_elsewhere,
+    resolve,
+)
+from a2pd.sinks.http import LATENCY_BUCKETS_MS
 
 log = get_logger("ops")
 
 #: one request head is at most this big; anything larger is refused
 MAX_REQUEST = 16 * 1024
 READ_TIMEOUT = 10.0
-#: HTTP latency bucket bounds of the http sink, in milliseconds (see sinks/http.py)
-_LE = re.compile(r"^http_latency_ms_le_(\d+)$")
 
 Snapshot = Callable[[], dict[str, Any]]
+#: per sink, the delivery latency histogram (Pipeline.delivery_latency)
+Latency = Callable[[], Mapping[str, Histogram]]
 
 
-async def serve(host: str, port: int, snapshot: Snapshot, *,
+async def serve(host: str, port: int, snapshot: Snapshot, metrics: Metrics, *,
                 task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve until cancelled; ``task_status.started`` gets the bound port."""
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port,
@@ -46,20 +75,20 @@ async def serve(host: str, port: int, snapshot: Snapshot, *,
              paths=["/metrics", "/healthz", "/readyz", "/status"])
     async with listener:
         task_status.started(bound)
-        await listener.serve(lambda stream: _connection(stream, snapshot))
+        await listener.serve(lambda stream: _connection(stream, snapshot, metrics))
 
 
-async def _connection(stream: SocketStream, snapshot: Snapshot) -> None:
+async def _connection(stream: SocketStream, snapshot: Snapshot, metrics: Metrics) -> None:
     """One client connection. Nothing a client does can end the server (or the daemon):
     every failure ends only this connection."""
     try:
-        await _serve_connection(stream, snapshot)
+        await _serve_connection(stream, snapshot, metrics)
     except Exception as exc:  # noqa: BLE001 - a bad client must never stop the daemon
         log.warning("ops_request_failed", error=type(exc).__name__)
         await stream.aclose()
 
 
-async def _serve_connection(stream: SocketStream, snapshot: Snapshot) -> None:
+async def _serve_connection(stream: SocketStream, snapshot: Snapshot, metrics: Metrics) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     async with stream:
         while True:
@@ -74,7 +103,7 @@ async def _serve_connection(stream: SocketStream, snapshot: Snapshot) -> None:
             method = request.method.decode("ascii", "replace")
             status, content_type, body = answer(method,
                                                 request.target.decode("ascii", "replace"),
-                                                snapshot)
+                                                snapshot, metrics)
             headers = [("content-type", content_type), ("content-length", str(len(body))),
                        ("cache-control", "no-store")]
             try:
@@ -107,7 +136,8 @@ async def _read_request(conn: h11.Connection, stream: SocketStream) -> h11.Reque
             return None
 
 
-def answer(method: str, target: str, snapshot: Snapshot) -> tuple[int, str, bytes]:
+def answer(method: str, target: str, snapshot: Snapshot,
+           metrics: Metrics) -> tuple[int, str, bytes]:
     """(status, content type, body) for one request."""
     path = target.split("?", 1)[0]
     if method not in ("GET", "HEAD"):
@@ -116,9 +146,9 @@ def answer(method: str, target: str, snapshot: Snapshot) -> tuple[int, str, byte
         return 200, "text/plain; charset=utf-8", b"ok\n"
     if path not in ("/metrics", "/readyz", "/status"):
         return 404, "text/plain; charset=utf-8", b"not found: /metrics /healthz /readyz /status\n"
-    state = snapshot()
     if path == "/metrics":
-        return 200, "text/plain; version=0.0.4; charset=utf-8", render_metrics(state).encode()
+        return 200, CONTENT_TYPE_LATEST, metrics.render()
+    state = snapshot()
     if path == "/readyz":
         if state["ready"]:
             return 200, "text/plain; charset=utf-8", b"ready\n"
@@ -127,150 +157,183 @@ def answer(method: str, target: str, snapshot: Snapshot) -> tuple[int, str, byte
     return 200, "application/json", json.dumps(state, indent=2, default=str).encode() + b"\n"
 
 
-# -- Prometheus text format ---------------------------------------------------------------------
-
-#: counter name (before ".<label>") → (metric, help, label name or None)
-_COUNTERS: dict[str, tuple[str, str, str | None]] = {
-    "received": ("a2pd_events_received_total", "Notifications decoded, by event kind", "kind"),
-    "committed": ("a2pd_events_committed_total", "Events written to the journal", None),
-    "duplicates": ("a2pd_events_duplicate_total", "Notifications dropped as already seen",
-                   None),
-    "unrouted": ("a2pd_events_unrouted_total", "Events no route matched", None),
-    "delivered": ("a2pd_sink_delivered_total", "Events a sink confirmed", "sink"),
-    "retries": ("a2pd_sink_retries_total", "Failed sink attempts that were retried", "sink"),
-    "dead_letters": ("a2pd_dead_letters_total", "Dead letters written, by source", "sink"),
-    "dropped_full": ("a2pd_journal_dropped_total",
-                     "Undelivered events dropped because the journal was full", None),
-    "expired": ("a2pd_journal_expired_total", "Undelivered events older than max_age removed",
-                None),
-    "compacted": ("a2pd_journal_compacted_total", "Delivered events compacted away", None),
-    "full_waits": ("a2pd_journal_full_waits_total", "Appends that waited for room", None),
-    "commit_failures": ("a2pd_journal_commit_failures_total", "Journal commits that failed",
-                        None),
-    "journal_retries": ("a2pd_journal_retries_total", "Journal operations retried", None),
-    "frames_malformed": ("a2pd_frames_malformed_total", "WebSocket frames that did not decode",
-                         None),
-    "notifications": ("a2pd_notifications_total", "ServerNotification frames received", None),
-    "heartbeats_sent": ("a2pd_heartbeats_sent_total", "Heartbeat frames sent", None),
-    "heartbeats_deferred": ("a2pd_heartbeats_deferred_total",
-                            "Dead-socket checks deferred by backpressure", None),
-    "connections": ("a2pd_connections_total", "WebSocket connections opened", None),
-    "subscriptions": ("a2pd_subscriptions_total", "Subscriptions created", None),
-    "recoveries_successful": ("a2pd_recoveries_total", "Session recoveries, by outcome", None),
-    "recoveries_failed": ("a2pd_recoveries_total", "Session recoveries, by outcome", None),
-    "grants": ("a2pd_token_grants_total", "JWT grants", None),
-    "refreshes": ("a2pd_token_refreshes_total", "Access-token refreshes", None),
-    "wstokens": ("a2pd_wstokens_total", "WebSocket tokens requested", None),
-    "http_requests": ("a2pd_http_requests_total", "HTTP sink requests", "sink"),
-    "http_sent": ("a2pd_http_sent_events_total", "Events an HTTP receiver accepted", "sink"),
-    "http_failures": ("a2pd_http_failures_total", "HTTP sink requests that failed", "sink"),
-    "http_errors": ("a2pd_http_errors_total", "HTTP sink network errors and timeouts", "sink"),
-}
+# -- Prometheus exposition ---------------------------------------------------------------------
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class Metrics:
+    """The /metrics of one daemon: a registry of its own (never prometheus_client's global
+    one) with the daemon's collector and the process collector (``process_cpu_seconds_total``,
+    ``process_resident_memory_bytes``, ``process_open_fds``, …)."""
+
+    def __init__(self, snapshot: Snapshot, latency: Latency) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(DaemonCollector(snapshot, latency))
+        ProcessCollector(registry=self.registry)
+
+    def render(self) -> bytes:
+        """The exposition, in prometheus_client's text format (``CONTENT_TYPE_LATEST``)."""
+        return generate_latest(self.registry)
 
 
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + inner + "}" if inner else ""
+class DaemonCollector:
+    """Reads the daemon at scrape time (``snapshot``, ``latency``) and yields its families;
+    the names, labels and help are fixed here and in ``observe.COUNTERS``."""
+
+    def __init__(self, snapshot: Snapshot, latency: Latency) -> None:
+        self._snapshot = snapshot
+        self._latency = latency
+        #: undeclared counters already warned about
+        self._warned: set[str] = set()
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._snapshot()
+        sinks: dict[str, dict[str, Any]] = state["sinks"]
+        names = sorted(sinks)
+        known: dict[str, Sequence[str]] = {
+            SINKS: names,
+            HTTP_SINKS: [name for name in names if sinks[name]["type"] == "http"],
+            FILE_SINKS: [name for name in names if sinks[name]["type"] == "file"],
+            DEAD_LETTER_LABELS: [*names, *DEAD_LETTER_SOURCES],
+        }
+        counters: dict[str, int] = state["counters"]
+        yield from self._counters(counters, known, sinks)
+        yield from _gauges(state)
+        yield _latency_family(self._latency(), names)
+        yield _http_latency_family(counters, known[HTTP_SINKS])
+
+    def _counters(self, counters: Mapping[str, int], known: dict[str, Sequence[str]],
+                  sinks: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+        series: dict[str, dict[tuple[str, ...], float]] = {
+            name: dict.fromkeys(family.series(known), 0.0) for name, family in FAMILIES.items()}
+        plugin: dict[tuple[str, str], float] = {}
+        for key, value in counters.items():
+            found = resolve(key)
+            if found is not None:
+                family, labels = found
+                values = series[family.name]
+                values[labels] = values.get(labels, 0.0) + value
+                continue
+            if exported_elsewhere(key):
+                continue
+            base, _, sink = key.partition(".")
+            spec = sinks.get(sink)
+            if spec is not None and spec["type"] not in BUILTIN_SINK_TYPES:
+                plugin[(sink, base)] = value  # a third-party sink's own counter
+            elif key not in self._warned:
+                self._warned.add(key)
+                log.warning("metric_undeclared", counter=key,
+                            note="not exported; declare it in a2pd.observe.COUNTERS")
+        for name, family in FAMILIES.items():
+            metric = CounterMetricFamily(name, family.help, labels=family.labels)
+            for labels, total in sorted(series[name].items()):
+                metric.add_metric(labels, total)
+            yield metric
+        metric = CounterMetricFamily(
+            "a2pd_sink_plugin_counter_total",
+            "A third-party sink's own counters (self.counters \"<counter>.<sink>\"), by sink "
+            "and counter name", labels=("sink", "counter"))
+        for pair, total in sorted(plugin.items()):
+            metric.add_metric(pair, total)
+        yield metric
 
 
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
 
 
-def render_metrics(state: dict[str, Any]) -> str:
-    """The Prometheus exposition of a status snapshot."""
-    families: dict[str, tuple[str, str, list[str]]] = {}
+def _gauges(state: dict[str, Any]) -> Iterator[Metric]:
+    conn, journal = state["connection"], state["journal"]
+    uptime = float(state["uptime_seconds"])
+    yield _gauge("a2pd_up", "1 while the daemon runs", 1)
+    info = GaugeMetricFamily("a2pd_build_info", "The running a2pd: its version and Python's "
+                             "(always 1)", labels=("version", "python"))
+    info.add_metric((str(state["version"]), platform.python_version()), 1)
+    yield info
+    yield _gauge("a2pd_uptime_seconds", "Seconds since the daemon started", uptime)
+    yield _gauge("a2pd_connected", "1 while the WebSocket is open", int(conn["connected"]))
+    yield _gauge("a2pd_subscribed", "1 while the subscription is active",
+                 int(conn["subscribed"]))
+    yield _gauge("a2pd_ready", "1 when /readyz answers 200", int(state["ready"]))
+    last = conn["last_event_age_seconds"]
+    yield _gauge("a2pd_last_event_age_seconds",
+                 "Seconds since the last live notification arrived (since the start while "
+                 "none has)", uptime if last is None else last)
+    yield _gauge("a2pd_journal_events", "Events in the journal (depth)", journal["events"])
+    yield _gauge("a2pd_journal_oldest_age_seconds",
+                 "Age of the oldest event in the journal (0: empty)",
+                 journal["oldest_age_seconds"] or 0.0)
+    yield _gauge("a2pd_journal_size_bytes",
+                 "Bytes the journal takes on disk: journal.db and its write-ahead log",
+                 journal["size_bytes"])
+    yield _gauge("a2pd_journal_limit_events",
+                 "journal.max_events: the most events the journal keeps (0: no limit)",
+                 journal["limit_events"])
+    yield _gauge("a2pd_journal_limit_age_seconds",
+                 "journal.max_age: undelivered events older than this are removed (0: off)",
+                 journal["limit_age_seconds"] or 0.0)
+    yield _gauge("a2pd_journal_commits_failing",
+                 "1 while journal commits fail (nothing more is read until one succeeds)",
+                 int(journal["commits_failing"] is not None))
+    backfill = state["backfill"]
+    yield _gauge("a2pd_backfill_enabled", "1 when unrecovered gaps are backfilled",
+                 int(backfill is not None))
+    yield _gauge("a2pd_backfill_refused",
+                 "1 while the platform refuses the backfill's lists for good (permission; "
+                 "a reload retries)", int(bool(backfill and backfill["refused"])))
+    sinks: dict[str, dict[str, Any]] = state["sinks"]
+    families: list[tuple[GaugeMetricFamily, Callable[[dict[str, Any]], float]]] = [
+        (GaugeMetricFamily("a2pd_sink_backlog_events", "Journal rows a sink has not passed "
+                           "yet", labels=("sink",)), lambda s: s["backlog"]),
+        (GaugeMetricFamily("a2pd_sink_busy_seconds", "How long the sink's current delivery "
+                           "has been running (0: idle)", labels=("sink",)),
+         lambda s: s["busy_seconds"] or 0.0),
+        (GaugeMetricFamily("a2pd_sink_ready", "1 when the sink is within its lag budget "
+                           "(ops.ready_max_lag)", labels=("sink",)), lambda s: int(s["ready"])),
+    ]
+    for family, value in families:
+        for name in sorted(sinks):
+            family.add_metric((name,), value(sinks[name]))
+        yield family
+    info = GaugeMetricFamily("a2pd_sink_info", "A configured sink and its type (always 1)",
+                             labels=("sink", "type"))
+    for name in sorted(sinks):
+        info.add_metric((name, str(sinks[name]["type"])), 1)
+    yield info
 
-    def add(metric: str, kind: str, help_text: str, value: float,
-            labels: Iterable[tuple[str, str]] = ()) -> None:
-        family = families.setdefault(metric, (kind, help_text, []))
-        family[2].append(f"{metric}{_labels(labels)} {_number(value)}")
 
-    counters: dict[str, int] = state["counters"]
-    histograms: dict[str, dict[str, Any]] = {}
-    for key, value in sorted(counters.items()):
-        base, _, label = key.partition(".")
-        if base.startswith("http_status_"):
-            add("a2pd_http_responses_total", "counter", "HTTP sink answers, by status class",
-                value, [("sink", label), ("class", base.removeprefix("http_status_"))])
-            continue
-        if base.startswith("http_latency_ms_"):
-            hist = histograms.setdefault(label, {"buckets": {}, "sum": 0, "count": 0})
-            bucket = _LE.match(base)
-            if bucket:
-                hist["buckets"][int(bucket.group(1))] = value
-            elif base == "http_latency_ms_sum":
-                hist["sum"] = value
-            elif base == "http_latency_ms_count":
-                hist["count"] = value
-            continue
-        known = _COUNTERS.get(base)
-        if known is None:
-            name = "a2pd_" + re.sub(r"[^a-zA-Z0-9_]", "_", base) + "_total"
-            add(name, "counter", f"counter {base}", value,
-                [("name", label)] if label else [])
-            continue
-        metric, help_text, label_name = known
-        labels: list[tuple[str, str]] = []
-        if base.startswith("recoveries_"):
-            labels.append(("outcome", base.removeprefix("recoveries_")))
-        if label_name and label:
-            labels.append((label_name, label))
-        elif label:
-            labels.append(("name", label))
-        add(metric, "counter", help_text, value, labels)
-    for sink, hist in sorted(histograms.items()):
-        metric = "a2pd_http_request_duration_seconds"
-        families.setdefault(metric, ("histogram", "HTTP sink request latency", []))
-        for bound, count in sorted(hist["buckets"].items()):
-            families[metric][2].append(
-                f"{metric}_bucket{_labels([('sink', sink), ('le', _number(bound / 1000.0))])}"
-                f" {_number(count)}")
-        families[metric][2].append(
-            f"{metric}_bucket{_labels([('sink', sink), ('le', '+Inf')])} "
-            f"{_number(hist['count'])}")
-        families[metric][2].append(
-            f"{metric}_sum{_labels([('sink', sink)])} {_number(hist['sum'] / 1000.0)}")
-        families[metric][2].append(
-            f"{metric}_count{_labels([('sink', sink)])} {_number(hist['count'])}")
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client writes it (``0.005``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
-    conn = state["connection"]
-    add("a2pd_up", "gauge", "1 while the daemon runs", 1)
-    add("a2pd_connected", "gauge", "1 while the WebSocket is open", int(conn["connected"]))
-    add("a2pd_subscribed", "gauge", "1 while the subscription is active",
-        int(conn["subscribed"]))
-    add("a2pd_ready", "gauge", "1 when /readyz answers 200", int(state["ready"]))
-    if conn["last_event_age_seconds"] is not None:
-        add("a2pd_last_event_age_seconds", "gauge", "Seconds since the last notification",
-            conn["last_event_age_seconds"])
-    journal = state["journal"]
-    add("a2pd_journal_events", "gauge", "Events in the journal (depth)", journal["events"])
-    if journal["oldest_age_seconds"] is not None:
-        add("a2pd_journal_oldest_age_seconds", "gauge",
-            "Age of the oldest event in the journal", journal["oldest_age_seconds"])
-    for name, sink in sorted(state["sinks"].items()):
-        add("a2pd_sink_backlog_events", "gauge", "Journal rows a sink has not passed yet",
-            sink["backlog"], [("sink", name)])
-        add("a2pd_sink_busy_seconds", "gauge",
-            "How long the sink's current delivery has been running (0: idle)",
-            sink["busy_seconds"] or 0.0, [("sink", name)])
-        add("a2pd_sink_ready", "gauge", "1 when the sink is within its lag budget",
-            int(sink["ready"]), [("sink", name)])
-    add("a2pd_uptime_seconds", "gauge", "Seconds since the daemon started",
-        state["uptime_seconds"])
-    lines: list[str] = []
-    for metric, (kind, help_text, samples) in families.items():
-        lines.append(f"# HELP {metric} {help_text}")
-        lines.append(f"# TYPE {metric} {kind}")
-        lines.extend(samples)
-    return "\n".join(lines) + "\n"
+
+def _latency_family(latency: Mapping[str, Histogram], sinks: Sequence[str]) -> Metric:
+    family = HistogramMetricFamily(
+        "a2pd_delivery_latency_seconds",
+        "Seconds from a live notification's arrival to its sink's confirmation (events "
+        "delivered from a previous run's backlog and backfilled events are not observed)",
+        labels=("sink",))
+    empty = Histogram(DELIVERY_LATENCY_BUCKETS)
+    for name in sorted({*sinks, *latency}):
+        histogram = latency.get(name, empty)
+        family.add_metric((name,), [(_le(bound), count)
+                                    for bound, count in histogram.cumulative()],
+                          histogram.sum)
+    return family
+
+
+def _http_latency_family(counters: Mapping[str, int], http_sinks: Sequence[str]) -> Metric:
+    """The http sink's latency counters (cumulative ``http_latency_ms_le_<bound>.<sink>``,
+    ``_sum``, ``_count``, in milliseconds) as a histogram in seconds."""
+    seen = {key.partition(".")[2] for key in counters if key.startswith("http_latency_ms_")}
+    family = HistogramMetricFamily("a2pd_http_request_duration_seconds",
+                                   "Seconds an HTTP sink's request took until its answer",
+                                   labels=("sink",))
+    for sink in sorted({*http_sinks, *seen}):
+        buckets: list[tuple[str, float]] = [
+            (_le(bound / 1000.0), counters.get(f"http_latency_ms_le_{bound}.{sink}", 0))
+            for bound in LATENCY_BUCKETS_MS]
+        buckets.append(("+Inf", counters.get(f"http_latency_ms_count.{sink}", 0)))
+        family.add_metric((sink,), buckets,
+                          counters.get(f"http_latency_ms_sum.{sink}", 0) / 1000.0)
+    return family
+

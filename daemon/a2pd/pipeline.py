@@ -25,7 +25,7 @@ from a2pd.backoff import backoff
 from a2pd.errors import SinkError
 from a2pd.journal import Journal, JournalError, Row
 from a2pd.logging import get_logger
-from a2pd.observe import Counters, LogThrottle
+from a2pd.observe import DELIVERY_LATENCY_BUCKETS, Counters, Histogram, LogThrottle
 from a2pd.protocol import FrameError, ServerNotification
 from a2pd.router import Router
 from a2pd.sinks import RetryPolicy, Sink
@@ -38,6 +38,10 @@ IDLE_POLL = 1.0
 T = TypeVar("T")
 #: the receive side lets the readers run after this many events
 INGEST_SLICE = 32
+#: arrival times kept for the delivery latency: at most this many events (~150 bytes each)
+#: and for at most this long; an event delivered later is not observed
+ARRIVALS_KEPT = 65_536
+ARRIVAL_KEEP = 3600.0
 
 
 class Pipeline:
@@ -46,6 +50,12 @@ class Pipeline:
     Counters (shared with the journal): ``received.<kind>``, ``committed``, ``duplicates``,
     ``unrouted``, ``dead_letters``, ``delivered.<sink>``, ``retries.<sink>``,
     ``dropped_full``, ``compacted``, ``backfilled.<kind>``, ``backfill_duplicates``.
+
+    ``delivery_latency``: per sink, seconds from a live notification's arrival (the
+    pipeline took it from the session, which had just read its frame) to the sink's
+    confirmation of the batch holding it. Arrival times live in memory only: events
+    delivered from a previous run's backlog, backfilled events and events kept past
+    ``ARRIVALS_KEPT``/``ARRIVAL_KEEP`` are delivered without an observation.
     """
 
     def __init__(self, router: Router, sinks: Mapping[str, Sink], journal: Journal, *,
@@ -70,6 +80,13 @@ class Pipeline:
         self.busy_since: dict[str, float] = {}
         #: monotonic time of the last event received
         self.last_event_at: float | None = None
+        #: per sink: delivery latency, seconds (kept across a reload that replaces the sink)
+        self.delivery_latency: dict[str, Histogram] = {}
+        #: live events not yet confirmed by every target sink: uuid → monotonic arrival, in
+        #: arrival order; and, for events routed to several sinks, how many have not
+        #: confirmed yet (absent: one)
+        self._arrived: dict[str, float] = {}
+        self._unconfirmed: dict[str, int] = {}
         self._readers: anyio.abc.TaskGroup | None = None
         #: per sink: set to ask its reader to stop after the current batch; set when it has
         self._stop_reader: dict[str, anyio.Event] = {}
@@ -103,10 +120,11 @@ class Pipeline:
         those are counted as ``backfilled.<kind>`` by the journal once committed)."""
         kind = event.kind
         backfilled = events.is_backfilled(event)
+        arrived = 0.0
         if not backfilled:
             # time.monotonic() is anyio.current_time() on asyncio, without the backend lookup
             # (``received.<kind>`` is counted by the journal, once the event is committed)
-            self.last_event_at = time.monotonic()
+            arrived = self.last_event_at = time.monotonic()
         # routed only once the journal takes it without waiting (no await between the
         # routing and the append): a reload's new routes apply to every later append
         await self.journal.room()
@@ -114,6 +132,11 @@ class Pipeline:
         if not targets:
             self.counters.inc("unrouted")
             log.info("event_unrouted", uuid=event.uuid, kind=kind)
+        elif not backfilled and event.uuid not in self._arrived:
+            # (a duplicate of an event still on its way keeps the first arrival)
+            self._arrived[event.uuid] = arrived
+            if len(targets) > 1:
+                self._unconfirmed[event.uuid] = len(targets)
         # the event rides along with its row while the row is among the latest commits:
         # readers that keep up never decode a journal row
         await self.journal.append(event.uuid, kind, targets, events.record_json(event),
@@ -162,6 +185,8 @@ class Pipeline:
 
     def _start_reader(self, name: str, sink: Sink) -> None:
         assert self._readers is not None
+        if name not in self.delivery_latency:
+            self.delivery_latency[name] = Histogram(DELIVERY_LATENCY_BUCKETS)
         self._stop_reader[name] = anyio.Event()
         self._reader_done[name] = anyio.Event()
         self._readers.start_soon(self._reader, name, sink)
@@ -259,6 +284,48 @@ class Pipeline:
             await anyio.sleep(self.compact_interval)
             await self._journal(self.journal.compact, list(self.sinks))
             await self._journal(self.journal.checkpoint)
+            self.forget_arrivals(time.monotonic())
+
+    def forget_arrivals(self, now: float) -> None:
+        """Drop the oldest arrival times beyond ``ARRIVALS_KEPT`` or ``ARRIVAL_KEEP``: events
+        that will never be confirmed (duplicates, dead letters, drops) or only much later."""
+        arrived = self._arrived
+        excess = len(arrived) - ARRIVALS_KEPT
+        cutoff = now - ARRIVAL_KEEP
+        old: list[str] = []
+        for uuid, at in arrived.items():  # in arrival order: one pass over the oldest
+            if len(old) >= excess and at >= cutoff:
+                break
+            old.append(uuid)
+        for uuid in old:
+            del arrived[uuid]
+            self._unconfirmed.pop(uuid, None)
+
+    def _confirmed(self, name: str, batch: Sequence[events.Event]) -> None:
+        """``name`` confirmed ``batch``: count it, and observe the delivery latency of each
+        event whose arrival this run saw."""
+        self.counters.inc(f"delivered.{name}", len(batch))
+        arrived = self._arrived
+        if not arrived:
+            return
+        unconfirmed = self._unconfirmed
+        now = time.monotonic()
+        waits = []
+        for event in batch:
+            uuid = event.uuid
+            at = arrived.get(uuid)
+            if at is None:
+                continue
+            waits.append(now - at)
+            left = unconfirmed.pop(uuid, 1) - 1
+            if left:
+                unconfirmed[uuid] = left
+            else:
+                del arrived[uuid]
+        latency = self.delivery_latency.get(name)
+        if latency is None:
+            latency = self.delivery_latency[name] = Histogram(DELIVERY_LATENCY_BUCKETS)
+        latency.observe_all(waits)
 
     async def _wait_for_rows(self, cursor: int) -> None:
         if self.journal.last_seq > cursor or self._closing:
@@ -381,7 +448,7 @@ class Pipeline:
                     # replaced or removed by a reload: the new reader retries the batch
                     raise _Retired from None
                 continue
-            self.counters.inc(f"delivered.{name}", len(batch))
+            self._confirmed(name, batch)
             return
 
     async def _give_up(self, name: str, batch: Sequence[events.Event], reason: str,
@@ -420,7 +487,7 @@ class Pipeline:
                 return
             await self._reject(name, event, exc.reason, attempts + 1)
             return
-        self.counters.inc(f"delivered.{name}")
+        self._confirmed(name, batch)
 
     async def _reject(self, name: str, event: events.Event, reason: str, attempts: int) -> None:
         log.error("sink_rejected_event", sink=name, uuid=event.uuid, reason=reason)

@@ -70,6 +70,21 @@ def _age(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _size(size: int | None) -> str:
+    """`` (1.5 MiB)`` for a journal's bytes on disk; empty when the daemon did not say."""
+    if size is None:
+        return ""
+    if size < 1024:
+        return f" ({size} B)"
+    value = float(size)
+    units = ["KiB", "MiB", "GiB", "TiB"]
+    value /= 1024
+    while value >= 1024 and len(units) > 1:
+        value /= 1024
+        units.pop(0)
+    return f" ({value:.1f} {units[0]})"
+
+
 def render(state: dict[str, Any]) -> str:
     """A human-readable view of a /status document."""
     conn, journal = state["connection"], state["journal"]
@@ -80,8 +95,8 @@ def render(state: dict[str, Any]) -> str:
         f" (subscription {conn['subscription_id'] or '-'}), {conn['connections']} connections,"
         f" recoveries {conn['recoveries_successful']} ok / {conn['recoveries_failed']} failed,"
         f" last event {_age(conn['last_event_age_seconds'])} ago",
-        f"events:      {state['events_per_second']:.1f}/s; journal {journal['events']} events,"
-        f" oldest {_age(journal['oldest_age_seconds'])}",
+        f"events:      {state['events_per_second']:.1f}/s; journal {journal['events']} events"
+        f"{_size(journal.get('size_bytes'))}, oldest {_age(journal['oldest_age_seconds'])}",
         "sinks:",
     ]
     width = max((len(name) for name in state["sinks"]), default=4)
