@@ -64,7 +64,7 @@ PERMISSION_LABELS = {
 }
 CONSOLE = "RingCentral Developer Console → your app → Settings"
 CLIENT_CODES = frozenset({"invalid_client", "OAU-120", "OAU-121", "OAU-123", "OAU-146"})
-FLOW_CODES = frozenset({"unauthorized_client", "OAU-112", "OAU-125"})
+FLOW_CODES = frozenset({"unauthorized_client", "OAU-112", "OAU-125", "OAU-251"})
 #: a sign-out that waits longer than this (a 429's penalty) is given up: the session ends
 #: by itself when its tokens expire
 REVOKE_WAIT = 60.0
