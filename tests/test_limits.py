@@ -170,7 +170,9 @@ async def test_dead_letter_listing_escapes_hostile_uuids(tmp_path: Path,
                                     uuid="u\x1b[2J\nFAKE 1 frame")
     await journal.commit()
     await journal.aclose()
-    assert await admin.dead_letters(tmp_path, "list", [], False, None, False) == 0
+    request = admin.LetterRequest(action="list", ids=[], all=False, sink=None, as_json=False,
+                                  yes=False, configured_sinks=[])
+    assert await admin.dead_letters(tmp_path, request) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert len(out.splitlines()) == 1
