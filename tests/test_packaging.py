@@ -5,11 +5,14 @@ is removed again."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,30 @@ def test_wheel_installs_beside_python_daemon_and_runs_the_demo(tmp_path: Path) -
     version = run(a2pd, "--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("a2pd ")
+
+
+def test_every_imported_distribution_is_declared() -> None:
+    """Each third-party module a2pd imports comes from a distribution the wheel declares
+    (h11 was imported but left to arrive through httpx)."""
+    import a2pd
+
+    declared = {re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+                for req in metadata.requires("a2pd") or [] if "extra ==" not in req}
+    providers = metadata.packages_distributions()
+    missing: dict[str, str] = {}
+    for path in Path(a2pd.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "a2pd":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in providers.get(top, [top])}
+                if not dists & declared:
+                    missing[top] = str(path.relative_to(Path(a2pd.__file__).parent))
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
