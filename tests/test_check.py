@@ -236,3 +236,19 @@ async def test_bad_config_exits_78(tmp_path: Path) -> None:
     assert run.code == 78
     assert "invalid configuration" in run.err
     assert run.out == ""
+
+
+async def test_sink_secrets_are_not_needed_and_sources_are_named(tmp_path: Path) -> None:
+    """A sink secret that only the service can read (a systemd credential) does not stop a
+    check run by hand; the config line says where each platform secret came from."""
+    emu = emulator()
+    async with emu.running():
+        sinks = ('[sinks.archive]\ntype = "http"\nurl = "https://hooks.example.com/x"\n'
+                 'signing_secrets = [{ credential = "webhook_signing_key" }]\n')
+        text = settings_text(emu, tmp_path, sinks=sinks)
+        path = tmp_path / "a2pd.toml"
+        path.write_text(text)
+        run = await check(path)
+    assert run.code == 0, run.out + run.err
+    assert "(client secret from inline, JWT from inline)" in run.line("ok   config")
+    assert_left_nothing(emu, run)

@@ -9,8 +9,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import anyio
@@ -18,7 +20,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from a2pd.journal import Journal
-from tests.harness import TIMEOUT
+from tests.harness import TIMEOUT, emulator, settings_text
 
 #: the console script pip installed next to this interpreter: what an operator runs
 #: ($A2PD_COMMAND: another install's, to run these tests against it)
@@ -46,12 +48,21 @@ async def journal_with_letters(directory: Path, count: int) -> None:
 
 def test_installed_command_is_the_wheel_not_the_tree() -> None:
     """The suite runs what users install: ``a2pd`` is the console script, and the package it
-    imports is not the source tree (CI installs the built wheel)."""
+    imports comes from the installed distribution: site-packages for a wheel, the tree only
+    for an editable install (pip's direct_url.json says which). ``.ci/run`` requires the
+    wheel ($A2PD_REQUIRE_WHEEL)."""
     assert Path(A2PD).exists()
     found = subprocess.run([sys.executable, "-c", "import a2pd; print(a2pd.__file__)"],
                            capture_output=True, text=True, check=True, cwd="/").stdout
-    if os.environ.get("CI"):
+    direct = metadata.distribution("a2pd").read_text("direct_url.json")
+    editable = bool(direct and json.loads(direct).get("dir_info", {}).get("editable"))
+    if os.environ.get("A2PD_REQUIRE_WHEEL"):
+        assert not editable, "CI must test the built wheel, not an editable install"
+    if editable:
+        assert str(ROOT / "daemon" / "a2pd") in found, found
+    else:
         assert "site-packages" in found, found
+        assert str(ROOT) not in found, found
 
 
 def test_version_flag_and_command() -> None:
@@ -226,7 +237,7 @@ async def read_line(stream: BufferedByteReceiveStream) -> str:
 async def test_emulator_options_and_the_demo_recipe(tmp_path: Path) -> None:
     """``a2pd emulator --port 0 --traffic`` (the README's form) starts; ``a2pd run -c
     config/demo.toml`` against it (the recipe in demo.toml) logs in with the demo credentials,
-    subscribes and gets events; both stop cleanly."""
+    subscribes and delivers the emulator's traffic; both stop cleanly."""
     config = tmp_path / "demo.toml"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
     for name in ("A2PD_CLIENT_SECRET", "A2PD_JWT", "CREDENTIALS_DIRECTORY"):
@@ -242,15 +253,13 @@ async def test_emulator_options_and_the_demo_recipe(tmp_path: Path) -> None:
         text = (ROOT / "config" / "demo.toml").read_text()
         config.write_text(text.replace("http://127.0.0.1:8765", url.group(0)))
         daemon = await anyio.open_process([A2PD, "run", "-c", str(config)], env=env,
-                                          cwd=tmp_path, stdout=subprocess.DEVNULL)
+                                          cwd=tmp_path, stderr=subprocess.DEVNULL)
         try:
-            assert daemon.stderr is not None
-            stream = BufferedByteReceiveStream(daemon.stderr)
-            seen: list[str] = []
+            assert daemon.stdout is not None
             with anyio.fail_after(TIMEOUT):
-                while not any(json.loads(line).get("event") == "subscribed"
-                              for line in seen if line.startswith("{")):
-                    seen.append(await read_line(stream))
+                # the demo config's console sink: one JSON line per event on stdout
+                first = json.loads(await read_line(BufferedByteReceiveStream(daemon.stdout)))
+            assert first["kind"] in ("batch", "outbound", "inbound", "optout", "optin")
             daemon.send_signal(signal.SIGTERM)
             with anyio.fail_after(TIMEOUT):
                 assert await daemon.wait() == 0
@@ -267,3 +276,128 @@ async def test_emulator_options_and_the_demo_recipe(tmp_path: Path) -> None:
         await emulator.aclose()
     assert (tmp_path / "demo-output" / "state" / "journal.db").exists()
     shutil.rmtree(tmp_path / "demo-output")
+
+
+def test_validate_without_secrets_checks_sink_secret_sources(tmp_path: Path) -> None:
+    """``--no-secrets`` leaves an HTTP sink's signing key and a Redis password unread (their
+    format is not checked), but still refuses a Redis password given twice."""
+    config = tmp_path / "a2pd.toml"
+    base = f"""
+[platform]
+server = "https://platform.ringcentral.com"
+client_id = "id"
+client_secret_file = "{tmp_path}/nowhere/client_secret"
+jwt_file = "{tmp_path}/nowhere/jwt"
+[sinks.hook]
+type = "http"
+url = "https://hooks.example.com/a2p"
+signing_secrets = [{{ file = "{tmp_path}/nowhere/key" }}]
+auth = {{ type = "bearer", token = {{ credential = "hook_token" }} }}
+[sinks.streams]
+type = "redis"
+url = "redis://127.0.0.1:6379/0"
+password_file = "{tmp_path}/nowhere/redis"
+[default_route]
+sinks = ["hook", "streams"]
+"""
+    config.write_text(base)
+    ok = a2pd("validate", "--no-secrets", str(config))
+    assert ok.returncode == 0, ok.stderr
+    config.write_text(base.replace('password_file =', 'password = "inline-pw"\npassword_file ='))
+    both = a2pd("validate", "--no-secrets", str(config))
+    assert both.returncode == 78
+    assert "set either password or password_file, not both" in both.stderr
+
+
+def test_a_huge_secret_file_is_refused_unread(tmp_path: Path) -> None:
+    """A sink's secret file over 64 KiB (here /dev/zero) is a config error, not a crash."""
+    config = tmp_path / "a2pd.toml"
+    config.write_text("""
+[platform]
+server = "https://platform.ringcentral.com"
+client_id = "id"
+client_secret = "secret-value"
+jwt = "jwt-value"
+[sinks.hook]
+type = "http"
+url = "https://hooks.example.com/a2p"
+auth = { type = "bearer", token = { file = "/dev/zero" } }
+[default_route]
+sinks = ["hook"]
+""")
+    result = a2pd("validate", str(config))
+    assert result.returncode == 78, result.stderr
+    assert "/dev/zero is larger than 65536 bytes" in result.stderr
+
+
+async def test_dead_letter_ids_are_checked_before_anything_is_done(tmp_path: Path) -> None:
+    """A wrong id is a clear error for every action, and nothing is requeued or purged."""
+    await journal_with_letters(tmp_path, 2)
+    state = ["--state-dir", str(tmp_path)]
+    for action in ("replay", "purge"):
+        wrong = a2pd("dead-letters", action, "1", "7", "--yes", *state)
+        assert wrong.returncode == 1, wrong.stderr
+        assert "no dead letter with id 7" in wrong.stderr
+        assert "stopped" not in wrong.stderr
+    assert len(json.loads(a2pd("dead-letters", "list", "--json", *state).stdout)) == 2
+    negative = a2pd("dead-letters", "replay", "-5", *state)
+    assert negative.returncode == 2
+    assert "'-5' is not a dead letter id" in negative.stderr
+
+
+async def test_backfill_dead_letters_are_not_replayed_into_nothing(tmp_path: Path) -> None:
+    """A dead letter of the backfill (a record that never reached a sink) is not requeued:
+    it would go to no sink and be compacted away unseen; the command says why."""
+    journal = await Journal.open(tmp_path / "journal.db", commit_interval=0.05, commit_max=100,
+                                 fsync=False, max_events=0, max_age=None, full_policy="block",
+                                 dedup_window=3600.0)
+    await journal.queue_dead_letter("backfill", "bad record", b'{"id": "1"}', uuid="b1")
+    await journal.commit()
+    await journal.aclose()
+    result = a2pd("dead-letters", "replay", "--all", "--state-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "requeued 0" in result.stdout
+    assert "1 not requeued" in result.stderr
+    stats = json.loads(a2pd("journal", "stats", "--json", "--state-dir", str(tmp_path)).stdout)
+    assert stats["events"] == 0
+    assert stats["dead_letters"] == {"backfill": 1}
+
+
+def test_status_with_a_bad_url_is_a_usage_error() -> None:
+    """``status --url`` with something that is not an http(s) URL: one line, exit 2."""
+    for url in ("notaurl", "http://[::1"):
+        result = a2pd("status", "--url", url)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+async def test_ops_port_in_use_is_a_config_error(tmp_path: Path) -> None:
+    """``[ops] listen`` on a port another process holds: exit 78 naming the key, no
+    traceback (it used to end as an exception group, exit 1, restarted by systemd)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        emu = emulator()
+        async with emu.running():
+            config = tmp_path / "a2pd.toml"
+            config.write_text(settings_text(emu, tmp_path, ops={"listen": f"127.0.0.1:{port}"}))
+            result = await anyio.run_process([A2PD, "run", "-c", str(config)], check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 78, err
+    assert "ops.listen" in err
+    assert "Traceback" not in err
+
+
+def test_demo_never_takes_the_operators_secrets(tmp_path: Path) -> None:
+    """``a2pd demo`` logs in to its emulator with the emulator's credentials even when the
+    environment holds an operator's real ones."""
+    env = {"A2PD_JWT": "an-operators-real-jwt", "A2PD_CLIENT_SECRET": "a-real-secret",
+           "CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "jwt").write_text("another-real-jwt")
+    result = subprocess.run([A2PD, "demo", "--duration", "2", "--rate", "20"],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            cwd=tmp_path, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    assert "an-operators-real-jwt" not in result.stderr

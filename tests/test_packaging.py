@@ -32,6 +32,9 @@ def run(*args: str | Path, cwd: Path | None = None,
 
 @pytest.mark.slow
 def test_wheel_installs_beside_python_daemon_and_runs_the_demo(tmp_path: Path) -> None:
+    """The wheel holds its data and no ``daemon/``; installed beside python-daemon both
+    import; the demo and the emulator's options work from it; removing python-daemon leaves
+    a2pd whole (it used to share the ``daemon`` directory with it)."""
     built = run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", REPO,
                 timeout=INSTALL_TIMEOUT)
     assert built.returncode == 0, built.stderr
@@ -68,6 +71,8 @@ def test_wheel_installs_beside_python_daemon_and_runs_the_demo(tmp_path: Path) -
     version = run(a2pd, "--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("a2pd ")
+    checked = run(a2pd, "validate", "--no-secrets", REPO / "config/example.toml")
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_every_imported_distribution_is_declared() -> None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from a2pd.emulator import Emulator, EmulatorConfig
@@ -55,6 +56,8 @@ MOVED = ("/etc/systemd/system", "/etc/a2pd", "/opt/a2pd", "/usr/local/bin", "/va
 #: the README's placeholders, which the emulator accepts as this app's credentials
 CLIENT_ID, CLIENT_SECRET, JWT = "YOUR_CLIENT_ID", "YOUR_CLIENT_SECRET", "YOUR_JWT"
 SEEDS = ("batch.json", "inbound.json", "outbound.json", "optout.json")
+#: how often a condition seen only through the ops endpoint is asked again
+POLL = 0.05
 #: installing a2pd into a new venv from source downloads and builds: minutes, not seconds
 INSTALL_TIMEOUT = 600
 
@@ -281,6 +284,7 @@ async def systemctl_start_and_stop(root: Path, unit: Unit, emu: Emulator,
                         pass
                 for name in SEEDS:
                     await emu.publish(seed_kind(name), seed(name)["body"])
+                await delivered_everything(root / "etc/a2pd/a2pd.toml", len(SEEDS))
                 for step in after:
                     if step.startswith("a2pd status"):
                         shown = await anyio.run_process(
@@ -300,6 +304,21 @@ async def systemctl_start_and_stop(root: Path, unit: Unit, emu: Emulator,
                 await process.aclose()
         assert code == 0, "\n".join(lines)
     check_outcome(root, emu, events, lines)
+
+
+async def delivered_everything(config: Path, count: int) -> None:
+    """Wait until the daemon's /status says the example config's catch-all sink
+    (``archive``) delivered ``count`` events (the ops endpoint of the installed config)."""
+    text = config.read_text()
+    port = re.search(r'listen = "127.0.0.1:(\d+)"', text)
+    assert port, "the edited config names its ops port"
+    url = f"http://127.0.0.1:{port.group(1)}/status"
+    async with httpx.AsyncClient(trust_env=False) as client:
+        with anyio.fail_after(TIMEOUT):
+            while True:
+                if (await client.get(url)).json()["sinks"]["archive"]["delivered"] >= count:
+                    return
+                await anyio.sleep(POLL)
 
 
 def check_outcome(root: Path, emu: Emulator, events: list[dict[str, object]],

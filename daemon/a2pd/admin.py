@@ -19,6 +19,7 @@ from typing import Any
 
 from a2pd.errors import ConfigError, ConfigProblem, one_line
 from a2pd.journal import DeadLetter, Journal
+from a2pd.observe import DEAD_LETTER_SOURCES
 
 
 def state_dir(config_path: str | None, explicit: str | None) -> Path:
@@ -102,13 +103,19 @@ def configured_sinks(config_path: str | None) -> list[str]:
     return [str(name) for name in sinks] if isinstance(sinks, dict) else []
 
 
-def _confirm(question: str) -> bool:
-    """Ask on the terminal; never when stdin is not one (a script must say ``--yes``)."""
+def _of(sink: str | None) -> str:
+    return f" of sink {sink}" if sink else ""
+
+
+def _confirm(question: str) -> bool | None:
+    """Ask on the terminal: True for yes, False for anything else (Ctrl-C and Ctrl-D too);
+    None when stdin is not a terminal (a script must say ``--yes``)."""
     if not sys.stdin.isatty():
-        return False
+        return None
     try:
         answer = input(f"{question} [y/N] ")
-    except EOFError:
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
         return False
     return answer.strip().lower() in ("y", "yes")
 
@@ -128,7 +135,7 @@ async def dead_letters(directory: Path, request: LetterRequest) -> int:
         if sink is not None:
             stats = await journal.stats()
             known = sorted({*request.configured_sinks, *stats["cursors"],
-                            *stats["dead_letters"]})
+                            *stats["dead_letters"], *DEAD_LETTER_SOURCES})
             if sink not in known:
                 close = difflib.get_close_matches(sink, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -148,9 +155,16 @@ async def dead_letters(directory: Path, request: LetterRequest) -> int:
                           f"{one_line(d.reason)}")
                 print(f"{len(letters)} dead letter(s)", file=sys.stderr)
             return 0
+        letters = [d for d in await journal.dead_letters(sink)
+                   if request.all or d.id in ids]
+        missing = sorted(set(ids) - {d.id for d in letters})
+        if missing and action != "show":
+            # nothing is done when any id is wrong: a typo never acts on the others alone
+            print(f"a2pd: no dead letter{_of(sink)} with id {', '.join(map(str, missing))}; "
+                  f"nothing {'requeued' if action == 'replay' else 'purged'}",
+                  file=sys.stderr)
+            return 1
         if action == "show":
-            letters = [d for d in await journal.dead_letters(sink) if d.id in ids]
-            missing = sorted(set(ids) - {d.id for d in letters})
             for d in letters:
                 summary = _letter_summary(d)
                 try:
@@ -159,8 +173,7 @@ async def dead_letters(directory: Path, request: LetterRequest) -> int:
                     summary["raw_hex"] = d.raw.hex()
                 print(json.dumps(summary, indent=2, ensure_ascii=False))
             if missing:
-                where = f" of sink {sink}" if sink else ""
-                print(f"a2pd: no dead letter{where} with id "
+                print(f"a2pd: no dead letter{_of(sink)} with id "
                       f"{', '.join(map(str, missing))}", file=sys.stderr)
                 return 1
             return 0
@@ -168,17 +181,21 @@ async def dead_letters(directory: Path, request: LetterRequest) -> int:
         if action == "replay":
             count = await journal.replay_dead_letters(chosen, sink)
             print(f"requeued {count} dead letter(s) for delivery")
+            if count < len(letters):
+                print(f"a2pd: {len(letters) - count} not requeued: they never reached a sink "
+                      "(frame, notification, backfill) or their record was cut to the size "
+                      "limit; `show` has what was kept", file=sys.stderr)
             return 0
-        matching = [d for d in await journal.dead_letters(sink)
-                    if chosen is None or d.id in chosen]
-        if not matching:
+        if not letters:
             print("purged 0 dead letter(s)")
             return 0
         if not request.yes:
-            where = f" of sink {sink}" if sink else ""
-            if not _confirm(f"Delete {len(matching)} dead letter(s){where} for good?"):
-                print(f"a2pd: not purged: {len(matching)} dead letter(s) would be deleted "
-                      "for good; answer y on a terminal, or add --yes", file=sys.stderr)
+            answer = _confirm(f"Delete {len(letters)} dead letter(s){_of(sink)} for good?")
+            if answer is not True:
+                reason = ("not confirmed" if answer is False else
+                          "no terminal to ask on; add --yes")
+                print(f"a2pd: not purged ({reason}): {len(letters)} dead letter(s) would be "
+                      "deleted for good", file=sys.stderr)
                 return 1
         count = await journal.purge_dead_letters(chosen, sink)
         print(f"purged {count} dead letter(s)")

@@ -327,8 +327,10 @@ class Daemon:
                 tg.start_soon(self._read, auth, supervisor, reading, backfill)
                 if handle_signals:
                     tg.start_soon(self._watch_signals)
+                # where each secret came from (a systemd credential wins over a *_file: a
+                # rotated file takes effect at the unit's next start, not at a reload)
                 log.info("daemon_started", sinks=sorted(sinks), state_dir=str(self.state_dir),
-                         backlog=pipeline.backlog())
+                         backlog=pipeline.backlog(), secrets=self.settings.secret_sources)
 
                 await self._stop.wait()
                 self.stopping = True

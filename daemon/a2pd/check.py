@@ -100,7 +100,9 @@ class Step:
 
 def main(config_path: str) -> int:
     """Check the platform access ``config_path`` describes; the process exit code."""
-    settings = config.load(config_path)
+    # the sinks' secrets are not needed to check the platform (and a sink's systemd
+    # credential exists only inside the service)
+    settings = config.load(config_path, sink_secrets=False)
     # the report is stdout; the daemon's own log lines (stderr) only for errors
     a2pd_logging.configure("error", settings.log.format)
     steps: list[Step] = []
@@ -110,7 +112,10 @@ def main(config_path: str) -> int:
         for line in step.lines():
             print(line, flush=True)
 
-    report(Step("config", "ok", config_path))
+    sources = settings.secret_sources
+    report(Step("config", "ok", f"{config_path} (client secret from "
+                                f"{sources.get('client_secret', '?')}, JWT from "
+                                f"{sources.get('jwt', '?')})"))
     anyio.run(run_checks, settings, report)
     failed = sum(step.state == "FAIL" for step in steps)
     if failed:

@@ -55,7 +55,9 @@ def _config_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each command's own parser (see ``main``)."""
-    parser = argparse.ArgumentParser(prog="a2pd", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="a2pd", description="a2pd: RingCentral High Volume SMS event notifications, "
+        "journaled and routed to sinks. `a2pd COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"a2pd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: dict[str, argparse.ArgumentParser] = {}
@@ -99,7 +101,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     letters = command("dead-letters", "list, show, replay or purge dead letters")
     letters.add_argument("action", choices=["list", "show", "replay", "purge"])
-    letters.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids")
+    letters.add_argument("ids", nargs="*", type=_letter_id, metavar="ID",
+                         help="dead letter ids (as `list` shows them)")
     letters.add_argument("--all", action="store_true", help="every dead letter (replay/purge)")
     letters.add_argument("--sink", default=None, help="only this sink's dead letters")
     letters.add_argument("--json", action="store_true")
@@ -115,6 +118,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     command("version", "print the version")
     return parser, commands
+
+
+def _letter_id(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dead letter id (1, 2, ...)")
+    return int(text)
 
 
 def _state_args(parser: argparse.ArgumentParser) -> None:
@@ -197,13 +206,31 @@ def _status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG
+    scheme = url.partition("://")[0]
+    if scheme not in ("http", "https"):
+        print(f"a2pd status: --url must be an http(s):// URL, not {url!r}", file=sys.stderr)
+        return 2
     try:
         state = status.fetch(url)
+    except httpx.InvalidURL as exc:
+        print(f"a2pd status: not a usable URL {url!r}: {exc}", file=sys.stderr)
+        return 2
     except httpx.HTTPError as exc:
         print(f"a2pd: no daemon answers at {url}: {exc}", file=sys.stderr)
         return status.EXIT_UNAVAILABLE
-    print(json.dumps(state, indent=2) if args.json else status.render(state))
-    return EXIT_OK if state["ready"] else status.EXIT_NOT_READY
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"a2pd: what answers at {url} is not an a2pd ops endpoint "
+              f"({type(exc).__name__})", file=sys.stderr)
+        return status.EXIT_UNAVAILABLE
+    try:
+        text = json.dumps(state, indent=2) if args.json else status.render(state)
+        ready = bool(state["ready"])
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"a2pd: what answers at {url} is not an a2pd ops endpoint "
+              f"({type(exc).__name__})", file=sys.stderr)
+        return status.EXIT_UNAVAILABLE
+    print(text)
+    return EXIT_OK if ready else status.EXIT_NOT_READY
 
 
 def _admin(args: argparse.Namespace) -> int:
@@ -274,15 +301,36 @@ def tune_gc() -> None:
 
 def _guard(body: Callable[[], int | None], *, interrupted: int = EXIT_OK) -> int:
     """Run ``body`` and turn our errors into one clear line and an exit code. Ctrl-C is a
-    clean stop for the daemon; ``interrupted`` is the exit code it gives otherwise."""
+    clean stop for the daemon; ``interrupted`` is the exit code it gives otherwise. An error
+    raised inside a task group arrives wrapped in an exception group: it is unwrapped (the
+    first of ours decides), so it too is one line and its exit code, never a traceback."""
     try:
         code = body()
-    except ConfigError as exc:
+    except BaseExceptionGroup as group:
+        ours = group.subgroup(lambda exc: isinstance(exc, _OURS))
+        if ours is None:
+            raise
+        return _explain(_first(ours), interrupted)
+    except _OURS as exc:
+        return _explain(exc, interrupted)
+    return EXIT_OK if code is None else code
+
+
+_OURS = (ConfigError, FatalPlatformError, JournalError, StateDirInUse, KeyboardInterrupt)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _explain(exc: BaseException, interrupted: int) -> int:
+    if isinstance(exc, ConfigError):
         _print_config_error(exc)
         return EXIT_CONFIG
-    except (FatalPlatformError, JournalError, StateDirInUse) as exc:
+    if isinstance(exc, FatalPlatformError | JournalError | StateDirInUse):
         print_error(f"a2pd: stopped: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
-        return interrupted
-    return EXIT_OK if code is None else code
+    return interrupted

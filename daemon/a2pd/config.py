@@ -29,6 +29,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -45,10 +46,12 @@ from pydantic import (
 )
 
 from a2pd.errors import ConfigError, ConfigProblem
+from a2pd.observe import DEAD_LETTER_SOURCES
 from a2pd.router import ROUTABLE_FIELDS, Route, Router
 from a2pd.sinks import (
     SinkOptions,
     UnknownSinkType,
+    read_secret_file,
     refuse_bool_numbers,
     sink_class,
     sink_types,
@@ -86,14 +89,13 @@ def _local_path(value: Any) -> Any:
 #: a filesystem path (NUL refused at load time, not at first use)
 LocalPath = Annotated[Path, BeforeValidator(_local_path)]
 #: secrets files are small; a larger file (a device, a wrong path) is refused unread
-MAX_SECRET_FILE = 64 * 1024
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 #: a duration where 0 means "off"
 DurationOrOff = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 
 #: dead-letter sources that are not sinks
-RESERVED_SINK_NAMES = frozenset({"frame", "notification"})
+RESERVED_SINK_NAMES = frozenset(DEAD_LETTER_SOURCES)
 #: routable fields whose values form a closed set
 _CLOSED_VALUES = {
     "kind": frozenset({"batch", "inbound", "outbound", "optout", "optin", "other"}),
@@ -364,13 +366,17 @@ class Settings:
     router: Router
     source: str
     backfill: BackfillConfig
+    #: where each platform secret came from, for the log and ``a2pd check`` (never the value):
+    #: ``$A2PD_JWT``, ``systemd credential jwt``, ``/etc/a2pd/jwt`` or ``inline``
+    secret_sources: dict[str, str] = dataclass_field(default_factory=dict)
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
-         secrets: bool = True) -> Settings:
+         secrets: bool = True, sink_secrets: bool | None = None) -> Settings:
     """Read and validate a config file; raise ``ConfigError`` listing every problem.
     ``secrets=False``: leave the secrets unread (the Settings then carry empty ones and are
-    good only for a check, never to run)."""
+    good only for a check, never to run). ``sink_secrets`` (default: ``secrets``) for the
+    sinks' secrets alone: ``a2pd check`` reads the platform's and never uses a sink."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -379,11 +385,12 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
         raise ConfigError([problem], source) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem("", "not UTF-8 text")], source) from exc
-    return loads(text, source=source, env=env, secrets=secrets)
+    return loads(text, source=source, env=env, secrets=secrets, sink_secrets=sink_secrets)
 
 
 def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None,
-          overrides: Mapping[str, Any] | None = None, secrets: bool = True) -> Settings:
+          overrides: Mapping[str, Any] | None = None, secrets: bool = True,
+          sink_secrets: bool | None = None) -> Settings:
     """Validate TOML text. ``overrides`` replaces whole top-level keys of sections (``{"platform":
     {"server": ...}}`` merges into ``[platform]``), used by ``a2pd demo``."""
     env = os.environ if env is None else env
@@ -395,13 +402,16 @@ def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None 
         merged = dict(data.get(section, {}))
         merged.update(values)
         data[section] = merged
-    return from_dict(data, source=source, env=env, secrets=secrets)
+    return from_dict(data, source=source, env=env, secrets=secrets, sink_secrets=sink_secrets)
 
 
 def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str],
-              secrets: bool = True) -> Settings:
+              secrets: bool = True, sink_secrets: bool | None = None) -> Settings:
     """Validate an already-parsed config document."""
+    if sink_secrets is None:
+        sink_secrets = secrets
     problems: list[ConfigProblem] = []
+    sources: dict[str, str] = {}
     known_secrets = _secret_values(data, env)
     try:
         raw = _RawSettings.model_validate(data)
@@ -410,12 +420,12 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str],
         # Still check the sink tables so one run reports everything it can.
         sinks_data = data.get("sinks")
         if isinstance(sinks_data, dict):
-            _build_sinks(sinks_data, problems, env, secrets)
+            _build_sinks(sinks_data, problems, env, sink_secrets)
         raise ConfigError(_masked(problems, known_secrets), source) from None
 
     if secrets:
-        client_secret = _secret(raw.platform, "client_secret", env, problems)
-        jwt = _secret(raw.platform, "jwt", env, problems)
+        client_secret = _secret(raw.platform, "client_secret", env, problems, sources)
+        jwt = _secret(raw.platform, "jwt", env, problems, sources)
     else:
         client_secret = jwt = SecretStr("")
         for name in SECRET_ENV:
@@ -424,7 +434,7 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str],
                 problems.append(ConfigProblem(f"platform.{name}",
                                               f"set either {name} or {name}_file, not both"))
     known_secrets.extend(s.get_secret_value() for s in (client_secret, jwt) if s is not None)
-    sinks = _build_sinks(raw.sinks, problems, env, secrets)
+    sinks = _build_sinks(raw.sinks, problems, env, sink_secrets)
     router = _build_router(raw, problems)
     if problems:
         raise ConfigError(_masked(problems, known_secrets), source)
@@ -445,6 +455,7 @@ def from_dict(data: dict[str, Any], *, source: str, env: Mapping[str, str],
         router=router,
         source=source,
         backfill=raw.backfill,
+        secret_sources=sources,
     )
 
 
@@ -528,7 +539,8 @@ def _did_you_mean(word: str, known: Iterable[str]) -> str:
 
 
 def _secret(platform: PlatformConfig, name: str, env: Mapping[str, str],
-            problems: list[ConfigProblem]) -> SecretStr | None:
+            problems: list[ConfigProblem], sources: dict[str, str]) -> SecretStr | None:
+    """The secret ``name`` from its first source (``sources[name]`` says which)."""
     key = f"platform.{name}"
     env_name = SECRET_ENV[name]
     inline: SecretStr | None = getattr(platform, name)
@@ -541,13 +553,17 @@ def _secret(platform: PlatformConfig, name: str, env: Mapping[str, str],
         if not value:
             problems.append(ConfigProblem(key, f"${env_name} is set but empty"))
             return None
+        sources[name] = f"${env_name}"
         return SecretStr(value)
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir and (Path(cred_dir) / name).exists():
+        sources[name] = f"systemd credential {name}"
         return _read_secret(Path(cred_dir) / name, f"{key} (systemd credential)", problems)
     if file is not None:
+        sources[name] = str(file)
         return _read_secret(file, f"{key}_file", problems)
     if inline is not None:
+        sources[name] = "inline"
         return inline
     problems.append(ConfigProblem(
         key,
@@ -558,23 +574,10 @@ def _secret(platform: PlatformConfig, name: str, env: Mapping[str, str],
 
 def _read_secret(path: Path, key: str, problems: list[ConfigProblem]) -> SecretStr | None:
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_SECRET_FILE + 1)
-    except OSError as exc:
-        problems.append(ConfigProblem(key, f"cannot read {path}: {exc.strerror or 'error'}"))
+        return SecretStr(read_secret_file(path))
+    except ValueError as exc:
+        problems.append(ConfigProblem(key, str(exc)))
         return None
-    if len(data) > MAX_SECRET_FILE:
-        problems.append(ConfigProblem(key, f"{path} is larger than {MAX_SECRET_FILE} bytes"))
-        return None
-    try:
-        value = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        problems.append(ConfigProblem(key, f"{path} is not UTF-8 text"))
-        return None
-    if not value:
-        problems.append(ConfigProblem(key, f"{path} is empty"))
-        return None
-    return SecretStr(value)
 
 
 def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem],

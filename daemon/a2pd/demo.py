@@ -8,6 +8,7 @@ the daemon runs on the embedded demo config (``daemon/a2pd/data/demo.toml``, als
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.resources import files
 
@@ -35,12 +36,19 @@ async def run_demo(config_path: str | None, rate: float, duration: float | None,
         settings = config.loads(
             text,
             source=config_path or "embedded demo config",
+            # the emulator's credentials, whatever the config or the environment name: an
+            # operator's real secrets ($A2PD_JWT, a *_file, a systemd credential) never
+            # reach the emulator, and never clash with the demo's
             overrides={"platform": {
                 "server": emulator.base_url,
                 "client_id": emu_cfg.client_id,
                 "client_secret": emu_cfg.client_secret,
                 "jwt": emu_cfg.jwt,
+                "client_secret_file": None,
+                "jwt_file": None,
             }},
+            env={name: value for name, value in os.environ.items()
+                 if name not in (*config.SECRET_ENV.values(), "CREDENTIALS_DIRECTORY")},
         )
         a2pd_logging.configure(settings.log.level, settings.log.format)
         print(f"a2pd demo: emulator at {emulator.base_url}; events are also written under "

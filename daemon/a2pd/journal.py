@@ -59,7 +59,7 @@ import anyio
 
 from a2pd.errors import EXIT_IOERR, A2pdError
 from a2pd.logging import get_logger, scrub
-from a2pd.observe import Counters, LogThrottle
+from a2pd.observe import DEAD_LETTER_SOURCES, Counters, LogThrottle
 
 log = get_logger("journal")
 
@@ -1037,7 +1037,7 @@ class Journal:
         requeued = 0
         with self._conn:
             for letter in letters:
-                if letter.sink in ("frame", "notification"):
+                if letter.sink in DEAD_LETTER_SOURCES:
                     continue  # never reached a sink: nothing to deliver again
                 if letter.truncated:
                     continue  # the record was cut: replaying it would deliver a fragment

@@ -93,12 +93,23 @@ def secrets_wanted(info: ValidationInfo) -> bool:
     return context.get("secrets", True) is not False
 
 
+#: a secret file larger than this is refused unread (a path to /dev/zero, a log file)
+MAX_SECRET_FILE = 64 * 1024
+
+
 def read_secret_file(path: Path) -> str:
-    """A secret kept in a file, stripped; ``ValueError`` naming the path (never the value)."""
+    """A secret kept in a file, stripped; ``ValueError`` naming the path (never the value).
+    Files over ``MAX_SECRET_FILE`` bytes are refused without reading the rest. The one
+    reader of secret files: the platform's secrets and every sink's."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SECRET_FILE + 1)
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or 'error'}") from None
+    if len(data) > MAX_SECRET_FILE:
+        raise ValueError(f"{path} is larger than {MAX_SECRET_FILE} bytes")
+    try:
+        text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text") from None
     if not text:

@@ -249,6 +249,9 @@ class RedisOptions(SinkOptions):
         url_user = unquote(parts.username) if parts.username else None
         url_password = unquote(parts.password) if parts.password else None
         if not secrets_wanted(info):
+            for name in ("username", "password"):
+                if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
+                    raise ValueError(f"set either {name} or {name}_file, not both")
             self._username, self._password = url_user, None
             return self
         username = _resolve_secret(self, "username", env, url_user)
