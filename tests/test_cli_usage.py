@@ -401,3 +401,25 @@ def test_demo_never_takes_the_operators_secrets(tmp_path: Path) -> None:
                             cwd=tmp_path, env={**os.environ, **env})
     assert result.returncode == 0, result.stderr
     assert "an-operators-real-jwt" not in result.stderr
+
+
+def test_config_errors_read_without_validator_noise(tmp_path: Path) -> None:
+    """A validator's message is shown as written, without pydantic's "Value error, "."""
+    config = tmp_path / "a2pd.toml"
+    config.write_text("""
+[platform]
+server = "https://platform.ringcentral.com"
+client_id = "id"
+client_secret = "secret-value"
+jwt = "jwt-value"
+[sinks.hook]
+type = "http"
+url = "https://hooks.example.com/a2p"
+signing_secrets = ["not-a-key"]
+[default_route]
+sinks = ["hook"]
+""")
+    result = a2pd("validate", str(config))
+    assert result.returncode == 78
+    assert "sinks.hook.signing_secrets: key 0 is not a Standard Webhooks secret" in result.stderr
+    assert "Value error" not in result.stderr

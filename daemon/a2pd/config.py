@@ -494,7 +494,8 @@ def _problems(exc: ValidationError, prefix: str = "", *,
     for err in exc.errors(include_url=False, include_input=False):
         loc = [str(p) for p in err["loc"]]
         key = ".".join([prefix, *loc] if prefix else loc)
-        reason = err["msg"]
+        # a validator's ValueError reads "Value error, <our text>": the prefix says nothing
+        reason = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             reason = "unknown key" + _did_you_mean(loc[-1], _known_keys(
                 model or _RawSettings, err["loc"][:-1]))
