@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -105,3 +106,71 @@ async def test_the_cli_prints_where_it_listens_and_stops_on_sigint() -> None:
 def test_the_cli_refuses_a_bad_port_with_ex_config() -> None:
     """An impossible port is a configuration error: exit code 78."""
     assert main(["--port", "70000"]) == 78
+
+
+def test_the_cli_refuses_an_unknown_permission_with_ex_config() -> None:
+    """`--app-permissions` takes only the permission names a2pd knows: exit code 78."""
+    assert main(["--app-permissions", "A2PSMS,ReadAcounts"]) == 78
+
+
+async def test_the_cli_keeps_serving_when_its_reader_goes_and_stops_cleanly() -> None:
+    """`a2pd emulator --port 0 | head -1`: the reader goes after the first line; the
+    emulator keeps serving, and SIGINT stops it with exit 0 and nothing on stderr (no
+    "cannot listen", no broken pipe, no traceback)."""
+    read_end, write_end = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "a2pd.emulator", "--port", "0",
+            stdout=write_end, stderr=asyncio.subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    try:
+        with open(read_end, "rb", buffering=0) as reader:
+            async with asyncio.timeout(TIMEOUT):
+                line = (await asyncio.to_thread(reader.readline)).decode().strip()
+        # the pipe has no reader any more, as after `head -1`
+        found = re.fullmatch(r"emulator listening on (http://127\.0\.0\.1:\d+)", line)
+        assert found, line
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            health = await http.get(found[1] + "/_emulator/health")
+        assert health.json()["status"] == "ok"
+        process.send_signal(signal.SIGINT)  # its "emulator stopping" line meets EPIPE
+        async with asyncio.timeout(TIMEOUT):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err
+    assert err == b""
+
+
+async def test_the_cli_sets_up_the_app_as_its_flags_say() -> None:
+    """`--app-permissions` and `--no-refresh-tokens`: the token reply's scope lists just
+    those permissions, and it carries no refresh token."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "a2pd.emulator", "--port", "0",
+        "--app-permissions", "ReadAccounts,A2PSMS", "--no-refresh-tokens",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(TIMEOUT):
+            line = (await process.stdout.readline()).decode().strip()
+        found = re.fullmatch(r"emulator listening on (http://127\.0\.0\.1:\d+)", line)
+        assert found, line
+        async with httpx.AsyncClient(base_url=found[1], timeout=TIMEOUT) as http:
+            reply = await http.post(
+                "/restapi/oauth/token", auth=("demo-client-id", "demo-client-secret"),
+                data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                      "assertion": DEFAULT_JWT})
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(TIMEOUT):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["scope"] == "A2PSMS ReadAccounts"
+    assert "refresh_token" not in reply.json()
+    assert process.returncode == 0, err

@@ -18,9 +18,11 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from a2pd import __version__, events, sinks
+from a2pd import pipeline as pipeline_module
 from a2pd.app import Daemon
 from a2pd.observe import (
     BUILTIN_SINK_TYPES,
@@ -32,9 +34,12 @@ from a2pd.observe import (
     exported_elsewhere,
     resolve,
 )
+from a2pd.ops import Metrics
 from a2pd.pipeline import ARRIVAL_KEEP, ARRIVALS_KEPT, Pipeline
+from a2pd.router import Route, Router
 from tests.harness import TIMEOUT, delivered, emulator, running_daemon, seed, settings_for
 from tests.http_receiver import Receiver
+from tests.test_operations import snapshot_of
 from tests.test_pipeline import DATA, Collecting, make_events, open_journal, router_all
 
 ROOT = Path(__file__).parent.parent
@@ -295,6 +300,30 @@ async def test_alerts_and_dashboard_query_only_exported_metrics(tmp_path: Path) 
             assert f"`{documented}`" in reference, documented
 
 
+def test_a_removed_sink_keeps_its_counters_and_loses_its_gauges() -> None:
+    """After a reload removes sinks, their counter and histogram series stay (those still at
+    0 too, and a third-party sink's own counters): only their per-sink gauges go."""
+    counters = {"delivered.hook": 4, "produced.kafka": 7}
+    configured = {"archive": "file", "hook": "http", "kafka": "kafka"}
+    metrics = Metrics(lambda: snapshot_of(counters, configured), dict)
+    before = samples(metrics.render().decode())
+    del configured["hook"], configured["kafka"]
+    after = samples(metrics.render().decode())
+    assert exposition_problems(metrics.render().decode()) == []
+    gauges = ("a2pd_sink_backlog_events", "a2pd_sink_busy_seconds", "a2pd_sink_ready")
+    assert {k for k in before if k not in after} == {
+        *(key(name, sink=sink) for name in gauges for sink in ("hook", "kafka")),
+        key("a2pd_sink_info", sink="hook", type="http"),
+        key("a2pd_sink_info", sink="kafka", type="kafka")}
+    assert {k for k in after if k not in before} == set()
+    assert after[key("a2pd_sink_delivered_total", sink="hook")] == 4
+    assert after[key("a2pd_sink_retries_total", sink="kafka")] == 0
+    assert after[key("a2pd_http_responses_total", sink="hook", **{"class": "5xx"})] == 0
+    assert after[key("a2pd_sink_plugin_counter_total", sink="kafka", counter="produced")] == 7
+    assert key("a2pd_delivery_latency_seconds_count", sink="hook") in after
+    assert key("a2pd_sink_backlog_events", sink="archive") in after
+
+
 # -- the alert rules ---------------------------------------------------------------------------
 
 
@@ -447,16 +476,83 @@ async def test_latency_is_observed_once_per_sink_and_arrivals_are_bounded(
     await journal.aclose()
     assert pipeline.delivery_latency["first"].count == 30
     assert pipeline.delivery_latency["second"].count == 29
-    # the refused event still waits for its second confirmation, until it is too old
-    assert list(pipeline._arrived) == [stream[7].uuid]
-    assert pipeline._unconfirmed == {stream[7].uuid: 1}
+    # the refused event still waits for its second confirmation, until it is too old; the
+    # sink passed it (it confirmed later events), so its wait is not observed
+    assert {uuid: waiting for uuid, (_, waiting) in pipeline._arrived.items()} == \
+        {stream[7].uuid: ("second",)}
     now = time.monotonic()
     pipeline.forget_arrivals(now)
     assert list(pipeline._arrived) == [stream[7].uuid]
     pipeline.forget_arrivals(now + ARRIVAL_KEEP + 1)
     assert pipeline._arrived == {}
-    assert pipeline._unconfirmed == {}
-    pipeline._arrived.update((f"u{i}", now) for i in range(ARRIVALS_KEPT + 5))
+    assert pipeline.delivery_latency["second"].count == 29
+    pipeline._arrived.update((f"u{i}", (now, ("first",))) for i in range(ARRIVALS_KEPT + 5))
     pipeline.forget_arrivals(now)
     assert len(pipeline._arrived) == ARRIVALS_KEPT
     assert next(iter(pipeline._arrived)) == "u5"
+    # "first" has no row left to pass: nothing it waits for was forgotten
+    assert pipeline.counters["latency_unobserved.first"] == 0
+
+
+async def test_a_sink_behind_longer_than_arrival_keep_shows_in_the_inf_bucket(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink stuck on a batch: arrivals forgotten for room count as
+    latency_unobserved.<sink>, those forgotten for age (a clock ARRIVAL_KEEP ahead) as one
+    observation each above every bucket, with their age in _sum; its late delivery is not
+    observed again. For a sink that kept up, nothing forgotten counts: an event it refused
+    (dead-lettered), a duplicate of one it delivered."""
+    journal = await open_journal(tmp_path)
+    fast, stuck = Collecting("fast"), Collecting("stuck")
+    stream = make_events(5)
+    fast.reject = {stream[2].uuid}
+    stuck.stuck = {stream[0].uuid}
+    doc = json.loads((DATA / "optout.json").read_text())
+    optout = events.decode_notification({**doc, "uuid": "optout-1"}, b"")
+    assert not isinstance(optout, events.EventError)
+    # outbound events to both sinks; the opt-out to "fast" only
+    router = Router((Route("outbound", ("fast", "stuck"), {"kind": frozenset({"outbound"})}),),
+                    ("fast",))
+    pipeline = Pipeline(router, {"fast": fast, "stuck": stuck}, journal,
+                        retry_initial=0.001, retry_max=0.05)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        await pipeline.ingest_event(optout)
+        for event in stream:
+            await pipeline.ingest_event(event)
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.fast", 5)  # all but the refused one
+            await pipeline.counters.wait_for("retries.stuck", 1)
+            await pipeline.ingest_event(optout)  # a duplicate: the journal drops it
+            await pipeline.journal.flush()
+            await pipeline.counters.wait_for("duplicates", 1)
+            while pipeline.backlog()["fast"]:
+                await anyio.sleep(0.01)  # a poll interval, bounded by fail_after
+        assert stuck.got == []
+        waiting = {uuid: names for uuid, (_, names) in pipeline._arrived.items()}
+        assert waiting == {**{e.uuid: ("stuck",) for e in stream},
+                           stream[2].uuid: ("fast", "stuck"), "optout-1": ("fast",)}
+        now = time.monotonic()
+        # for room: the three oldest go (the refused one among them)
+        monkeypatch.setattr(pipeline_module, "ARRIVALS_KEPT", 3)
+        pipeline.forget_arrivals(now)
+        monkeypatch.undo()
+        assert list(pipeline._arrived) == [stream[3].uuid, stream[4].uuid, "optout-1"]
+        assert pipeline.counters["latency_unobserved.stuck"] == 3
+        assert pipeline.counters["latency_unobserved.fast"] == 0
+        # for age: the two left that "stuck" waits for are observed, above every bucket
+        pipeline.forget_arrivals(now + ARRIVAL_KEEP + 1)
+        assert pipeline._arrived == {}
+        late = pipeline.delivery_latency["stuck"]
+        assert late.count == 2
+        assert late.counts[-1] == 2  # the +Inf bucket (counts are per bucket)
+        assert late.sum >= 2 * ARRIVAL_KEEP
+        assert pipeline.delivery_latency["fast"].count == 5  # the opt-out once, 4 outbound
+        assert pipeline.delivery_latency["fast"].counts[-1] == 0
+        stuck.stuck.clear()
+        with anyio.fail_after(TIMEOUT):
+            await pipeline.counters.wait_for("delivered.stuck", 5)
+        await pipeline.close()
+    await journal.aclose()
+    assert stuck.got == [e.uuid for e in stream]
+    assert pipeline.delivery_latency["stuck"].count == 2
+    assert pipeline.counters["latency_unobserved.stuck"] == 3

@@ -219,6 +219,10 @@ _DECLARED: list[tuple[str, CounterFamily, Fixed]] = [
     _per("delivered", "a2pd_sink_delivered_total", "Events a sink confirmed", "sink", SINKS),
     _per("retries", "a2pd_sink_retries_total",
          "Failed sink deliveries that were retried (one per failed attempt)", "sink", SINKS),
+    _per("latency_unobserved", "a2pd_delivery_latency_unobserved_total",
+         "Live events a sink still had to deliver when their arrival time was forgotten to "
+         "bound memory (more than 65,536 waiting): their delivery is not in "
+         "a2pd_delivery_latency_seconds", "sink", SINKS),
     _per("dead_letters", "a2pd_dead_letters_total",
          "Dead letters written, by where from: a sink's name (it refused the event or a2pd "
          "gave up), frame, notification or backfill (input that did not decode)",

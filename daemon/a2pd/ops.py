@@ -14,7 +14,8 @@ for the journal's size).
 ``Metrics`` is the exposition: a private prometheus_client registry per daemon (tests run
 several in one process) with a collector that reads the daemon's snapshot at scrape time
 and yields fixed, declared families — the counters of ``observe.COUNTERS``, every series
-from the start (per sink, per event kind, per outcome, at 0), gauges, the delivery latency
+from the start (per sink, per event kind, per outcome, at 0) until the daemon stops (a sink
+a reload removes keeps its counter series; only its gauges go), gauges, the delivery latency
 histogram — and prometheus_client's process collector. A counter nobody declared is not
 exported (a warning says so once); a test keeps the declarations complete.
 """
@@ -184,25 +185,34 @@ class DaemonCollector:
         self._latency = latency
         #: undeclared counters already warned about
         self._warned: set[str] = set()
+        #: every (sink, type) this daemon has had: a sink a reload removed (or gave another
+        #: type) keeps its counter and histogram series until the restart; only its gauges go
+        self._sinks_seen: set[tuple[str, str]] = set()
+        #: each sink name's latest type (a third-party sink's counters are told by it)
+        self._sink_types: dict[str, str] = {}
 
     def collect(self) -> Iterator[Metric]:
         state = self._snapshot()
         sinks: dict[str, dict[str, Any]] = state["sinks"]
-        names = sorted(sinks)
+        for name, spec in sinks.items():
+            kind = str(spec["type"])
+            self._sinks_seen.add((name, kind))
+            self._sink_types[name] = kind
+        names = sorted(self._sink_types)
         known: dict[str, Sequence[str]] = {
             SINKS: names,
-            HTTP_SINKS: [name for name in names if sinks[name]["type"] == "http"],
-            FILE_SINKS: [name for name in names if sinks[name]["type"] == "file"],
+            HTTP_SINKS: sorted({name for name, kind in self._sinks_seen if kind == "http"}),
+            FILE_SINKS: sorted({name for name, kind in self._sinks_seen if kind == "file"}),
             DEAD_LETTER_LABELS: [*names, *DEAD_LETTER_SOURCES],
         }
         counters: dict[str, int] = state["counters"]
-        yield from self._counters(counters, known, sinks)
+        yield from self._counters(counters, known)
         yield from _gauges(state)
         yield _latency_family(self._latency(), names)
         yield _http_latency_family(counters, known[HTTP_SINKS])
 
-    def _counters(self, counters: Mapping[str, int], known: dict[str, Sequence[str]],
-                  sinks: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    def _counters(self, counters: Mapping[str, int], known: dict[str, Sequence[str]]
+                  ) -> Iterator[Metric]:
         series: dict[str, dict[tuple[str, ...], float]] = {
             name: dict.fromkeys(family.series(known), 0.0) for name, family in FAMILIES.items()}
         plugin: dict[tuple[str, str], float] = {}
@@ -216,8 +226,8 @@ class DaemonCollector:
             if exported_elsewhere(key):
                 continue
             base, _, sink = key.partition(".")
-            spec = sinks.get(sink)
-            if spec is not None and spec["type"] not in BUILTIN_SINK_TYPES:
+            kind = self._sink_types.get(sink)
+            if kind is not None and kind not in BUILTIN_SINK_TYPES:
                 plugin[(sink, base)] = value  # a third-party sink's own counter
             elif key not in self._warned:
                 self._warned.add(key)
@@ -287,8 +297,9 @@ def _gauges(state: dict[str, Any]) -> Iterator[Metric]:
         (GaugeMetricFamily("a2pd_sink_busy_seconds", "How long the sink's current delivery "
                            "has been running (0: idle)", labels=("sink",)),
          lambda s: s["busy_seconds"] or 0.0),
-        (GaugeMetricFamily("a2pd_sink_ready", "1 when the sink is within its lag budget "
-                           "(ops.ready_max_lag)", labels=("sink",)), lambda s: int(s["ready"])),
+        (GaugeMetricFamily("a2pd_sink_ready", "1 unless the sink's current delivery has been "
+                           "running longer than ops.ready_max_lag", labels=("sink",)),
+         lambda s: int(s["ready"])),
     ]
     for family, value in families:
         for name in sorted(sinks):
@@ -310,7 +321,8 @@ def _latency_family(latency: Mapping[str, Histogram], sinks: Sequence[str]) -> M
     family = HistogramMetricFamily(
         "a2pd_delivery_latency_seconds",
         "Seconds from a live notification's arrival to its sink's confirmation (events "
-        "delivered from a previous run's backlog and backfilled events are not observed)",
+        "delivered from a previous run's backlog and backfilled events are not observed; "
+        "a wait reaching an hour is observed then, in the +Inf bucket)",
         labels=("sink",))
     empty = Histogram(DELIVERY_LATENCY_BUCKETS)
     for name in sorted({*sinks, *latency}):

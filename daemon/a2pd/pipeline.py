@@ -13,6 +13,7 @@ to the offending events, which go to the dead letters.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -38,8 +39,10 @@ IDLE_POLL = 1.0
 T = TypeVar("T")
 #: the receive side lets the readers run after this many events
 INGEST_SLICE = 32
-#: arrival times kept for the delivery latency: at most this many events (~150 bytes each)
-#: and for at most this long; an event delivered later is not observed
+#: arrival times kept for the delivery latency: at most this many events (~250 bytes each)
+#: and for at most this long. An event a sink still waits for when its arrival is forgotten
+#: for age is observed then, above every bucket; one forgotten for room is counted as
+#: ``latency_unobserved.<sink>``
 ARRIVALS_KEPT = 65_536
 ARRIVAL_KEEP = 3600.0
 
@@ -54,8 +57,10 @@ class Pipeline:
     ``delivery_latency``: per sink, seconds from a live notification's arrival (the
     pipeline took it from the session, which had just read its frame) to the sink's
     confirmation of the batch holding it. Arrival times live in memory only: events
-    delivered from a previous run's backlog, backfilled events and events kept past
-    ``ARRIVALS_KEPT``/``ARRIVAL_KEEP`` are delivered without an observation.
+    delivered from a previous run's backlog and backfilled events are delivered without an
+    observation. A wait longer than ``ARRIVAL_KEEP`` is observed when it reaches that age
+    (``forget_arrivals``), so a sink that stays behind shows in the histogram's +Inf bucket
+    while it is behind, not only once it delivers.
     """
 
     def __init__(self, router: Router, sinks: Mapping[str, Sink], journal: Journal, *,
@@ -82,11 +87,12 @@ class Pipeline:
         self.last_event_at: float | None = None
         #: per sink: delivery latency, seconds (kept across a reload that replaces the sink)
         self.delivery_latency: dict[str, Histogram] = {}
-        #: live events not yet confirmed by every target sink: uuid → monotonic arrival, in
-        #: arrival order; and, for events routed to several sinks, how many have not
-        #: confirmed yet (absent: one)
-        self._arrived: dict[str, float] = {}
-        self._unconfirmed: dict[str, int] = {}
+        #: live events not yet confirmed by every target sink: uuid → (monotonic arrival,
+        #: the target sinks that have not confirmed it), in arrival order
+        self._arrived: dict[str, tuple[float, tuple[str, ...]]] = {}
+        #: per sink: the arrival of the newest event it confirmed (rows are read in arrival
+        #: order: an older event it has not confirmed is not waiting for it any more)
+        self._confirmed_arrival: dict[str, float] = {}
         self._readers: anyio.abc.TaskGroup | None = None
         #: per sink: set to ask its reader to stop after the current batch; set when it has
         self._stop_reader: dict[str, anyio.Event] = {}
@@ -134,9 +140,7 @@ class Pipeline:
             log.info("event_unrouted", uuid=event.uuid, kind=kind)
         elif not backfilled and event.uuid not in self._arrived:
             # (a duplicate of an event still on its way keeps the first arrival)
-            self._arrived[event.uuid] = arrived
-            if len(targets) > 1:
-                self._unconfirmed[event.uuid] = len(targets)
+            self._arrived[event.uuid] = (arrived, targets)
         # the event rides along with its row while the row is among the latest commits:
         # readers that keep up never decode a journal row
         await self.journal.append(event.uuid, kind, targets, events.record_json(event),
@@ -288,44 +292,75 @@ class Pipeline:
 
     def forget_arrivals(self, now: float) -> None:
         """Drop the oldest arrival times beyond ``ARRIVALS_KEPT`` or ``ARRIVAL_KEEP``: events
-        that will never be confirmed (duplicates, dead letters, drops) or only much later."""
+        that will never be confirmed (duplicates, dead letters, drops) or only much later.
+
+        For each sink still waiting for a forgotten event (``_still_waiting``), the wait is
+        accounted for: past ``ARRIVAL_KEEP``, observed as the age reached (above every
+        bucket: a lower bound in ``_sum``), so the p99 of a sink that stays behind rises while
+        it is behind; forgotten for room, counted as ``latency_unobserved.<sink>`` (its
+        wait is unknown). Either way its later confirmation is not observed."""
         arrived = self._arrived
         excess = len(arrived) - ARRIVALS_KEPT
         cutoff = now - ARRIVAL_KEEP
-        old: list[str] = []
-        for uuid, at in arrived.items():  # in arrival order: one pass over the oldest
+        old: list[tuple[str, float, tuple[str, ...]]] = []
+        for uuid, (at, waiting) in arrived.items():  # in arrival order: the oldest first
             if len(old) >= excess and at >= cutoff:
                 break
-            old.append(uuid)
-        for uuid in old:
+            old.append((uuid, at, waiting))
+        for uuid, at, waiting in old:
             del arrived[uuid]
-            self._unconfirmed.pop(uuid, None)
+            for name in waiting:
+                if not self._still_waiting(name, at):
+                    continue
+                if at < cutoff:
+                    self._latency(name).observe(now - at)
+                else:
+                    self.counters.inc(f"latency_unobserved.{name}")
+
+    def _still_waiting(self, name: str, arrived: float) -> bool:
+        """Whether sink ``name`` may still deliver an event that arrived at ``arrived`` and
+        that it has not confirmed: it is configured, has committed rows left to pass, and
+        has confirmed no event that arrived later. Otherwise the event was passed without a
+        confirmation (a duplicate the journal dropped, a dead letter) or its sink removed."""
+        cursor = self.cursors.get(name)
+        return cursor is not None and cursor < self.journal.last_seq and \
+            self._confirmed_arrival.get(name, -math.inf) <= arrived
 
     def _confirmed(self, name: str, batch: Sequence[events.Event]) -> None:
         """``name`` confirmed ``batch``: count it, and observe the delivery latency of each
-        event whose arrival this run saw."""
+        event whose arrival this run saw (at most once per event and sink)."""
         self.counters.inc(f"delivered.{name}", len(batch))
         arrived = self._arrived
         if not arrived:
             return
-        unconfirmed = self._unconfirmed
         now = time.monotonic()
         waits = []
+        newest = self._confirmed_arrival.get(name, -math.inf)
         for event in batch:
             uuid = event.uuid
-            at = arrived.get(uuid)
-            if at is None:
+            entry = arrived.get(uuid)
+            if entry is None:
+                continue
+            at, waiting = entry
+            if name not in waiting:
                 continue
             waits.append(now - at)
-            left = unconfirmed.pop(uuid, 1) - 1
-            if left:
-                unconfirmed[uuid] = left
-            else:
+            if at > newest:
+                newest = at
+            if len(waiting) == 1:
                 del arrived[uuid]
+            else:  # (an existing key keeps its place in the arrival order)
+                arrived[uuid] = (at, tuple(other for other in waiting if other != name))
+        if not waits:
+            return
+        self._confirmed_arrival[name] = newest
+        self._latency(name).observe_all(waits)
+
+    def _latency(self, name: str) -> Histogram:
         latency = self.delivery_latency.get(name)
         if latency is None:
             latency = self.delivery_latency[name] = Histogram(DELIVERY_LATENCY_BUCKETS)
-        latency.observe_all(waits)
+        return latency
 
     async def _wait_for_rows(self, cursor: int) -> None:
         if self.journal.last_seq > cursor or self._closing:
