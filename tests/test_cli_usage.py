@@ -26,6 +26,14 @@ from tests.harness import TIMEOUT, emulator, settings_text
 #: ($A2PD_COMMAND: another install's, to run these tests against it)
 A2PD = os.environ.get("A2PD_COMMAND") or str(Path(sys.executable).parent / "a2pd")
 ROOT = Path(__file__).parent.parent
+#: a [platform] table whose secrets are inline (what these tests check is elsewhere)
+PLATFORM = """
+[platform]
+server = "https://platform.ringcentral.com"
+client_id = "id"
+client_secret = "secret-value"
+jwt = "jwt-value"
+"""
 
 
 def a2pd(*args: str, env: dict[str, str] | None = None,
@@ -203,13 +211,7 @@ def test_validate_without_secrets(tmp_path: Path) -> None:
 def test_typos_get_did_you_mean(tmp_path: Path) -> None:
     """A misspelt key or sink name is named with the likely intended one."""
     config = tmp_path / "a2pd.toml"
-    config.write_text("""
-[platform]
-server = "https://platform.ringcentral.com"
-client_id = "id"
-client_secret = "secret-value"
-jwt = "jwt-value"
-[sinks.archive]
+    config.write_text(PLATFORM + """[sinks.archive]
 type = "file"
 directory = "/tmp/x"
 fsynk = "always"
@@ -312,13 +314,7 @@ sinks = ["hook", "streams"]
 def test_a_huge_secret_file_is_refused_unread(tmp_path: Path) -> None:
     """A sink's secret file over 64 KiB (here /dev/zero) is a config error, not a crash."""
     config = tmp_path / "a2pd.toml"
-    config.write_text("""
-[platform]
-server = "https://platform.ringcentral.com"
-client_id = "id"
-client_secret = "secret-value"
-jwt = "jwt-value"
-[sinks.hook]
+    config.write_text(PLATFORM + """[sinks.hook]
 type = "http"
 url = "https://hooks.example.com/a2p"
 auth = { type = "bearer", token = { file = "/dev/zero" } }
@@ -406,13 +402,7 @@ def test_demo_never_takes_the_operators_secrets(tmp_path: Path) -> None:
 def test_config_errors_read_without_validator_noise(tmp_path: Path) -> None:
     """A validator's message is shown as written, without pydantic's "Value error, "."""
     config = tmp_path / "a2pd.toml"
-    config.write_text("""
-[platform]
-server = "https://platform.ringcentral.com"
-client_id = "id"
-client_secret = "secret-value"
-jwt = "jwt-value"
-[sinks.hook]
+    config.write_text(PLATFORM + """[sinks.hook]
 type = "http"
 url = "https://hooks.example.com/a2p"
 signing_secrets = ["not-a-key"]
