@@ -77,6 +77,27 @@ async def test_the_official_sdk_logs_in_subscribes_and_gets_a_notification() -> 
                                              ("POST", "/restapi/oauth/wstoken")]
 
 
+async def serving_then_sigint(process: asyncio.subprocess.Process,
+                              line: str) -> tuple[bytes, bytes]:
+    """The emulator whose first line was ``line`` answers its health check; SIGINT; what
+    it wrote (stdout, stderr) until it ended."""
+    found = re.fullmatch(r"emulator listening on (http://127\.0\.0\.1:\d+)", line)
+    assert found, line
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        health = await http.get(found[1] + "/_emulator/health")
+    assert health.json()["status"] == "ok"
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(TIMEOUT):
+        return await process.communicate()
+
+
+async def reap(process: asyncio.subprocess.Process) -> None:
+    """Kill ``process`` if a failed test left it running."""
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
 async def test_the_cli_prints_where_it_listens_and_stops_on_sigint() -> None:
     """`python -m a2pd.emulator --port 0` prints its URL, serves, and exits 0 on SIGINT."""
     process = await asyncio.create_subprocess_exec(
@@ -86,18 +107,9 @@ async def test_the_cli_prints_where_it_listens_and_stops_on_sigint() -> None:
         assert process.stdout is not None
         async with asyncio.timeout(TIMEOUT):
             line = (await process.stdout.readline()).decode().strip()
-        found = re.fullmatch(r"emulator listening on (http://127\.0\.0\.1:\d+)", line)
-        assert found, line
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            health = await http.get(found[1] + "/_emulator/health")
-        assert health.json()["status"] == "ok"
-        process.send_signal(signal.SIGINT)
-        async with asyncio.timeout(TIMEOUT):
-            out, err = await process.communicate()
+        out, err = await serving_then_sigint(process, line)
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)
     assert process.returncode == 0, err
     assert b"demo-client-id" in out
     assert b"Traceback" not in err
@@ -128,19 +140,11 @@ async def test_the_cli_keeps_serving_when_its_reader_goes_and_stops_cleanly() ->
         with open(read_end, "rb", buffering=0) as reader:
             async with asyncio.timeout(TIMEOUT):
                 line = (await asyncio.to_thread(reader.readline)).decode().strip()
-        # the pipe has no reader any more, as after `head -1`
-        found = re.fullmatch(r"emulator listening on (http://127\.0\.0\.1:\d+)", line)
-        assert found, line
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            health = await http.get(found[1] + "/_emulator/health")
-        assert health.json()["status"] == "ok"
-        process.send_signal(signal.SIGINT)  # its "emulator stopping" line meets EPIPE
-        async with asyncio.timeout(TIMEOUT):
-            _, err = await process.communicate()
+        # the pipe has no reader any more, as after `head -1`: its "emulator stopping" line
+        # meets EPIPE
+        _, err = await serving_then_sigint(process, line)
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)
     assert process.returncode == 0, err
     assert err == b""
 
