@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from a2pd import events
 from a2pd.errors import SinkError
 from a2pd.sinks import SinkContext
-from a2pd.sinks.file import FileOptions, FileSink, fit_name, safe_component
+from a2pd.sinks.file import FileOptions, FileSink
+from a2pd.sinks.templates import fit_name, safe_component
 from tests.harness import seed
 
 TEMPLATES = [

@@ -27,8 +27,9 @@ from a2pd import logging as a2pd_logging
 from a2pd.errors import ConfigError, SinkError
 from a2pd.journal import Journal
 from a2pd.pipeline import Pipeline
-from a2pd.sinks import SinkContext, redact_url
-from a2pd.sinks.http import HttpOptions, HttpSink, parse_retry_after
+from a2pd.sinks import SinkContext
+from a2pd.sinks.http import HttpOptions, HttpSink
+from a2pd.vocab import parse_retry_after, redact_url
 from examples.verify_webhook import verify as readme_verify
 from tests.harness import delivered, emulator, running_daemon, seed, seed_kind, settings_for
 from tests.http_receiver import DROP, Answer, Receiver, Request, Slow, Stall

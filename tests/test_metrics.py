@@ -21,13 +21,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from a2pd import __version__, events, sinks
+from a2pd import __version__, counts, events, sinks
 from a2pd import pipeline as pipeline_module
 from a2pd.app import Daemon
+from a2pd.names import BUILTIN_SINK_TYPES, DEAD_LETTER_SOURCES
 from a2pd.observe import (
-    BUILTIN_SINK_TYPES,
     COUNTERS,
-    DEAD_LETTER_SOURCES,
     DELIVERY_LATENCY_BUCKETS,
     FAMILIES,
     HTTP_CLASSES,
@@ -359,30 +358,40 @@ def test_every_alert_has_a_severity_and_annotations() -> None:
 #: how the f-string placeholders of counter names in the code are filled for the check
 PLACEHOLDERS = {"name": "archive", "self.name": "archive", "letter.sink": "archive",
                 "sink": "archive", "kind": "outbound", "status // 100": "2", "bound": "5"}
-#: calls that name a counter: Counters.inc, SessionState.count, the file sink's deferred list
-_NAMED = re.compile(r"(?:\.inc|state\.count|_counts\.append)\(\s*(f?)\"([^\"]+)\"")
+#: calls that name a counter (Counters.inc, SessionState.count, the file sink's deferred
+#: list): by a constant of a2pd.counts, or an f-string that starts with one
+_NAMED = re.compile(r"(?:\.inc|state\.count|_counts\.append)\(\s*"
+                    r"(?:counts\.([A-Z_0-9]+)\b|f?\"([^\"]+)\")")
 #: the same calls with a variable for the name: each must be one of these known forwarders
-_VARIABLE = re.compile(r"(?:\.inc|state\.count|_counts\.append)\(\s*([a-z_][\w.]*)\s*[,)]")
+_VARIABLE = re.compile(r"(?:\.inc|state\.count|_counts\.append)\(\s*(?!counts\.)"
+                       r"([a-z_][\w.]*)\s*[,)]")
 FORWARDERS = {("sinks/file.py", "key"), ("session.py", "name")}
 
 
 def counter_names_in_code() -> Iterator[tuple[str, str]]:
     """(file, counter name with its placeholders filled) for every counter the daemon's
-    code names (the emulator keeps counters of its own)."""
+    code names (the emulator keeps counters of its own). A name written as a string literal
+    rather than through a2pd.counts is yielded as ``literal:<text>``, which never resolves."""
     for path in sorted(SOURCE.rglob("*.py")):
         where = path.relative_to(SOURCE).as_posix()
         if where.startswith("emulator/"):
             continue
         text = path.read_text()
-        for is_f, literal in _NAMED.findall(text):
-            name = literal
-            if is_f:
-                def fill(match: re.Match[str], where: str = where) -> str:
-                    expr = match.group(1)
-                    assert expr in PLACEHOLDERS, f"{where}: add {expr!r} to PLACEHOLDERS"
-                    return PLACEHOLDERS[expr]
-                name = re.sub(r"\{([^{}]+)\}", fill, literal)
-            yield where, name
+        for constant, literal in _NAMED.findall(text):
+            if constant:
+                yield where, getattr(counts, constant)
+                continue
+            if not literal.startswith("{counts."):
+                yield where, f"literal:{literal}"
+                continue
+
+            def fill(match: re.Match[str], where: str = where) -> str:
+                expr = match.group(1)
+                if expr.startswith("counts."):
+                    return str(getattr(counts, expr.removeprefix("counts.")))
+                assert expr in PLACEHOLDERS, f"{where}: add {expr!r} to PLACEHOLDERS"
+                return PLACEHOLDERS[expr]
+            yield where, re.sub(r"\{([^{}]+)\}", fill, literal)
 
 
 def test_every_counter_the_code_increments_is_declared() -> None:

@@ -23,7 +23,8 @@ from a2pd.logging import configure
 from a2pd.pipeline import Pipeline
 from a2pd.router import Route, Router
 from a2pd.sinks import SinkContext, sink_class
-from a2pd.sinks.redis import RedisOptions, RedisSink, error_code, redact_url
+from a2pd.sinks.redis import RedisOptions, RedisSink, error_code
+from a2pd.vocab import redact_url
 from tests.redis_server import RedisServer, redis_server
 
 DATA = Path(__file__).parent / "data"

@@ -12,8 +12,9 @@ import pytest
 from a2pd import events
 from a2pd.errors import SinkError
 from a2pd.sinks import Sink, SinkContext, UnknownSinkType, sink_class, sink_types
-from a2pd.sinks.file import FileOptions, FileSink, safe_component
+from a2pd.sinks.file import FileOptions, FileSink
 from a2pd.sinks.stdout import StdoutOptions, StdoutSink
+from a2pd.sinks.templates import safe_component
 
 DATA = Path(__file__).parent / "data"
 

@@ -19,7 +19,15 @@ from typing import Any
 
 from a2pd.errors import ConfigError, ConfigProblem, one_line
 from a2pd.journal import DeadLetter, Journal
-from a2pd.observe import DEAD_LETTER_SOURCES
+from a2pd.names import DEAD_LETTER_SOURCES
+
+__all__ = [
+    "LetterRequest",
+    "configured_sinks",
+    "dead_letters",
+    "journal_stats",
+    "state_dir",
+]
 
 
 def state_dir(config_path: str | None, explicit: str | None) -> Path:

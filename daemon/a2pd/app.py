@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 import httpx
 
-from a2pd import __version__, config, ops, protocol
+from a2pd import __version__, config, counts, ops, protocol
 from a2pd.auth import TokenManager
 from a2pd.backfill import Backfill, iso
 from a2pd.config import Settings
@@ -48,6 +48,20 @@ from a2pd.pipeline import Pipeline
 from a2pd.session import MAX_STALE
 from a2pd.sinks import RetryPolicy, Sink, SinkContext, sink_class
 from a2pd.supervisor import Supervisor
+
+__all__ = [
+    "LOCK_FILE",
+    "OPS_FILE",
+    "RESTART_SECTIONS",
+    "Daemon",
+    "build_sinks",
+    "first_error",
+    "lock_state_dir",
+    "open_journal",
+    "prepare_state_dir",
+    "settle_reloaded_sinks",
+    "settle_removed_sinks",
+]
 
 #: where a running daemon says where its ops endpoint listens (for `a2pd status`)
 OPS_FILE = "ops.json"
@@ -151,7 +165,7 @@ async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpe
         else:
             await journal.drop_sink(old)
             if count:
-                journal.counters.inc("dropped_removed_sink", count)
+                journal.counters.inc(counts.DROPPED_REMOVED_SINK, count)
                 log.warning("sink_backlog_dropped", sink=old, events=count,
                             note="delivery.drop_backlog names this removed sink"
                             if old in drop else "routed to it while the reload ran "
@@ -377,8 +391,8 @@ class Daemon:
                 (self.state_dir / OPS_FILE).unlink(missing_ok=True)
                 self.notifier.close()
         log.info("stopped", undelivered=pipeline.backlog(),
-                 delivered=pipeline.counters.snapshot("delivered."),
-                 dead_letters=pipeline.counters["dead_letters"])
+                 delivered=pipeline.counters.snapshot(f"{counts.DELIVERED}."),
+                 dead_letters=pipeline.counters[counts.DEAD_LETTERS])
         if self._fatal is not None:
             raise self._fatal
 
@@ -389,7 +403,7 @@ class Daemon:
         reason = "the last run did not stop cleanly (killed, crashed, or stopped with " \
             "events it could not journal)"
         if gap is not None:
-            journal.counters.inc("gaps_recorded")
+            journal.counters.inc(counts.GAPS_RECORDED)
             log.warning("gap_recorded", gap=gap, since=iso(since), reason=reason)
         else:
             log.error("gap_not_backfilled", since=iso(since), reason=reason,
@@ -398,7 +412,7 @@ class Daemon:
     def _uncommitted_at_stop(self, journal: Journal) -> None:
         waiting = journal.waiting
         if waiting:
-            journal.counters.inc("uncommitted_at_stop", waiting)
+            journal.counters.inc(counts.UNCOMMITTED_AT_STOP, waiting)
             log.error("stopped_with_uncommitted", events=waiting, reason=journal.failing,
                       note="not journaled; the next start records a gap from the last "
                       "commit and rebuilds them from the platform")
@@ -570,7 +584,7 @@ class Daemon:
     def _received_total(self) -> int:
         if self.pipeline is None:
             return 0
-        return sum(self.pipeline.counters.snapshot("received.").values())
+        return sum(self.pipeline.counters.snapshot(f"{counts.RECEIVED}.").values())
 
     def event_rate(self) -> float:
         """Events received per second over the last minute or so."""
@@ -635,9 +649,9 @@ class Daemon:
                                  f"{busy:.0f}s (budget {budget:g}s)")
             sinks[name] = {"type": sink.type_name, "backlog": backlog.get(name, 0),
                            "busy_seconds": busy, "ready": ready,
-                           "delivered": counters.get(f"delivered.{name}", 0),
-                           "retries": counters.get(f"retries.{name}", 0),
-                           "dead_letters": counters.get(f"dead_letters.{name}", 0)}
+                           "delivered": counters.get(f"{counts.DELIVERED}.{name}", 0),
+                           "retries": counters.get(f"{counts.RETRIES}.{name}", 0),
+                           "dead_letters": counters.get(f"{counts.DEAD_LETTERS}.{name}", 0)}
         journal = self.journal
         oldest = journal.oldest_received if journal else None
         last_event = pipeline.last_event_at if pipeline else None
@@ -652,9 +666,9 @@ class Daemon:
                 "connected": connected,
                 "subscribed": subscribed,
                 "subscription_id": session.subscription_id if session else None,
-                "connections": counters.get("connections", 0),
-                "recoveries_successful": counters.get("recoveries_successful", 0),
-                "recoveries_failed": counters.get("recoveries_failed", 0),
+                "connections": counters.get(counts.CONNECTIONS, 0),
+                "recoveries_successful": counters.get(counts.RECOVERIES_SUCCESSFUL, 0),
+                "recoveries_failed": counters.get(counts.RECOVERIES_FAILED, 0),
                 "last_event_age_seconds": now - last_event if last_event else None,
             },
             "events_per_second": round(self.event_rate(), 3),
@@ -694,14 +708,14 @@ class Daemon:
             await self._apply(settings)
         except ConfigError as exc:
             if self.pipeline is not None:
-                self.pipeline.counters.inc("reloads_refused")
+                self.pipeline.counters.inc(counts.RELOADS_REFUSED)
             log.error("reload_refused", source=exc.source,
                       problems=[str(p) for p in exc.problems],
                       note="the running configuration is kept")
             return False
         except Exception as exc:  # noqa: BLE001 - e.g. a sink that cannot be built
             if self.pipeline is not None:
-                self.pipeline.counters.inc("reloads_refused")
+                self.pipeline.counters.inc(counts.RELOADS_REFUSED)
             log.error("reload_refused", error=f"{type(exc).__name__}: {exc}",
                       note="the running configuration is kept")
             return False
@@ -764,7 +778,7 @@ class Daemon:
         previous = self.sinks
         self.sinks = sinks
         self.settings = replace(old, sinks=new.sinks, router=new.router, delivery=delivery)
-        pipeline.counters.inc("reloads")
+        pipeline.counters.inc(counts.RELOADS)
         log.info("reloaded", source=new.source,
                  added=sorted(set(sinks) - set(previous)),
                  removed=sorted(set(previous) - set(sinks)),

@@ -13,13 +13,14 @@ parallel refreshes can never race and burn the Auth rate group (PROTOCOL.md §1.
 - Rejected client credentials, a rejected JWT or a missing permission raise
   ``FatalPlatformError``: retrying cannot fix them.
 
-Only this module and ``sinks/http`` import httpx. Tokens never reach a log line.
+The platform's REST calls go through this module's client (backfill and ``a2pd check``
+borrow it); which modules may import httpx at all is tests/test_layers.py's ``OWNERS``.
+Tokens never reach a log line.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,11 +30,30 @@ from urllib.parse import quote
 import anyio
 import httpx
 
+from a2pd import counts
 from a2pd.config import ConnectionConfig, PlatformConfig
 from a2pd.errors import FatalPlatformError, PlatformError, RateLimited
 from a2pd.logging import get_logger, register_secret
 from a2pd.observe import Counters
-from a2pd.protocol import error_code
+from a2pd.vocab import error_code, parse_retry_after
+
+__all__ = [
+    "DEFAULT_RETRY_AFTER",
+    "JWT_GRANT",
+    "MAX_RETRY_AFTER",
+    "NO_REFRESH_FIX",
+    "NO_REFRESH_NOTE",
+    "PERMISSION_CODES",
+    "REVOKE_PATH",
+    "SUBSCRIPTION_PATH",
+    "TOKEN_PATH",
+    "WSTOKEN_PATH",
+    "Refusal",
+    "TokenManager",
+    "WsToken",
+    "refusal",
+    "retry_after_of",
+]
 
 TOKEN_PATH = "/restapi/oauth/token"  # noqa: S105 - a URL path, not a secret
 WSTOKEN_PATH = "/restapi/oauth/wstoken"
@@ -41,6 +61,8 @@ REVOKE_PATH = "/restapi/oauth/revoke"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SUBSCRIPTION_PATH = "/restapi/v1.0/subscription/"
 DEFAULT_RETRY_AFTER = 30.0  # docs: without Retry-After wait at least 30 s (PROTOCOL.md §6)
+#: a Retry-After longer than this is read as this (a clock far off, a typo on their side)
+MAX_RETRY_AFTER = 3600.0
 PERMISSION_CODES = frozenset({"SUB-528", "CMN-401", "InsufficientPermissions", "OAU-151"})
 #: what to do about a missing refresh token (the warning below, and ``a2pd check``)
 NO_REFRESH_FIX = ("turn on 'Issue refresh tokens' in the app's settings (RingCentral "
@@ -71,7 +93,7 @@ class Refusal:
 
     path: str
     status: int
-    #: ``errorCode``, else OAuth's ``error`` (protocol.error_code)
+    #: ``errorCode``, else OAuth's ``error`` (vocab.error_code)
     code: str | None
     #: every error code in the body: the top-level one and each ``errors[].errorCode``
     codes: tuple[str, ...]
@@ -298,7 +320,7 @@ class TokenManager:
         except (KeyError, TypeError, ValueError) as exc:
             raise PlatformError("wstoken reply lacks ws_access_token/uri") from exc
         register_secret(token.ws_access_token, kind="wstoken")
-        self.counters.inc("wstokens")
+        self.counters.inc(counts.WSTOKENS)
         return token
 
     async def delete_subscription(self, subscription_id: str) -> bool:
@@ -314,7 +336,7 @@ class TokenManager:
             log.info("subscription_not_deleted", error=type(exc).__name__)
             return False
         if response.status_code in (200, 204, 404):
-            self.counters.inc("subscriptions_deleted")
+            self.counters.inc(counts.SUBSCRIPTIONS_DELETED)
             return True
         log.info("subscription_not_deleted", status=response.status_code)
         return False
@@ -349,7 +371,7 @@ class TokenManager:
             return body
         self.last_refusal = refusal(path, status, body)
         if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            retry_after = retry_after_of(response)
             raise RateLimited(f"{path} rate limited", retry_after=retry_after,
                               code=error_code(body))
         raise PlatformError(f"{path} failed", status=status, code=error_code(body))
@@ -368,7 +390,7 @@ class TokenManager:
                                          status=exc.status, code=exc.code) from exc
             raise
         tokens = self._store(data)
-        self.counters.inc("grants")
+        self.counters.inc(counts.GRANTS)
         log.info("oauth_session_started", owner_id=tokens.owner_id,
                  expires_in=round(tokens.access_expires - tokens.issued))
         if tokens.refresh is None and not self._warned_no_refresh:
@@ -390,7 +412,7 @@ class TokenManager:
                 return await self._grant()
             raise
         refreshed = self._store(data, previous=tokens)
-        self.counters.inc("refreshes")
+        self.counters.inc(counts.REFRESHES)
         log.debug("access_token_refreshed")
         return refreshed
 
@@ -437,9 +459,9 @@ class TokenManager:
         self.last_refusal = refusal(path, status, body)
         code = error_code(body)
         if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            retry_after = retry_after_of(response)
             self._blocked_until = self._clock() + retry_after
-            self.counters.inc("rate_limited")
+            self.counters.inc(counts.RATE_LIMITED)
             log.warning("rate_limited", path=path, retry_after=retry_after, code=code)
             raise RateLimited(f"{path} rate limited", retry_after=retry_after, code=code)
         if status == 403 or code in PERMISSION_CODES:
@@ -458,18 +480,8 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def parse_retry_after(value: str | None, now: float, default: float = DEFAULT_RETRY_AFTER,
-                      cap: float = 3600.0) -> float:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP-date)."""
-    if not value:
-        return default
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return default
-        seconds = when.timestamp() - now
-    return min(cap, max(0.0, seconds))
+def retry_after_of(response: httpx.Response) -> float:
+    """Seconds a platform's 429 says to wait: its Retry-After (delta-seconds or an HTTP-date,
+    at most an hour), else ``DEFAULT_RETRY_AFTER``."""
+    found = parse_retry_after(response.headers.get("Retry-After"), time.time())
+    return DEFAULT_RETRY_AFTER if found is None else min(MAX_RETRY_AFTER, found)

@@ -55,14 +55,29 @@ import anyio
 import httpx
 from anyio.abc import TaskStatus
 
-from a2pd import events
-from a2pd.auth import TokenManager, parse_retry_after
+from a2pd import counts, events
+from a2pd.auth import TokenManager, retry_after_of
 from a2pd.backoff import backoff
 from a2pd.config import BackfillConfig
 from a2pd.errors import FatalPlatformError, PlatformError, RateLimited
 from a2pd.journal import Gap, Journal
 from a2pd.logging import get_logger
 from a2pd.pipeline import Pipeline
+from a2pd.vocab import error_code
+
+__all__ = [
+    "CONSENTS_PATH",
+    "LIST_PATH",
+    "MAX_PAGES",
+    "PERMANENT",
+    "PROGRESS_KEY",
+    "TARGETED_READS",
+    "Backfill",
+    "Filter",
+    "iso",
+    "parse_filters",
+    "synthetic",
+]
 
 log = get_logger("backfill")
 
@@ -219,7 +234,7 @@ class Backfill:
             start, reason = self._opened[0]
             gap_id = await self.journal.add_gap(start)
             self._opened.pop(0)
-            self.counters.inc("gaps_recorded")
+            self.counters.inc(counts.GAPS_RECORDED)
             log.warning("gap_recorded", gap=gap_id, since=iso(start), reason=reason)
             self._wake.set()
 
@@ -253,7 +268,7 @@ class Backfill:
             try:
                 await self.backfill(pending)
             except FatalPlatformError as exc:
-                self.counters.inc("backfill_refused")
+                self.counters.inc(counts.BACKFILL_REFUSED)
                 self.refused = f"{exc.reason} (HTTP {exc.status}, {exc.code or 'no code'})"
                 log.error("backfill_refused", reason=exc.reason, status=exc.status,
                           code=exc.code, gaps=len(pending),
@@ -280,7 +295,7 @@ class Backfill:
             start = min(gap.start for gap in gaps) - self.cfg.margin
         ids = [gap.id for gap in gaps]
         if end - start > self.cfg.max_window:
-            self.counters.inc("backfill_window_cut")
+            self.counters.inc(counts.BACKFILL_WINDOW_CUT)
             log.warning("backfill_window_cut", gaps=ids, since=iso(start),
                         max_window=self.cfg.max_window,
                         note="events older than max_window are not rebuilt")
@@ -301,7 +316,7 @@ class Backfill:
                 if step != "opt-outs":
                     raise
                 # the consents API needs the SMS permission: messages and batches go on
-                self.counters.inc("backfill_optouts_refused")
+                self.counters.inc(counts.BACKFILL_OPTOUTS_REFUSED)
                 log.error("backfill_optouts_refused", reason=exc.reason, status=exc.status,
                           code=exc.code, fix="give the app the SMS permission (the v2 "
                           "consents API); then reload (SIGHUP) or restart",
@@ -313,7 +328,7 @@ class Backfill:
         await self.journal.set_meta(PROGRESS_KEY, None)
         for gap in gaps:
             await self.journal.close_gap(gap.id)
-        self.counters.inc("gaps_backfilled", len(gaps))
+        self.counters.inc(counts.GAPS_BACKFILLED, len(gaps))
         after = self.counters.snapshot()
 
         def grew(name: str) -> int:
@@ -399,7 +414,7 @@ class Backfill:
                         raise
                     gone.append(f"{resource[:-1]}:{ident}")
                     continue
-                self.counters.inc("backfill_reads")
+                self.counters.inc(counts.BACKFILL_READS)
                 read += 1
                 await self._ingest(resource, record, chosen[resource], start, end)
         for batch, created in by_batch.items() if chosen["messages"] else ():
@@ -420,18 +435,18 @@ class Backfill:
     async def _ingest(self, resource: str, record: Any, chosen: list[Filter],
                       start: float, end: float) -> None:
         if not isinstance(record, dict):
-            self.counters.inc("backfill_skipped")
+            self.counters.inc(counts.BACKFILL_SKIPPED)
             return
-        self.counters.inc("backfill_records")
+        self.counters.inc(counts.BACKFILL_RECORDS)
         if resource == "opt-outs":
             # the consents list has no date filter: only records dated inside the window
             when = _wall(record.get("lastModifiedTime")) or _wall(record.get("creationTime"))
             if when is None or not start <= when <= end:
-                self.counters.inc("backfill_skipped")
+                self.counters.inc(counts.BACKFILL_SKIPPED)
                 return
         matched = next((f for f in chosen if f.matches(record)), None)
         if matched is None:
-            self.counters.inc("backfill_skipped")
+            self.counters.inc(counts.BACKFILL_SKIPPED)
             return
         envelope = synthetic(resource, record, matched.text, self.auth.owner_id)
         raw = json.dumps(envelope if envelope is not None else record,
@@ -439,7 +454,7 @@ class Backfill:
         decoded = events.decode_notification(envelope, raw) if envelope is not None else \
             events.EventError("list record lacks a status", raw)
         if isinstance(decoded, events.EventError):
-            self.counters.inc("backfill_errors")
+            self.counters.inc(counts.BACKFILL_ERRORS)
             log.warning("backfill_record_undecodable", reason=decoded.reason)
             await self.journal.queue_dead_letter("backfill", decoded.reason, raw,
                                                  uuid=decoded.uuid)
@@ -463,7 +478,7 @@ class Backfill:
                             note="listing this resource again from its first page")
                 token = None
                 continue
-            self.counters.inc("backfill_pages")
+            self.counters.inc(counts.BACKFILL_PAGES)
             records = page.get("records")
             paging = page.get("paging")
             following = paging.get("nextPageToken") if isinstance(paging, dict) else None
@@ -485,14 +500,14 @@ class Backfill:
             try:
                 return await self._get(resource, params)
             except RateLimited as exc:
-                self.counters.inc("backfill_rate_limited")
+                self.counters.inc(counts.BACKFILL_RATE_LIMITED)
                 delay = max(exc.retry_after, 0.0)
                 log.warning("backfill_rate_limited", retry_in=round(delay, 3), code=exc.code,
                             note="resuming from the same page")
             except FatalPlatformError:
                 raise
             except PlatformError as exc:
-                self.counters.inc("backfill_errors")
+                self.counters.inc(counts.BACKFILL_ERRORS)
                 delay = next(delays)
                 log.error("backfill_failed", reason=exc.reason, status=exc.status,
                           code=exc.code, retry_in=round(delay, 3),
@@ -517,11 +532,10 @@ class Backfill:
         except ValueError:
             body = {}
         status = response.status_code
-        code = body.get("errorCode") if isinstance(body, dict) else None
-        code = code if isinstance(code, str) else None
+        code = error_code(body)
         if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            raise RateLimited(f"{path} rate limited", retry_after=retry_after, code=code)
+            raise RateLimited(f"{path} rate limited", retry_after=retry_after_of(response),
+                              code=code)
         if status in PERMANENT:
             raise FatalPlatformError(f"{path} refused", status=status, code=code)
         if not 200 <= status < 300 or not isinstance(body, dict):
@@ -537,6 +551,6 @@ class Backfill:
         except ValueError:
             return
         if remaining <= 0 and window > 0:
-            self.counters.inc("backfill_paced")
+            self.counters.inc(counts.BACKFILL_PACED)
             log.info("backfill_paced", wait=window, note="the rate limit's window is used up")
             self._not_before = max(self._not_before, anyio.current_time() + min(window, 3600))

@@ -9,6 +9,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
+__all__ = [
+    "backoff",
+]
+
 
 def backoff(
     initial: float = 1.0,

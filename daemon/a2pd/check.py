@@ -54,6 +54,28 @@ from a2pd.errors import (
 from a2pd.protocol import SUBSCRIPTION_PATH
 from a2pd.session import Probe, connect_url, probe_subscription
 
+__all__ = [
+    "CLIENT_CODES",
+    "CONSOLE",
+    "FLOW_CODES",
+    "PERMISSION_LABELS",
+    "REFUSED",
+    "REVOKE_WAIT",
+    "Checker",
+    "Refused",
+    "Said",
+    "State",
+    "Step",
+    "call_fix",
+    "login_fix",
+    "main",
+    "permission_fix",
+    "run_checks",
+    "said_text",
+    "subscription_fix",
+    "ws_fix",
+]
+
 #: the Developer Console's names for the permissions a2pd needs (docs/protocol-notes.md §8c)
 PERMISSION_LABELS = {
     "WebSocketsSubscription": "WebSocket Subscriptions",

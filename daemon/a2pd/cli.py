@@ -36,6 +36,15 @@ from a2pd.errors import (
 from a2pd.journal import JournalError
 from a2pd.logging import print_error
 
+__all__ = [
+    "DEFAULT_CONFIG",
+    "EXIT_INTERRUPTED",
+    "EXIT_PIPE",
+    "main",
+    "parse",
+    "tune_gc",
+]
+
 DEFAULT_CONFIG = "/etc/a2pd/a2pd.toml"
 #: what a command exits with when its output pipe closed early (``a2pd … | head``): the
 #: status a shell reports for a process ended by SIGPIPE

@@ -31,31 +31,51 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from a2pd.errors import ConfigError, ConfigProblem
-from a2pd.observe import DEAD_LETTER_SOURCES
+from a2pd.names import DIRECTIONS, KINDS, RESERVED_SINK_NAMES
 from a2pd.router import ROUTABLE_FIELDS, Route, Router
-from a2pd.sinks import (
-    SinkOptions,
-    UnknownSinkType,
-    read_secret_file,
-    refuse_bool_numbers,
-    sink_class,
-    sink_types,
+from a2pd.sinks import SinkOptions, UnknownSinkType, sink_class, sink_types
+from a2pd.vocab import (
+    Duration,
+    DurationOrOff,
+    LocalPath,
+    SecretUnreadable,
+    StrictModel,
+    find_secret,
 )
+
+__all__ = [
+    "DEFAULT_EVENT_FILTERS",
+    "SECRET_ENV",
+    "BackfillConfig",
+    "ConnectionConfig",
+    "DefaultRouteConfig",
+    "DeliveryConfig",
+    "JournalConfig",
+    "LogConfig",
+    "OpsConfig",
+    "PlatformConfig",
+    "RouteConfig",
+    "Settings",
+    "SinkSpec",
+    "StateConfig",
+    "SubscriptionConfig",
+    "from_dict",
+    "load",
+    "loads",
+    "parse_listen",
+]
 
 SECRET_ENV = {"client_secret": "A2PD_CLIENT_SECRET", "jwt": "A2PD_JWT"}
 
@@ -66,54 +86,15 @@ DEFAULT_EVENT_FILTERS = (
     "/restapi/v1.0/account/~/a2p-sms/opt-outs",
 )
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
-
-
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError("expected seconds or a duration such as '250ms', '30s', '5m', '1d'")
-        return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    return value
-
-
-def _local_path(value: Any) -> Any:
-    # the OS refuses NUL in a path with ValueError, far from here (and after start-up)
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError("a path must not contain a NUL character")
-    return value
-
-
-#: a filesystem path (NUL refused at load time, not at first use)
-LocalPath = Annotated[Path, BeforeValidator(_local_path)]
-#: secrets files are small; a larger file (a device, a wrong path) is refused unread
-
-Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
-#: a duration where 0 means "off"
-DurationOrOff = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
-
-#: dead-letter sources that are not sinks
-RESERVED_SINK_NAMES = frozenset(DEAD_LETTER_SOURCES)
 #: routable fields whose values form a closed set
 _CLOSED_VALUES = {
-    "kind": frozenset({"batch", "inbound", "outbound", "optout", "optin", "other"}),
-    "direction": frozenset({"Inbound", "Outbound"}),
+    "kind": frozenset(KINDS),
+    "direction": frozenset(DIRECTIONS),
     "active": frozenset({"true", "false"}),
 }
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, data: Any) -> Any:
-        return refuse_bool_numbers(cls, data)
-
-
-class PlatformConfig(_Section):
+class PlatformConfig(StrictModel):
     """Where the RingCentral platform is and who we are to it."""
 
     server: str = "https://platform.ringcentral.com"
@@ -148,7 +129,7 @@ class PlatformConfig(_Section):
         return value.rstrip("/")
 
 
-class SubscriptionConfig(_Section):
+class SubscriptionConfig(StrictModel):
     """The event filters of the one subscription a2pd holds."""
 
     event_filters: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENT_FILTERS),
@@ -165,7 +146,7 @@ class SubscriptionConfig(_Section):
         return value
 
 
-class ConnectionConfig(_Section):
+class ConnectionConfig(StrictModel):
     """WebSocket keep-alive, timeouts and reconnect pacing (PROTOCOL.md §3, §8)."""
 
     heartbeat_interval: Duration = 60.0
@@ -190,7 +171,7 @@ class ConnectionConfig(_Section):
     stable_after: Duration = 60.0
 
 
-class StateConfig(_Section):
+class StateConfig(StrictModel):
     """Where a2pd keeps what must survive it: the journal (events, cursors, dead letters)."""
 
     directory: LocalPath = Path("./state")
@@ -199,7 +180,7 @@ class StateConfig(_Section):
     persist_session: bool = True
 
 
-class JournalConfig(_Section):
+class JournalConfig(StrictModel):
     """The durable journal between the socket and the sinks (SQLite, WAL)."""
 
     #: commits start at most this often: an event after a quiet spell is committed at
@@ -226,7 +207,7 @@ class JournalConfig(_Section):
     compact_interval: Duration = 1.0
 
 
-class BackfillConfig(_Section):
+class BackfillConfig(StrictModel):
     """Rebuilding an unrecovered gap from the A2P REST lists (PROTOCOL.md §5.4, §8 step 7)."""
 
     enabled: bool = True
@@ -243,7 +224,7 @@ class BackfillConfig(_Section):
     retry_max: Duration = 60.0
 
 
-class DeliveryConfig(_Section):
+class DeliveryConfig(StrictModel):
     """How events move from the journal to the sinks."""
 
     #: most events handed to a sink in one send()
@@ -260,7 +241,7 @@ class DeliveryConfig(_Section):
     drop_backlog: list[str] = Field(default_factory=list)
 
 
-class OpsConfig(_Section):
+class OpsConfig(StrictModel):
     """The ops HTTP endpoint: /metrics, /healthz, /readyz, /status."""
 
     #: "host:port" to listen on ("" turns the endpoint off); loopback by default
@@ -292,14 +273,14 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-class LogConfig(_Section):
+class LogConfig(StrictModel):
     """Log level and format (JSON lines under systemd, console on a terminal)."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class RouteConfig(_Section):
+class RouteConfig(StrictModel):
     """One ``[[routes]]`` entry."""
 
     name: str = Field(min_length=1)
@@ -316,13 +297,13 @@ class RouteConfig(_Section):
         return value
 
 
-class DefaultRouteConfig(_Section):
+class DefaultRouteConfig(StrictModel):
     """Where events no route matched go."""
 
     sinks: list[str] = Field(default_factory=list)
 
 
-class _RawSettings(_Section):
+class _RawSettings(StrictModel):
     platform: PlatformConfig
     subscription: SubscriptionConfig = SubscriptionConfig()
     connection: ConnectionConfig = ConnectionConfig()
@@ -545,40 +526,22 @@ def _secret(platform: PlatformConfig, name: str, env: Mapping[str, str],
     key = f"platform.{name}"
     env_name = SECRET_ENV[name]
     inline: SecretStr | None = getattr(platform, name)
-    file: Path | None = getattr(platform, f"{name}_file")
-    if inline is not None and file is not None:
-        problems.append(ConfigProblem(key, f"set either {name} or {name}_file, not both"))
-        return None
-    if env_name in env:
-        value = env[env_name].strip()
-        if not value:
-            problems.append(ConfigProblem(key, f"${env_name} is set but empty"))
-            return None
-        sources[name] = f"${env_name}"
-        return SecretStr(value)
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / name).exists():
-        sources[name] = f"systemd credential {name}"
-        return _read_secret(Path(cred_dir) / name, f"{key} (systemd credential)", problems)
-    if file is not None:
-        sources[name] = str(file)
-        return _read_secret(file, f"{key}_file", problems)
-    if inline is not None:
-        sources[name] = "inline"
-        return inline
-    problems.append(ConfigProblem(
-        key,
-        f"missing: set ${env_name}, a systemd credential named {name!r}, {name}_file, or {name}",
-    ))
-    return None
-
-
-def _read_secret(path: Path, key: str, problems: list[ConfigProblem]) -> SecretStr | None:
     try:
-        return SecretStr(read_secret_file(path))
-    except ValueError as exc:
-        problems.append(ConfigProblem(key, str(exc)))
+        found = find_secret(name, env, env_var=env_name, credential=name,
+                            file=getattr(platform, f"{name}_file"),
+                            inline=inline.get_secret_value() if inline is not None else None)
+    except SecretUnreadable as exc:
+        where = {"credential": f"{key} (systemd credential)", "file": f"{key}_file"}
+        problems.append(ConfigProblem(where.get(exc.source, key), str(exc)))
         return None
+    if found is None:
+        problems.append(ConfigProblem(
+            key,
+            f"missing: set ${env_name}, a systemd credential named {name!r}, {name}_file, or "
+            f"{name}"))
+        return None
+    sources[name] = found.source
+    return SecretStr(found.value)
 
 
 def _build_sinks(tables: dict[str, Any], problems: list[ConfigProblem],

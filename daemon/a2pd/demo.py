@@ -19,6 +19,11 @@ from a2pd import logging as a2pd_logging
 from a2pd.app import Daemon
 from a2pd.emulator import Emulator, EmulatorConfig
 
+__all__ = [
+    "demo_config_text",
+    "run_demo",
+]
+
 
 def demo_config_text() -> str:
     """The embedded demo configuration."""

@@ -18,6 +18,26 @@ No exception message may contain a secret.
 
 from __future__ import annotations
 
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_CRASH",
+    "EXIT_IOERR",
+    "EXIT_NOPERM",
+    "EXIT_OK",
+    "A2pdError",
+    "ConfigError",
+    "ConfigProblem",
+    "ConnectionLost",
+    "FatalPlatformError",
+    "PlatformError",
+    "ProtocolError",
+    "RateLimited",
+    "SinkError",
+    "StateDirInUse",
+    "SubscriptionLimit",
+    "one_line",
+]
+
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_IOERR = 74  # EX_IOERR: the journal cannot be used (disk full, corrupt, locked)

@@ -33,7 +33,48 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
-KINDS: Final = ("batch", "inbound", "outbound", "optout", "optin", "other")
+from a2pd.names import KINDS
+
+__all__ = [
+    "BATCH_STATUSES",
+    "E164",
+    "FINAL_BATCH_STATUSES",
+    "FINAL_MESSAGE_STATUSES",
+    "ISO_TIME_PATTERN",
+    "MESSAGE_STATUSES",
+    "RECORD_START",
+    "BatchBody",
+    "BatchEvent",
+    "Event",
+    "EventError",
+    "IsoTime",
+    "Lifecycle",
+    "LooseId",
+    "MessageBody",
+    "MessageEvent",
+    "OptOutBody",
+    "OptOutEvent",
+    "OtherEvent",
+    "Recipients",
+    "cached_model_for",
+    "content_key",
+    "decode_notification",
+    "describe",
+    "encode_record",
+    "field_values",
+    "from_record",
+    "from_record_json",
+    "is_backfilled",
+    "lifecycle",
+    "model_for",
+    "model_in",
+    "pair_time",
+    "parse_time",
+    "record_json",
+    "superseded_keys",
+    "to_json",
+    "to_record",
+]
 
 #: Documented values; anything else is tolerated and passed through (PROTOCOL.md §5.2, §11.8).
 MESSAGE_STATUSES: Final = frozenset(

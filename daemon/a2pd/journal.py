@@ -57,9 +57,34 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
+from a2pd import counts
 from a2pd.errors import EXIT_IOERR, A2pdError
 from a2pd.logging import get_logger, scrub
-from a2pd.observe import DEAD_LETTER_SOURCES, Counters, LogThrottle
+from a2pd.names import DEAD_LETTER_SOURCES
+from a2pd.observe import Counters, LogThrottle
+
+__all__ = [
+    "AUTOCHECKPOINT_PAGES",
+    "BACKFILLED",
+    "COMPACT_CHUNK",
+    "IN_CHUNK",
+    "LIVE",
+    "POLL_OTHERS",
+    "RECENT_BYTES",
+    "RECENT_ROWS",
+    "RECOUNT_EVERY",
+    "SCHEMA_VERSION",
+    "TRUNCATE_IDLE",
+    "WAL_SIZE_LIMIT",
+    "DeadLetter",
+    "Gap",
+    "Journal",
+    "JournalError",
+    "Pending",
+    "PendingLetter",
+    "Row",
+    "targets_field",
+]
 
 log = get_logger("journal")
 
@@ -402,13 +427,13 @@ class Journal:
         the object the event opens or closes (``open_objects``); ``pair``: an opt-out
         pair and its state's time (a rebuilt state older than the pair's newest is stale)."""
         if uuid in self._pending_uuids:
-            self.counters.inc("duplicates")
+            self.counters.inc(counts.DUPLICATES)
             return
         item = Pending(uuid, kind, targets_field(sinks), record, key, drop, backfilled, event,
                        track, pair)
         if (backfilled or self._backfilled_keys) and \
                 _known(item, self._pending_uuids.__contains__):
-            self.counters.inc("backfill_duplicates")
+            self.counters.inc(counts.BACKFILL_DUPLICATES)
             return
         await self.room()
         self._pending.append(item)
@@ -427,7 +452,7 @@ class Journal:
         a reload's new routes apply to every event appended after the swap."""
         while self.full_policy == "block" and self.max_events and \
                 self._count + len(self._pending) >= self.max_events:
-            self.counters.inc("full_waits")
+            self.counters.inc(counts.FULL_WAITS)
             self._room = anyio.Event() if self._room.is_set() else self._room
             await self._room.wait()
         await self._wait_for_commits()
@@ -530,7 +555,7 @@ class Journal:
                     raise
                 failures += 1
                 delay = min(30.0, 0.1 * 2.0 ** min(failures, 9))
-                self.counters.inc("commit_failures")
+                self.counters.inc(counts.COMMIT_FAILURES)
                 self.failing = exc.reason
                 log.error("journal_commit_failed", reason=exc.reason,
                           pending=self.waiting, retry_in=delay,
@@ -574,15 +599,15 @@ class Journal:
             self._pending_letters = letters + self._pending_letters
             raise
         if letters:
-            self.counters.inc("dead_letters", len(letters))
+            self.counters.inc(counts.DEAD_LETTERS, len(letters))
             for letter in letters:
-                self.counters.inc(f"dead_letters.{letter.sink}")
+                self.counters.inc(f"{counts.DEAD_LETTERS}.{letter.sink}")
         if dropped:
             self._forget_recent()  # some of them may be gone: read from the database
         else:
             self._remember(rows)
         if dropped:
-            self.counters.inc("dropped_full", dropped)
+            self.counters.inc(counts.DROPPED_FULL, dropped)
             held = self._dropped_log.allow()
             if held is not None:
                 log.error("journal_full_dropped_oldest", dropped=dropped,
@@ -593,13 +618,13 @@ class Journal:
             if not item.backfilled:
                 live[item.kind] = live.get(item.kind, 0) + 1
         for kind, n in live.items():
-            self.counters.inc(f"received.{kind}", n)
-        self.counters.inc("duplicates", len(batch) - len(inserted) - known)
+            self.counters.inc(f"{counts.RECEIVED}.{kind}", n)
+        self.counters.inc(counts.DUPLICATES, len(batch) - len(inserted) - known)
         if known:
-            self.counters.inc("backfill_duplicates", known)
+            self.counters.inc(counts.BACKFILL_DUPLICATES, known)
         for kind in backfilled:
-            self.counters.inc(f"backfilled.{kind}")
-        self.counters.inc("committed", len(inserted))
+            self.counters.inc(f"{counts.BACKFILLED}.{kind}")
+        self.counters.inc(counts.COMMITTED, len(inserted))
         self._last_commit = time.monotonic()
         self._durable = max(self._durable, upto)
         self._count += len(inserted) - dropped
@@ -872,7 +897,7 @@ class Journal:
         rows = await self._db(self._read, after, limit)
         if rows:
             # a reader behind the rows kept in memory: it decodes these records again
-            self.counters.inc("rows_read_from_disk", len(rows))
+            self.counters.inc(counts.ROWS_READ_FROM_DISK, len(rows))
         return rows
 
     def _read_recent(self, after: int, limit: int) -> list[Row]:
@@ -999,8 +1024,8 @@ class Journal:
         kept = scrub(raw)[: self.max_raw_bytes]
         await self._db(self._add_dead_letter, sink, reason, kept, uuid, seq, attempts,
                        first_attempt or now, last_attempt or now, now, len(raw))
-        self.counters.inc("dead_letters")
-        self.counters.inc(f"dead_letters.{sink}")
+        self.counters.inc(counts.DEAD_LETTERS)
+        self.counters.inc(f"{counts.DEAD_LETTERS}.{sink}")
 
     def _add_dead_letter(self, *args: Any) -> None:
         with self._conn:
@@ -1077,11 +1102,11 @@ class Journal:
                 break
         if expired:
             self._forget_recent()
-            self.counters.inc("expired", expired)
+            self.counters.inc(counts.EXPIRED, expired)
             log.error("journal_max_age_dropped", events=expired, max_age=self.max_age,
                       note="undelivered events older than max_age were removed")
         if removed or expired:
-            self.counters.inc("compacted", removed)
+            self.counters.inc(counts.COMPACTED, removed)
             self._room.set()
         return removed + expired
 

@@ -19,6 +19,21 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+__all__ = [
+    "MASK",
+    "ROTATING_KEEP",
+    "VOLATILE",
+    "configure",
+    "get_logger",
+    "mask_secrets",
+    "print_error",
+    "recent_problems",
+    "register_secret",
+    "remember_problems",
+    "scrub",
+    "to_journald",
+]
+
 _LEVELS = {"debug": std_logging.DEBUG, "info": std_logging.INFO,
            "warning": std_logging.WARNING, "error": std_logging.ERROR}
 

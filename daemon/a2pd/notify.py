@@ -19,6 +19,10 @@ from collections.abc import Mapping
 
 from a2pd.logging import get_logger
 
+__all__ = [
+    "Notifier",
+]
+
 log = get_logger("notify")
 
 

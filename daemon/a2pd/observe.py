@@ -21,7 +21,33 @@ from dataclasses import dataclass
 
 import anyio
 
-from a2pd.events import KINDS
+from a2pd import counts
+from a2pd.names import KINDS
+
+__all__ = [
+    "BACKFILLED",
+    "COUNTERS",
+    "DEAD_LETTER_LABELS",
+    "DELIVERY_LATENCY_BUCKETS",
+    "FAMILIES",
+    "FILE_SINKS",
+    "HTTP_CLASSES",
+    "HTTP_LATENCY_BUCKET",
+    "HTTP_RESPONSES",
+    "HTTP_SINKS",
+    "NOT_EXPORTED",
+    "RECEIVED",
+    "RECOVERIES",
+    "RELOADS",
+    "SINKS",
+    "CounterFamily",
+    "Counters",
+    "Fixed",
+    "Histogram",
+    "LogThrottle",
+    "exported_elsewhere",
+    "resolve",
+]
 
 
 class Counters:
@@ -135,11 +161,8 @@ DELIVERY_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 # -- the exported counters ------------------------------------------------------------------
 
-#: where dead letters come from besides a sink's refusals (journal.queue_dead_letter callers)
-DEAD_LETTER_SOURCES = ("frame", "notification", "backfill")
-#: sink types whose counters are all declared here; a third-party sink's own counters
-#: ("<counter>.<sink>") are exported as a2pd_sink_plugin_counter_total{sink, counter}
-BUILTIN_SINK_TYPES = frozenset({"stdout", "file", "http", "redis"})
+# The built-in sink types' counters are all declared here; a third-party sink's own counters
+# ("<counter>.<sink>") are exported as a2pd_sink_plugin_counter_total{sink, counter}.
 #: sets of label values only the running daemon knows (its configured sinks, by type)
 SINKS, HTTP_SINKS, FILE_SINKS, DEAD_LETTER_LABELS = \
     "sinks", "http_sinks", "file_sinks", "dead_letter_labels"
@@ -187,7 +210,7 @@ RELOADS = _family("a2pd_reloads_total", "Configuration reloads (SIGHUP), by outc
 HTTP_RESPONSES = _family("a2pd_http_responses_total",
                          "Answers an HTTP sink's receiver gave, by sink and status class",
                          ("sink", HTTP_SINKS), ("class", HTTP_CLASSES))
-_HTTP_STATUS = re.compile(r"http_status_([0-9])xx")
+_HTTP_STATUS = re.compile(rf"{counts.HTTP_STATUS}_([0-9])xx")
 
 
 #: (label, value) pairs a counter's name fixes (``recoveries_failed``: outcome "failed")
@@ -205,117 +228,119 @@ def _per(counter: str, name: str, help_text: str, label: str, domain: tuple[str,
 
 _DECLARED: list[tuple[str, CounterFamily, Fixed]] = [
     # the receiving side and the journal (pipeline.py, journal.py)
-    ("received", RECEIVED, ()),
-    ("backfilled", BACKFILLED, ()),
-    _plain("committed", "a2pd_events_committed_total",
+    (counts.RECEIVED, RECEIVED, ()),
+    (counts.BACKFILLED, BACKFILLED, ()),
+    _plain(counts.COMMITTED, "a2pd_events_committed_total",
            "Events written to the journal (live and backfilled)"),
-    _plain("duplicates", "a2pd_events_duplicate_total",
+    _plain(counts.DUPLICATES, "a2pd_events_duplicate_total",
            "Notifications dropped because their uuid was already journaled or pending"),
-    _plain("backfill_duplicates", "a2pd_backfill_duplicates_total",
+    _plain(counts.BACKFILL_DUPLICATES, "a2pd_backfill_duplicates_total",
            "Backfilled events dropped because their content was already journaled (and live "
            "events the backfill had journaled first)"),
-    _plain("unrouted", "a2pd_events_unrouted_total",
+    _plain(counts.UNROUTED, "a2pd_events_unrouted_total",
            "Events no route sent to any sink (journaled, delivered nowhere)"),
-    _per("delivered", "a2pd_sink_delivered_total", "Events a sink confirmed", "sink", SINKS),
-    _per("retries", "a2pd_sink_retries_total",
+    _per(counts.DELIVERED, "a2pd_sink_delivered_total", "Events a sink confirmed", "sink", SINKS),
+    _per(counts.RETRIES, "a2pd_sink_retries_total",
          "Failed sink deliveries that were retried (one per failed attempt)", "sink", SINKS),
-    _per("latency_unobserved", "a2pd_delivery_latency_unobserved_total",
+    _per(counts.LATENCY_UNOBSERVED, "a2pd_delivery_latency_unobserved_total",
          "Live events a sink still had to deliver when their arrival time was forgotten to "
          "bound memory (more than 65,536 waiting): their delivery is not in "
          "a2pd_delivery_latency_seconds", "sink", SINKS),
-    _per("dead_letters", "a2pd_dead_letters_total",
+    _per(counts.DEAD_LETTERS, "a2pd_dead_letters_total",
          "Dead letters written, by where from: a sink's name (it refused the event or a2pd "
          "gave up), frame, notification or backfill (input that did not decode)",
          "sink", DEAD_LETTER_LABELS),
-    _plain("dropped_full", "a2pd_journal_dropped_total",
+    _plain(counts.DROPPED_FULL, "a2pd_journal_dropped_total",
            "Undelivered events dropped because the journal was full (full_policy = "
            "drop_oldest)"),
-    _plain("dropped_removed_sink", "a2pd_journal_dropped_removed_sink_total",
+    _plain(counts.DROPPED_REMOVED_SINK, "a2pd_journal_dropped_removed_sink_total",
            "Undelivered events dropped with a sink removed from the config "
            "(delivery.drop_backlog)"),
-    _plain("expired", "a2pd_journal_expired_total",
+    _plain(counts.EXPIRED, "a2pd_journal_expired_total",
            "Undelivered events removed because they were older than journal.max_age"),
-    _plain("compacted", "a2pd_journal_compacted_total",
+    _plain(counts.COMPACTED, "a2pd_journal_compacted_total",
            "Delivered events compacted out of the journal"),
-    _plain("full_waits", "a2pd_journal_full_waits_total",
+    _plain(counts.FULL_WAITS, "a2pd_journal_full_waits_total",
            "Appends that waited for room in a full journal (full_policy = block)"),
-    _plain("commit_failures", "a2pd_journal_commit_failures_total",
+    _plain(counts.COMMIT_FAILURES, "a2pd_journal_commit_failures_total",
            "Journal commits that failed (retried: a full disk, a lock held elsewhere)"),
-    _plain("journal_retries", "a2pd_journal_retries_total",
+    _plain(counts.JOURNAL_RETRIES, "a2pd_journal_retries_total",
            "Journal reads, cursor saves and compactions retried after a transient error"),
-    _plain("rows_read_from_disk", "a2pd_journal_rows_read_from_disk_total",
+    _plain(counts.ROWS_READ_FROM_DISK, "a2pd_journal_rows_read_from_disk_total",
            "Journal rows a sink reader read back from the database (it was behind the rows "
            "kept in memory)"),
-    _plain("uncommitted_at_stop", "a2pd_journal_uncommitted_at_stop_total",
+    _plain(counts.UNCOMMITTED_AT_STOP, "a2pd_journal_uncommitted_at_stop_total",
            "Events still uncommitted when the daemon stopped (recorded as a gap)"),
-    ("reloads", RELOADS, (("outcome", "applied"),)),
-    ("reloads_refused", RELOADS, (("outcome", "refused"),)),
+    (counts.RELOADS, RELOADS, (("outcome", "applied"),)),
+    (counts.RELOADS_REFUSED, RELOADS, (("outcome", "refused"),)),
     # the WebSocket session (session.py, supervisor.py)
-    _plain("frames", "a2pd_frames_total", "WebSocket frames read"),
-    _plain("frames_malformed", "a2pd_frames_malformed_total",
+    _plain(counts.FRAMES, "a2pd_frames_total", "WebSocket frames read"),
+    _plain(counts.FRAMES_MALFORMED, "a2pd_frames_malformed_total",
            "WebSocket frames that did not decode (dead-lettered)"),
-    _plain("frames_oversized", "a2pd_frames_oversized_total",
+    _plain(counts.FRAMES_OVERSIZED, "a2pd_frames_oversized_total",
            "WebSocket frames over connection.max_frame_bytes (lost; the session restarts)"),
-    _plain("notifications", "a2pd_notifications_total", "ServerNotification frames received"),
-    _plain("heartbeats_sent", "a2pd_heartbeats_sent_total", "Heartbeat frames sent"),
-    _plain("heartbeats_deferred", "a2pd_heartbeats_deferred_total",
+    _plain(counts.NOTIFICATIONS, "a2pd_notifications_total", "ServerNotification frames received"),
+    _plain(counts.HEARTBEATS_SENT, "a2pd_heartbeats_sent_total", "Heartbeat frames sent"),
+    _plain(counts.HEARTBEATS_DEFERRED, "a2pd_heartbeats_deferred_total",
            "Dead-socket checks deferred because the receive side was held up by backpressure"),
-    _plain("connections", "a2pd_connections_total", "WebSocket connections opened"),
-    _plain("subscriptions", "a2pd_subscriptions_total", "Subscriptions created"),
-    _plain("subscription_limit", "a2pd_subscription_limit_total",
+    _plain(counts.CONNECTIONS, "a2pd_connections_total", "WebSocket connections opened"),
+    _plain(counts.SUBSCRIPTIONS, "a2pd_subscriptions_total", "Subscriptions created"),
+    _plain(counts.SUBSCRIPTION_LIMIT, "a2pd_subscription_limit_total",
            "Subscriptions refused because the platform's subscription limit was reached"),
-    _plain("reconnect_attempts", "a2pd_reconnect_attempts_total",
+    _plain(counts.RECONNECT_ATTEMPTS, "a2pd_reconnect_attempts_total",
            "Sessions that ended and were started again (each after its backoff)"),
-    ("recoveries_successful", RECOVERIES, (("outcome", "successful"),)),
-    ("recoveries_failed", RECOVERIES, (("outcome", "failed"),)),
+    (counts.RECOVERIES_SUCCESSFUL, RECOVERIES, (("outcome", "successful"),)),
+    (counts.RECOVERIES_FAILED, RECOVERIES, (("outcome", "failed"),)),
     # the platform's REST API (auth.py)
-    _plain("grants", "a2pd_token_grants_total", "JWT grants (new OAuth sessions)"),
-    _plain("refreshes", "a2pd_token_refreshes_total", "Access-token refreshes"),
-    _plain("wstokens", "a2pd_wstokens_total", "WebSocket tokens requested"),
-    _plain("rate_limited", "a2pd_platform_rate_limited_total",
+    _plain(counts.GRANTS, "a2pd_token_grants_total", "JWT grants (new OAuth sessions)"),
+    _plain(counts.REFRESHES, "a2pd_token_refreshes_total", "Access-token refreshes"),
+    _plain(counts.WSTOKENS, "a2pd_wstokens_total", "WebSocket tokens requested"),
+    _plain(counts.RATE_LIMITED, "a2pd_platform_rate_limited_total",
            "Platform REST calls answered 429 (token, wstoken, subscription calls)"),
-    _plain("subscriptions_deleted", "a2pd_subscriptions_deleted_total",
+    _plain(counts.SUBSCRIPTIONS_DELETED, "a2pd_subscriptions_deleted_total",
            "Stale subscriptions this daemon left behind and deleted"),
     # unrecovered gaps and the backfill (backfill.py, app.py)
-    _plain("gaps_recorded", "a2pd_gaps_recorded_total",
+    _plain(counts.GAPS_RECORDED, "a2pd_gaps_recorded_total",
            "Unrecovered gaps recorded for the backfill (this run)"),
-    _plain("gaps_backfilled", "a2pd_gaps_backfilled_total",
+    _plain(counts.GAPS_BACKFILLED, "a2pd_gaps_backfilled_total",
            "Gaps the backfill listed completely and closed"),
-    _plain("backfill_pages", "a2pd_backfill_pages_total", "List pages the backfill read"),
-    _plain("backfill_reads", "a2pd_backfill_reads_total",
+    _plain(counts.BACKFILL_PAGES, "a2pd_backfill_pages_total", "List pages the backfill read"),
+    _plain(counts.BACKFILL_READS, "a2pd_backfill_reads_total",
            "Single objects (open batches, messages) the backfill read"),
-    _plain("backfill_records", "a2pd_backfill_records_total", "List records the backfill read"),
-    _plain("backfill_skipped", "a2pd_backfill_skipped_total",
+    _plain(counts.BACKFILL_RECORDS, "a2pd_backfill_records_total",
+           "List records the backfill read"),
+    _plain(counts.BACKFILL_SKIPPED, "a2pd_backfill_skipped_total",
            "List records skipped: outside the gap's window, or matching no subscribed filter"),
-    _plain("backfill_errors", "a2pd_backfill_errors_total",
+    _plain(counts.BACKFILL_ERRORS, "a2pd_backfill_errors_total",
            "Backfill requests that failed (retried) and records that did not decode"),
-    _plain("backfill_rate_limited", "a2pd_backfill_rate_limited_total",
+    _plain(counts.BACKFILL_RATE_LIMITED, "a2pd_backfill_rate_limited_total",
            "Backfill requests answered 429 (retried after Retry-After)"),
-    _plain("backfill_paced", "a2pd_backfill_paced_total",
+    _plain(counts.BACKFILL_PACED, "a2pd_backfill_paced_total",
            "Pauses of the backfill for the rate limit's window (X-Rate-Limit-Remaining 0)"),
     # (a2pd_backfill_refused is the gauge: 1 while refused)
-    _plain("backfill_refused", "a2pd_backfill_refusals_total",
+    _plain(counts.BACKFILL_REFUSED, "a2pd_backfill_refusals_total",
            "Backfills the platform refused for good (permission; retried after a reload)"),
-    _plain("backfill_optouts_refused", "a2pd_backfill_optouts_refused_total",
+    _plain(counts.BACKFILL_OPTOUTS_REFUSED, "a2pd_backfill_optouts_refused_total",
            "Opt-out listings the platform refused (the SMS permission is missing)"),
-    _plain("backfill_window_cut", "a2pd_backfill_window_cut_total",
+    _plain(counts.BACKFILL_WINDOW_CUT, "a2pd_backfill_window_cut_total",
            "Backfills whose window was cut to backfill.max_window"),
     # the sinks' own (sinks/http.py, sinks/file.py)
-    _per("http_requests", "a2pd_http_requests_total", "HTTP sink requests sent", "sink",
+    _per(counts.HTTP_REQUESTS, "a2pd_http_requests_total", "HTTP sink requests sent", "sink",
          HTTP_SINKS),
-    _per("http_sent", "a2pd_http_sent_events_total", "Events an HTTP receiver accepted (2xx)",
+    _per(counts.HTTP_SENT, "a2pd_http_sent_events_total", "Events an HTTP receiver accepted (2xx)",
          "sink", HTTP_SINKS),
-    _per("http_failures", "a2pd_http_failures_total",
+    _per(counts.HTTP_FAILURES, "a2pd_http_failures_total",
          "HTTP sink requests that failed (a non-2xx answer, a network error or a timeout)",
          "sink", HTTP_SINKS),
-    _per("http_errors", "a2pd_http_errors_total",
+    _per(counts.HTTP_ERRORS, "a2pd_http_errors_total",
          "HTTP sink requests without an answer (network errors and timeouts)", "sink",
          HTTP_SINKS),
-    *((f"http_status_{cls}", HTTP_RESPONSES, (("class", cls),)) for cls in HTTP_CLASSES),
-    _per("file_reopened", "a2pd_file_reopened_total",
+    *((f"{counts.HTTP_STATUS}_{cls}", HTTP_RESPONSES, (("class", cls),))
+      for cls in HTTP_CLASSES),
+    _per(counts.FILE_REOPENED, "a2pd_file_reopened_total",
          "Files a file sink reopened because the open file had been moved or deleted",
          "sink", FILE_SINKS),
-    _per("file_torn_tails", "a2pd_file_torn_tails_total",
+    _per(counts.FILE_TORN_TAILS, "a2pd_file_torn_tails_total",
          "Torn last lines (a crash mid-write) a file sink repaired", "sink", FILE_SINKS),
 ]
 
@@ -327,12 +352,12 @@ COUNTERS: dict[str, tuple[CounterFamily, Fixed]] = {
 FAMILIES: dict[str, CounterFamily] = {family.name: family for _, family, _ in _DECLARED}
 #: counters that feed no counter family on purpose, and what exports them instead
 NOT_EXPORTED: dict[str, str] = {
-    "dead_letters": "the sum of dead_letters.<source>: sum(a2pd_dead_letters_total)",
-    "http_latency_ms_sum": "a2pd_http_request_duration_seconds (histogram)",
-    "http_latency_ms_count": "a2pd_http_request_duration_seconds (histogram)",
+    counts.DEAD_LETTERS: "the sum of dead_letters.<source>: sum(a2pd_dead_letters_total)",
+    counts.HTTP_LATENCY_MS_SUM: "a2pd_http_request_duration_seconds (histogram)",
+    counts.HTTP_LATENCY_MS_COUNT: "a2pd_http_request_duration_seconds (histogram)",
 }
 #: http_latency_ms_le_<bound>: the http sink's buckets (a2pd_http_request_duration_seconds)
-HTTP_LATENCY_BUCKET = re.compile(r"http_latency_ms_le_([0-9]+)")
+HTTP_LATENCY_BUCKET = re.compile(rf"{counts.HTTP_LATENCY_MS_LE}_([0-9]+)")
 
 
 def resolve(key: str) -> tuple[CounterFamily, tuple[str, ...]] | None:

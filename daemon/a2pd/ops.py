@@ -39,11 +39,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from a2pd import counts
 from a2pd.logging import get_logger
+from a2pd.names import BUILTIN_SINK_TYPES, DEAD_LETTER_SOURCES
 from a2pd.observe import (
-    BUILTIN_SINK_TYPES,
     DEAD_LETTER_LABELS,
-    DEAD_LETTER_SOURCES,
     DELIVERY_LATENCY_BUCKETS,
     FAMILIES,
     FILE_SINKS,
@@ -54,6 +54,17 @@ from a2pd.observe import (
     resolve,
 )
 from a2pd.sinks.http import LATENCY_BUCKETS_MS
+
+__all__ = [
+    "MAX_REQUEST",
+    "READ_TIMEOUT",
+    "DaemonCollector",
+    "Latency",
+    "Metrics",
+    "Snapshot",
+    "answer",
+    "serve",
+]
 
 log = get_logger("ops")
 
@@ -342,10 +353,10 @@ def _http_latency_family(counters: Mapping[str, int], http_sinks: Sequence[str])
                                    labels=("sink",))
     for sink in sorted({*http_sinks, *seen}):
         buckets: list[tuple[str, float]] = [
-            (_le(bound / 1000.0), counters.get(f"http_latency_ms_le_{bound}.{sink}", 0))
+            (_le(bound / 1000.0), counters.get(f"{counts.HTTP_LATENCY_MS_LE}_{bound}.{sink}", 0))
             for bound in LATENCY_BUCKETS_MS]
-        buckets.append(("+Inf", counters.get(f"http_latency_ms_count.{sink}", 0)))
+        buckets.append(("+Inf", counters.get(f"{counts.HTTP_LATENCY_MS_COUNT}.{sink}", 0)))
         family.add_metric((sink,), buckets,
-                          counters.get(f"http_latency_ms_sum.{sink}", 0) / 1000.0)
+                          counters.get(f"{counts.HTTP_LATENCY_MS_SUM}.{sink}", 0) / 1000.0)
     return family
 

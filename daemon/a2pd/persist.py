@@ -38,6 +38,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from a2pd.logging import get_logger
 
+__all__ = [
+    "FILE_NAME",
+    "VERSION",
+    "SessionStore",
+]
+
 log = get_logger("persist")
 
 VERSION = 1

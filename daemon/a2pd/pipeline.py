@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from a2pd import events
+from a2pd import counts, events
 from a2pd.backoff import backoff
 from a2pd.errors import SinkError
 from a2pd.journal import Journal, JournalError, Row
@@ -30,6 +30,14 @@ from a2pd.observe import DELIVERY_LATENCY_BUCKETS, Counters, Histogram, LogThrot
 from a2pd.protocol import FrameError, ServerNotification
 from a2pd.router import Router
 from a2pd.sinks import RetryPolicy, Sink
+
+__all__ = [
+    "ARRIVALS_KEPT",
+    "ARRIVAL_KEEP",
+    "IDLE_POLL",
+    "INGEST_SLICE",
+    "Pipeline",
+]
 
 log = get_logger("pipeline")
 
@@ -136,7 +144,7 @@ class Pipeline:
         await self.journal.room()
         targets = self.router.sinks_for(event)
         if not targets:
-            self.counters.inc("unrouted")
+            self.counters.inc(counts.UNROUTED)
             log.info("event_unrouted", uuid=event.uuid, kind=kind)
         elif not backfilled and event.uuid not in self._arrived:
             # (a duplicate of an event still on its way keeps the first arrival)
@@ -264,7 +272,7 @@ class Pipeline:
                     raise
                 failures += 1
                 delay = min(30.0, 0.1 * 2.0 ** min(failures, 9))
-                self.counters.inc("journal_retries")
+                self.counters.inc(counts.JOURNAL_RETRIES)
                 log.error("journal_retry", operation=operation.__name__, reason=exc.reason,
                           retry_in=delay)
                 await anyio.sleep(delay)
@@ -315,7 +323,7 @@ class Pipeline:
                 if at < cutoff:
                     self._latency(name).observe(now - at)
                 else:
-                    self.counters.inc(f"latency_unobserved.{name}")
+                    self.counters.inc(f"{counts.LATENCY_UNOBSERVED}.{name}")
 
     def _still_waiting(self, name: str, arrived: float) -> bool:
         """Whether sink ``name`` may still deliver an event that arrived at ``arrived`` and
@@ -329,7 +337,7 @@ class Pipeline:
     def _confirmed(self, name: str, batch: Sequence[events.Event]) -> None:
         """``name`` confirmed ``batch``: count it, and observe the delivery latency of each
         event whose arrival this run saw (at most once per event and sink)."""
-        self.counters.inc(f"delivered.{name}", len(batch))
+        self.counters.inc(f"{counts.DELIVERED}.{name}", len(batch))
         arrived = self._arrived
         if not arrived:
             return
@@ -470,7 +478,7 @@ class Pipeline:
                 if exc.retry_after is not None:
                     # the receiver said when: never sooner, but not beyond our own cap
                     delay = max(delay, min(exc.retry_after, policy.retry_after_max))
-                self.counters.inc(f"retries.{name}")
+                self.counters.inc(f"{counts.RETRIES}.{name}")
                 log.warning("sink_retry", sink=name, reason=exc.reason, attempt=attempt,
                             retry_in=round(delay, 3), events=len(batch))
                 stop = self._stop_reader.get(name)

@@ -26,6 +26,33 @@ from a2pd.events import (
     encode_record,
     model_in,
 )
+from a2pd.vocab import error_code
+
+__all__ = [
+    "CLIENT_REQUEST",
+    "CONNECTION_DETAILS",
+    "ERROR",
+    "HEARTBEAT",
+    "MAX_DEPTH",
+    "SERVER_NOTIFICATION",
+    "SUBSCRIPTION_PATH",
+    "ClientResponse",
+    "ConnectionDetails",
+    "ErrorFrame",
+    "FrameError",
+    "Header",
+    "Heartbeat",
+    "Message",
+    "ServerNotification",
+    "SubscriptionInfo",
+    "UnknownFrame",
+    "Wsc",
+    "decode",
+    "encode_heartbeat",
+    "encode_request",
+    "encode_subscribe",
+    "newer_wsc",
+]
 
 SUBSCRIPTION_PATH: Final = "/restapi/v1.0/subscription"
 
@@ -184,22 +211,6 @@ class FrameError:
 Message = (
     ConnectionDetails | ClientResponse | ServerNotification | Heartbeat | ErrorFrame | UnknownFrame
 )
-
-
-def error_code(body: Any) -> str | None:
-    """The error code of a RingCentral error body (REST, OAuth or over the socket):
-    ``errorCode``, else OAuth's ``error``, else the first of ``errors[].errorCode``."""
-    if not isinstance(body, dict):
-        return None
-    for key in ("errorCode", "error"):
-        code = body.get(key)
-        if isinstance(code, str):
-            return code
-    errors = body.get("errors")
-    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-        inner = errors[0].get("errorCode")
-        return inner if isinstance(inner, str) else None
-    return None
 
 
 def decode(data: str | bytes) -> Message | FrameError:

@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 
 from a2pd.events import Event, field_values
 
+__all__ = [
+    "ROUTABLE_FIELDS",
+    "Route",
+    "Router",
+]
+
 ROUTABLE_FIELDS = ("kind", "direction", "from", "to", "batchId", "status", "active")
 
 

@@ -35,7 +35,7 @@ from websockets.exceptions import (
 )
 from websockets.frames import CloseCode
 
-from a2pd import protocol
+from a2pd import counts, protocol
 from a2pd.config import ConnectionConfig
 from a2pd.errors import (
     ConfigError,
@@ -48,6 +48,19 @@ from a2pd.errors import (
 )
 from a2pd.logging import get_logger, register_secret
 from a2pd.observe import Counters, LogThrottle
+
+__all__ = [
+    "FATAL_SUBSCRIBE_CODES",
+    "MAX_STALE",
+    "RECOVERABLE_ERRORS",
+    "BadFrameHandler",
+    "NotificationHandler",
+    "Probe",
+    "SessionState",
+    "connect_url",
+    "probe_subscription",
+    "run_session",
+]
 
 log = get_logger("session")
 
@@ -160,7 +173,7 @@ class _Connection:
                 # websockets refused a frame over max_size and closed with 1009. The frame
                 # (most likely a notification) is gone; a recovery would have the gateway
                 # replay it and fail again, so the next connection starts a fresh session.
-                self.state.count("frames_oversized")
+                self.state.count(counts.FRAMES_OVERSIZED)
                 log.error("frame_oversized", max_frame_bytes=self.cfg.max_frame_bytes,
                           note="the frame is lost; reconnecting without recovery")
                 raise ConnectionLost(
@@ -245,13 +258,13 @@ class _Connection:
     async def receive_loop(self) -> None:
         while True:
             data = await self.next_frame()
-            self.state.count("frames")
+            self.state.count(counts.FRAMES)
             message = protocol.decode(data)
             self.handling = True
             self._handling_since = time.monotonic()
             try:
                 if isinstance(message, protocol.FrameError):
-                    self.state.count("frames_malformed")
+                    self.state.count(counts.FRAMES_MALFORMED)
                     held = self.state.malformed_log.allow()
                     if held is not None:
                         log.warning("frame_malformed", reason=message.reason,
@@ -270,7 +283,7 @@ class _Connection:
 
     async def dispatch(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.ServerNotification):
-            self.state.count("notifications")
+            self.state.count(counts.NOTIFICATIONS)
             await self.on_notification(message)
             return
         message_id = message.header.message_id
@@ -316,7 +329,7 @@ class _Connection:
                 continue
             sent_at = anyio.current_time()
             await self.send(protocol.encode_heartbeat(str(uuid.uuid4())))
-            self.state.count("heartbeats_sent")
+            self.state.count(counts.HEARTBEATS_SENT)
             with anyio.move_on_after(cfg.heartbeat_timeout):
                 while self.last_inbound < sent_at:
                     self._inbound_waiter = self._inbound_waiter or anyio.Event()
@@ -326,7 +339,7 @@ class _Connection:
             if self.handling:
                 # Silence because we are not reading (backpressure from the journal), not
                 # because the socket died: wait for the handler, then check afresh.
-                self.state.count("heartbeats_deferred")
+                self.state.count(counts.HEARTBEATS_DEFERRED)
                 log.debug("heartbeat_deferred", reason="a handler is waiting (backpressure)")
                 self._handled = self._handled or anyio.Event()
                 await self._handled.wait()
@@ -355,7 +368,7 @@ class _Connection:
         if info.status and info.status != "Active":
             log.warning("subscription_not_active", status=info.status)
         self.state.subscription_id = info.id
-        self.state.count("subscriptions")
+        self.state.count(counts.SUBSCRIPTIONS)
         log.info("subscribed", subscription_id=info.id, filters=len(info.event_filters))
 
 
@@ -408,7 +421,7 @@ async def run_session(
     ws = await _open(url, cfg)
     conn = _Connection(ws, cfg, state, on_notification, on_bad_frame, oauth_session)
     state.connection_count += 1
-    state.count("connections")
+    state.count(counts.CONNECTIONS)
     try:
         await _handshake(conn, presented_wsc)
         state.connected = True
@@ -533,11 +546,11 @@ async def _handshake(conn: _Connection, presented_wsc: bool) -> None:
     state.recovery_timeout = first.seconds("recoveryTimeout", state.recovery_timeout)
     recovery = first.recovery_state
     if presented_wsc and recovery == "Successful":
-        state.count("recoveries_successful")
+        state.count(counts.RECOVERIES_SUCCESSFUL)
         log.info("session_recovered", subscription_id=state.subscription_id)
         return
     if presented_wsc:
-        state.count("recoveries_failed")
+        state.count(counts.RECOVERIES_FAILED)
         log.warning("session_recovery_failed", code=first.recovery_error_code,
                     state=recovery, note="events sent while disconnected may be missing")
     state.leave_subscription()  # a fresh session context has no subscription

@@ -18,6 +18,14 @@ from a2pd import config
 from a2pd.admin import state_dir
 from a2pd.errors import ConfigError, ConfigProblem, one_line
 
+__all__ = [
+    "EXIT_NOT_READY",
+    "EXIT_UNAVAILABLE",
+    "endpoint",
+    "fetch",
+    "render",
+]
+
 EXIT_NOT_READY = 1
 EXIT_UNAVAILABLE = 69
 

@@ -31,6 +31,7 @@ from functools import partial
 
 import anyio
 
+from a2pd import counts
 from a2pd.auth import TokenManager
 from a2pd.backoff import backoff
 from a2pd.config import ConnectionConfig
@@ -50,6 +51,11 @@ from a2pd.session import (
     connect_url,
     run_session,
 )
+
+__all__ = [
+    "RECOVERY_MARGIN",
+    "Supervisor",
+]
 
 log = get_logger("supervisor")
 
@@ -121,8 +127,8 @@ class Supervisor:
         """The subscription is active: report the gap this connection may have left."""
         started_at.append(anyio.current_time())
         counters = self.state.counters
-        failed = counters["recoveries_failed"] > before[0]
-        recovered = counters["recoveries_successful"] > before[1]
+        failed = counters[counts.RECOVERIES_FAILED] > before[0]
+        recovered = counters[counts.RECOVERIES_SUCCESSFUL] > before[1]
         if self._gap_from is None and away_since is not None and (failed or recovered):
             self._gap_from = away_since
             self._gap_reason = "recovery failed" if failed else "recovery (the replay " \
@@ -188,8 +194,8 @@ class Supervisor:
                         self.gaps += 1
                         log.warning("gap_opened", note="events sent while disconnected are "
                                     "not recoverable")
-                before = (self.state.counters["recoveries_failed"],
-                          self.state.counters["recoveries_successful"])
+                before = (self.state.counters[counts.RECOVERIES_FAILED],
+                          self.state.counters[counts.RECOVERIES_SUCCESSFUL])
                 url = connect_url(token.uri, token.ws_access_token,
                                   self.state.wsc if present else None)
                 log.info("connecting", recovery=present, attempt=self.state.connection_count + 1)
@@ -208,7 +214,7 @@ class Supervisor:
                 delay = max(exc.retry_after, next(delays))
                 log.warning("rate_limited_reconnect", retry_in=round(delay, 3), code=exc.code)
             except SubscriptionLimit as exc:
-                self.state.count("subscription_limit")
+                self.state.count(counts.SUBSCRIPTION_LIMIT)
                 delay = 0.0 if await self.delete_stale() else next(delays)
                 if delay:
                     log.error("subscription_limit", code=exc.code, retry_in=round(delay, 3),
@@ -231,5 +237,5 @@ class Supervisor:
                 log.warning("platform_error", reason=exc.reason, status=exc.status,
                             code=exc.code, retry_in=round(delay, 3))
             self.reconnects += 1
-            self.state.count("reconnect_attempts")
+            self.state.count(counts.RECONNECT_ATTEMPTS)
             await anyio.sleep(delay)

@@ -17,25 +17,28 @@ validated against it, with unknown keys refused.
 from __future__ import annotations
 
 import importlib
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
-from urllib.parse import urlsplit
-
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    SecretStr,
-    ValidationInfo,
-    model_validator,
-)
+from typing import Any, ClassVar
 
 from a2pd.events import Event
 from a2pd.observe import Counters
+from a2pd.vocab import Secret, StrictModel, redact_url
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "RetryPolicy",
+    "Secret",
+    "Sink",
+    "SinkContext",
+    "SinkOptions",
+    "UnknownSinkType",
+    "redact_url",
+    "sink_class",
+    "sink_types",
+]
 
 ENTRY_POINT_GROUP = "a2pd.sinks"
 
@@ -47,111 +50,10 @@ _BUILTINS = {
 }
 
 
-def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
-    """A secret option: a string, or a table naming exactly one source — ``{ env = "VAR" }``,
-    ``{ file = "/abs/path" }`` or ``{ credential = "name" }`` (a systemd credential in
-    $CREDENTIALS_DIRECTORY). Errors name the source, never the value."""
-    if not isinstance(value, dict):
-        return value
-    context = info.context if isinstance(info.context, dict) else {}
-    env: Mapping[str, str] = context.get("env", os.environ)
-    unknown = set(value) - {"env", "file", "credential"}
-    if unknown or len(value) != 1:
-        raise ValueError("give a string or exactly one of env, file, credential")
-    [(source, where)] = value.items()
-    if not isinstance(where, str) or not where:
-        raise ValueError(f"{source} must be a non-empty string")
-    if source == "file" and not Path(where).is_absolute():
-        raise ValueError(f"{where} must be an absolute path")
-    if not secrets_wanted(info):
-        return UNREAD_SECRET
-    if source == "env":
-        text = env.get(where)
-        if text is None:
-            raise ValueError(f"${where} is not set")
-        if not text.strip():
-            raise ValueError(f"${where} is set but empty")
-        return text.strip()
-    if source == "file":
-        path = Path(where)
-    else:
-        cred_dir = env.get("CREDENTIALS_DIRECTORY")
-        if not cred_dir:
-            raise ValueError("$CREDENTIALS_DIRECTORY is not set (systemd LoadCredential=)")
-        path = Path(cred_dir) / where
-    return read_secret_file(path)
-
-
-#: what a secret option holds when the config is checked without its secrets
-UNREAD_SECRET = "(not read: a2pd validate --no-secrets)"  # noqa: S105 - a placeholder
-
-
-def secrets_wanted(info: ValidationInfo) -> bool:
-    """False when the config is being checked without reading its secrets
-    (``a2pd validate --no-secrets``): an Options model then leaves its secrets unread."""
-    context = info.context if isinstance(info.context, Mapping) else {}
-    return context.get("secrets", True) is not False
-
-
-#: a secret file larger than this is refused unread (a path to /dev/zero, a log file)
-MAX_SECRET_FILE = 64 * 1024
-
-
-def read_secret_file(path: Path) -> str:
-    """A secret kept in a file, stripped; ``ValueError`` naming the path (never the value).
-    Files over ``MAX_SECRET_FILE`` bytes are refused without reading the rest. The one
-    reader of secret files: the platform's secrets and every sink's."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_SECRET_FILE + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or 'error'}") from None
-    if len(data) > MAX_SECRET_FILE:
-        raise ValueError(f"{path} is larger than {MAX_SECRET_FILE} bytes")
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
-    if not text:
-        raise ValueError(f"{path} is empty")
-    return text
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info or query (either may carry a credential), for logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-#: a secret sink option (tokens, passwords, signing keys): inline or from env/file/credential
-Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
-
-
-def refuse_bool_numbers(model: type[BaseModel], data: Any) -> Any:
-    """``data`` with ``true``/``false`` given for a number turned into text, so validation
-    reports that key as not a number (pydantic's lax mode would read ``true`` as 1)."""
-    if not isinstance(data, dict):
-        return data
-    fields = model.model_fields
-    return {key: str(value).lower()
-            if isinstance(value, bool) and key in fields
-            and fields[key].annotation in (int, float) else value
-            for key, value in data.items()}
-
-
-class SinkOptions(BaseModel):
-    """Base for a sink type's options: unknown keys are configuration errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, data: Any) -> Any:
-        return refuse_bool_numbers(cls, data)
+class SinkOptions(StrictModel):
+    """Base for a sink type's options: unknown keys are configuration errors, ``true`` is
+    not a number. A secret option is typed ``Secret``: a string, or a table naming where it
+    is (``{ env = "VAR" }``, ``{ file = "/abs/path" }``, ``{ credential = "name" }``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,5 +139,5 @@ def sink_class(type_name: str) -> type[Sink]:
             raise UnknownSinkType(f"unknown sink type {type_name!r} (known: {known})")
         cls = matches[0].load()
     if not (isinstance(cls, type) and issubclass(cls, Sink)):
-        raise UnknownSinkType(f"sink type {type_name!r} does not name a daemon.sinks.Sink class")
+        raise UnknownSinkType(f"sink type {type_name!r} does not name an a2pd.sinks.Sink class")
     return cls

@@ -24,36 +24,30 @@ ends in part of a record (a crash mid-write) is mended when opened.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
-import string
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
 from pydantic import BeforeValidator, Field, field_validator
 
-from a2pd.config import Duration, LocalPath
+from a2pd import counts
 from a2pd.errors import SinkError
-from a2pd.events import RECORD_START, Event, field_values, record_json
+from a2pd.events import RECORD_START, Event, record_json
 from a2pd.logging import get_logger
 from a2pd.sinks import Sink, SinkContext, SinkOptions
+from a2pd.sinks.templates import check_template, fit_name, template_fields, template_values
+from a2pd.vocab import Duration, LocalPath
+
+__all__ = ["FileOptions", "FileSink"]
 
 log = get_logger("sink.file")
-
-TEMPLATE_FIELDS = ("kind", "date", "hour", "month", "year", "from", "to", "batchId",
-                   "direction", "status", "subscriptionId", "ownerId")
-_SAFE = re.compile(r"[^A-Za-z0-9+._-]")
-_MAX_COMPONENT = 100
-#: NAME_MAX on Linux filesystems; a longer name is ENAMETOOLONG, which a retry cannot fix
-_MAX_NAME_BYTES = 255
 
 
 def _private_dirs(path: Path) -> None:
@@ -94,72 +88,7 @@ class FileOptions(SinkOptions):
         return value
 
 
-def check_template(value: str) -> None:
-    """A ``{field}`` template (file paths, stream names) names only known fields, plainly;
-    ``ValueError`` otherwise."""
-    try:
-        parsed = list(string.Formatter().parse(value))
-    except ValueError as exc:
-        raise ValueError(f"bad template: {exc}") from None
-    for _literal, name, spec, conv in parsed:
-        if name is None:
-            continue
-        if name not in TEMPLATE_FIELDS:
-            raise ValueError(f"unknown field {{{name}}} (known: {', '.join(TEMPLATE_FIELDS)})")
-        if spec or conv:
-            raise ValueError(f"{{{name}}} takes no format spec or conversion")
-
-
-def safe_component(value: str) -> str:
-    """Make one substituted value safe as (part of) a single path component."""
-    cleaned = _SAFE.sub("_", value)[:_MAX_COMPONENT]
-    if cleaned in ("", ".", ".."):
-        return "_" * max(1, len(cleaned))
-    return cleaned
-
-
-def fit_name(name: str) -> str:
-    """``name`` if it fits in NAME_MAX bytes, else its start, ``~`` and a hash of the whole,
-    keeping a short extension (distinct long names stay distinct)."""
-    encoded = name.encode("utf-8")
-    if len(encoded) <= _MAX_NAME_BYTES:
-        return name
-    digest = hashlib.blake2b(encoded, digest_size=8).hexdigest()
-    stem, ext = os.path.splitext(name)
-    if len(ext.encode("utf-8")) > 16:
-        stem, ext = name, ""
-    room = _MAX_NAME_BYTES - len(ext.encode("utf-8")) - len(digest) - 1
-    head = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
-    return f"{head}~{digest}{ext}"
-
-
 _TAIL_CHUNK = 64 * 1024
-
-_TIME_FIELDS = {"date": "%Y-%m-%d", "hour": "%H", "month": "%Y-%m", "year": "%Y"}
-
-
-def template_fields(template: str) -> tuple[str, ...]:
-    """The field names a (validated) path template uses, each once."""
-    return tuple(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template)
-                               if name))
-
-
-def template_values(event: Event, now: datetime | None = None,
-                    names: Sequence[str] = TEMPLATE_FIELDS) -> dict[str, str]:
-    """The values a path template can use for ``event`` (only ``names``), already safe."""
-    values: dict[str, str] = {}
-    stamp: datetime | None = None
-    for name in names:
-        time_format = _TIME_FIELDS.get(name)
-        if time_format is not None:
-            if stamp is None:
-                stamp = (event.time or now or datetime.now(UTC)).astimezone(UTC)
-            values[name] = stamp.strftime(time_format)
-            continue
-        found = field_values(event, name)
-        values[name] = safe_component(found[0]) if found else "unknown"
-    return values
-
 
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` to ``fd`` (a filling disk can take part of it, then refuse)."""
@@ -342,7 +271,7 @@ class FileSink(Sink):
                 return file, size
             reason = "deleted" if found is None else "replaced"
             del self._files[path]
-            self._counts.append(f"file_reopened.{self.name}")
+            self._counts.append(f"{counts.FILE_REOPENED}.{self.name}")
             log.warning("file_reopened", sink=self.name, path=str(path), reason=reason,
                         note="the open file was no longer at its path; batches written "
                         "to it before this are wherever it went")
@@ -392,7 +321,7 @@ class FileSink(Sink):
         else:
             os.write(fd, b"\n")
             action = "ended with a newline"
-        self._counts.append(f"file_torn_tails.{self.name}")
+        self._counts.append(f"{counts.FILE_TORN_TAILS}.{self.name}")
         log.warning("file_torn_tail", sink=self.name, path=str(path), bytes=size - cut,
                     action=action, note="left by a crash mid-write; that batch is written "
                     "again in full")

@@ -42,7 +42,6 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urljoin, urlsplit
@@ -51,20 +50,35 @@ import anyio
 import httpx
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
-from a2pd import __version__
-from a2pd.config import Duration, DurationOrOff
+from a2pd import __version__, counts
 from a2pd.errors import ConfigError, ConfigProblem, SinkError
 from a2pd.events import Event, to_json
 from a2pd.logging import get_logger, register_secret, scrub
-from a2pd.sinks import (
+from a2pd.sinks import RetryPolicy, Sink, SinkContext, SinkOptions
+from a2pd.vocab import (
     UNREAD_SECRET,
-    RetryPolicy,
+    Duration,
+    DurationOrOff,
     Secret,
-    Sink,
-    SinkContext,
-    SinkOptions,
+    parse_retry_after,
     redact_url,
 )
+
+__all__ = [
+    "ACKED_MEMORY",
+    "DEFAULT_RETRY",
+    "LATENCY_BUCKETS_MS",
+    "MAX_REDIRECTS",
+    "BasicAuth",
+    "BearerAuth",
+    "HttpOptions",
+    "HttpSink",
+    "ReadableFile",
+    "StatusRule",
+    "scrub_text",
+    "sign",
+    "signing_key",
+]
 
 log = get_logger("sink.http")
 
@@ -228,22 +242,6 @@ def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str
         for key in keys)
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # not str.isdigit alone: "²" is a digit too
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
 def _same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
@@ -403,7 +401,7 @@ class HttpSink(Sink):
             content = gzip.compress(body, compresslevel=5)
             headers["content-encoding"] = "gzip"
         name = self.name
-        self.counters.inc(f"http_requests.{name}")
+        self.counters.inc(f"{counts.HTTP_REQUESTS}.{name}")
         started = time.monotonic()
         url = self.options.url
         try:
@@ -430,13 +428,13 @@ class HttpSink(Sink):
                 from None
         self._observe(started, status)
         if 200 <= status < 300:
-            self.counters.inc(f"http_sent.{name}", len(unit))
+            self.counters.inc(f"{counts.HTTP_SENT}.{name}", len(unit))
             for event in unit:
                 self._acked[event.uuid] = None
             while len(self._acked) > ACKED_MEMORY:
                 self._acked.popitem(last=False)
             return
-        self.counters.inc(f"http_failures.{name}")
+        self.counters.inc(f"{counts.HTTP_FAILURES}.{name}")
         text = scrub(snippet).decode("utf-8", "replace")
         if status in self._codes or str(status)[0] in self._classes:
             wait = parse_retry_after(retry_after, time.time())
@@ -464,16 +462,16 @@ class HttpSink(Sink):
     def _observe(self, started: float, status: int) -> None:
         name = self.name
         elapsed_ms = (time.monotonic() - started) * 1000.0
-        self.counters.inc(f"http_status_{status // 100}xx.{name}")
-        self.counters.inc(f"http_latency_ms_sum.{name}", round(elapsed_ms))
-        self.counters.inc(f"http_latency_ms_count.{name}")
+        self.counters.inc(f"{counts.HTTP_STATUS}_{status // 100}xx.{name}")
+        self.counters.inc(f"{counts.HTTP_LATENCY_MS_SUM}.{name}", round(elapsed_ms))
+        self.counters.inc(f"{counts.HTTP_LATENCY_MS_COUNT}.{name}")
         for bound in LATENCY_BUCKETS_MS:
             if elapsed_ms <= bound:
-                self.counters.inc(f"http_latency_ms_le_{bound}.{name}")
+                self.counters.inc(f"{counts.HTTP_LATENCY_MS_LE}_{bound}.{name}")
 
     def _failed(self) -> None:
-        self.counters.inc(f"http_errors.{self.name}")
-        self.counters.inc(f"http_failures.{self.name}")
+        self.counters.inc(f"{counts.HTTP_ERRORS}.{self.name}")
+        self.counters.inc(f"{counts.HTTP_FAILURES}.{self.name}")
 
     async def aclose(self) -> None:
         await self._client.aclose()

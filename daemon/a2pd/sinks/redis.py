@@ -58,19 +58,21 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from a2pd.config import Duration, DurationOrOff
 from a2pd.errors import SinkError
 from a2pd.events import Event, to_json
 from a2pd.logging import get_logger, register_secret, scrub
-from a2pd.sinks import (
-    Sink,
-    SinkContext,
-    SinkOptions,
-    read_secret_file,
+from a2pd.sinks import Sink, SinkContext, SinkOptions
+from a2pd.sinks.templates import check_template, template_values
+from a2pd.vocab import (
+    Duration,
+    DurationOrOff,
+    SecretUnreadable,
+    find_secret,
     redact_url,
     secrets_wanted,
 )
-from a2pd.sinks.file import check_template, template_values
+
+__all__ = ["RedisOptions", "RedisSink", "dedup_script", "error_code"]
 
 log = get_logger("sinks.redis")
 
@@ -284,37 +286,24 @@ class RedisOptions(SinkOptions):
 def _resolve_secret(options: RedisOptions, name: str, env: Mapping[str, str],
                     from_url: str | None) -> SecretStr | None:
     """``name`` (username or password) from, in order: ``$A2PD_<CREDENTIAL_NAME>_<NAME>``,
-    the systemd credential ``<credential_name>_<name>``, ``<name>_file``, the inline option,
-    the URL (the order of the platform's secrets, config.py). Errors name the option, never
-    the value."""
-    env_name = f"A2PD_{options.credential_name.upper()}_{name.upper()}"
-    inline_raw = getattr(options, name)
-    inline = (inline_raw.get_secret_value() if isinstance(inline_raw, SecretStr)
-              else inline_raw)
-    file: Path | None = getattr(options, f"{name}_file")
-    if inline is not None and file is not None:
-        raise ValueError(f"set either {name} or {name}_file, not both")
-    if env_name in env:
-        value = env[env_name].strip()
-        if not value:
-            raise ValueError(f"{name}: ${env_name} is set but empty")
-        return SecretStr(value)
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    credential = f"{options.credential_name}_{name}"
-    if cred_dir and (Path(cred_dir) / credential).exists():
-        return _read(Path(cred_dir) / credential, f"{name} (systemd credential {credential})")
-    if file is not None:
-        return _read(file, f"{name}_file")
-    if inline is not None:
-        return SecretStr(inline)
-    return SecretStr(from_url) if from_url else None
-
-
-def _read(path: Path, what: str) -> SecretStr:
+    the systemd credential ``<credential_name>_<name>``, ``<name>_file``, the inline option
+    (vocab.find_secret: the order of the platform's secrets), then the URL. Errors name the
+    option, never the value."""
+    inline = getattr(options, name)
     try:
-        return SecretStr(read_secret_file(path))
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
+        found = find_secret(
+            name, env, env_var=f"A2PD_{options.credential_name.upper()}_{name.upper()}",
+            credential=f"{options.credential_name}_{name}",
+            file=getattr(options, f"{name}_file"),
+            inline=inline.get_secret_value() if isinstance(inline, SecretStr) else inline)
+    except SecretUnreadable as exc:
+        where = {"credential": f"{name} (systemd credential "
+                               f"{options.credential_name}_{name})",
+                 "file": f"{name}_file", "env": name}.get(exc.source)
+        raise ValueError(f"{where}: {exc}" if where else str(exc)) from None
+    if found is not None:
+        return SecretStr(found.value)
+    return SecretStr(from_url) if from_url else None
 
 
 class RedisSink(Sink):

@@ -10,6 +10,12 @@ from a2pd.errors import SinkError, one_line
 from a2pd.events import BatchEvent, Event, MessageEvent, OptOutEvent, to_json
 from a2pd.sinks import Sink, SinkContext, SinkOptions
 
+__all__ = [
+    "StdoutOptions",
+    "StdoutSink",
+    "describe",
+]
+
 
 class StdoutOptions(SinkOptions):
     """``format``: json (JSON lines), text (one readable line), auto (text on a terminal)."""
