@@ -6,7 +6,8 @@ parallel refreshes can never race and burn the Auth rate group (PROTOCOL.md §1.
 - The access token is refreshed once ``refresh_at`` of its lifetime has passed (refresh keeps
   the OAuth session, which session recovery needs). A failed refresh (400/401) falls back to
   a new JWT grant — a new OAuth session, so ``session_id`` changes and the caller knows a
-  recovery with the old ``wsc`` is pointless.
+  recovery with the old ``wsc`` is pointless. Without a refresh token (the app setting is
+  off) nothing is done until the access token is about to expire: then a new grant.
 - ``/restapi/oauth/token`` and ``/restapi/oauth/wstoken`` share the Auth rate group (5/min by
   default): WebSocket tokens are fetched at most once per ``wstoken_min_interval``, and a 429
   blocks every auth call until its ``Retry-After`` has passed.
@@ -193,12 +194,18 @@ class TokenManager:
         return self._tokens is not None and self._tokens.refresh is not None
 
     def refresh_due_in(self) -> float:
-        """Seconds until the access token should be refreshed (0 when it should be now)."""
+        """Seconds until the access token should be refreshed (0 when it should be now):
+        at ``refresh_at`` of its lifetime; without a refresh token only when it is about to
+        expire (``_expiry_margin``): all that can be done then is a new JWT grant, a new
+        OAuth session, and a session dropped after it cannot be recovered."""
         tokens = self._tokens
         if tokens is None:
             return 0.0
-        lifetime = tokens.access_expires - tokens.issued
-        due = tokens.issued + lifetime * self._platform.refresh_at
+        if tokens.refresh is None:
+            due = tokens.access_expires - _expiry_margin(tokens)
+        else:
+            lifetime = tokens.access_expires - tokens.issued
+            due = tokens.issued + lifetime * self._platform.refresh_at
         return max(0.0, due - self._clock())
 
     # -- persistence (wall-clock times: a restart changes the monotonic clock) ---------------
@@ -255,9 +262,7 @@ class TokenManager:
         if tokens is None:
             tokens = await self._grant()
         else:
-            # treat the token as expired a little early: 5 s, or a tenth of a short lifetime
-            margin = min(5.0, 0.1 * (tokens.access_expires - tokens.issued))
-            if self._clock() >= tokens.access_expires - margin:
+            if self._clock() >= tokens.access_expires - _expiry_margin(tokens):
                 tokens = await self._refresh_or_grant()
         return tokens.access
 
@@ -478,6 +483,12 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _expiry_margin(tokens: _Tokens) -> float:
+    """How early an access token is treated as expired: 5 s, or a tenth of a short
+    lifetime."""
+    return min(5.0, 0.1 * (tokens.access_expires - tokens.issued))
 
 
 def retry_after_of(response: httpx.Response) -> float:

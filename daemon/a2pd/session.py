@@ -38,6 +38,7 @@ from websockets.frames import CloseCode
 from a2pd import counts, protocol
 from a2pd.config import ConnectionConfig
 from a2pd.errors import (
+    A2pdError,
     ConfigError,
     ConfigProblem,
     ConnectionLost,
@@ -58,6 +59,7 @@ __all__ = [
     "Probe",
     "SessionState",
     "connect_url",
+    "most_telling",
     "probe_subscription",
     "run_session",
 ]
@@ -438,10 +440,11 @@ async def run_session(
             state.subscribed = True
             if on_subscribed is not None:
                 on_subscribed()
-    except* ConnectionLost as group:
-        raise group.exceptions[0] from None
-    except* (FatalPlatformError, ConfigError, RateLimited, PlatformError) as group:
-        raise group.exceptions[0] from None
+    except* (FatalPlatformError, ConfigError, PlatformError) as group:
+        # one except* clause, one error raised: the session's tasks can fail at once (the
+        # subscription refused while the gateway drops the socket), and two clauses
+        # raising would hand the caller an ExceptionGroup instead
+        raise most_telling(group) from None
     finally:
         if state.connected:
             # the recovery window runs from the loss of a live session, not from each
@@ -451,6 +454,32 @@ async def run_session(
         state.subscribed = False
         with anyio.CancelScope(shield=True):
             await ws.close()
+
+
+def most_telling(group: BaseExceptionGroup[A2pdError]) -> A2pdError:
+    """The error that says most about why a session ended, of several its tasks raised at
+    once: one that stops the daemon, then a rate limit (it says how long to wait), then
+    any other platform error, then the connection's loss (often the others' consequence);
+    the first of a kind."""
+    found: list[A2pdError] = []
+
+    def leaves(inner: BaseExceptionGroup[A2pdError]) -> None:
+        for exc in inner.exceptions:
+            if isinstance(exc, BaseExceptionGroup):
+                leaves(exc)
+            else:
+                found.append(exc)
+
+    leaves(group)
+
+    def rank(exc: A2pdError) -> int:
+        if isinstance(exc, FatalPlatformError | ConfigError):
+            return 0
+        if isinstance(exc, RateLimited):
+            return 1
+        return 3 if isinstance(exc, ConnectionLost) else 2
+
+    return min(found, key=rank)
 
 
 async def _open(url: str, cfg: ConnectionConfig) -> ClientConnection:
