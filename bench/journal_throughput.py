@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from a2pd.journal import Journal
+from a2pd.journal import Journal, JournalOptions
 
 RECORD = json.dumps({
     "kind": "outbound", "uuid": "3301827364519200002",
@@ -36,9 +36,9 @@ RECORD = json.dumps({
 
 async def one_run(events: int, fsync: bool, commit_interval: float) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        journal = await Journal.open(Path(tmp) / "journal.db", commit_interval=commit_interval,
-                                     commit_max=1000, fsync=fsync, max_events=0, max_age=None,
-                                     full_policy="block", dedup_window=86400.0)
+        journal = await Journal.open(Path(tmp) / "journal.db", JournalOptions(
+            commit_interval=commit_interval, commit_max=1000, fsync=fsync, max_events=0,
+            max_age=None, dedup_window=86400.0))
         start = time.perf_counter()
         async with anyio.create_task_group() as tg:
             tg.start_soon(journal.run_committer)

@@ -8,8 +8,10 @@ Waiting is event-driven (counters, emulator events), bounded by ``TIMEOUT``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ import anyio
 from a2pd import config
 from a2pd.app import Daemon, open_journal
 from a2pd.emulator import Emulator, EmulatorConfig
-from a2pd.journal import DeadLetter
+from a2pd.journal import DeadLetter, Journal, JournalOptions
+from a2pd.observe import Counters
 
 #: every wait in an end-to-end test is bounded by this many seconds
 TIMEOUT = 15.0
@@ -146,11 +149,26 @@ async def session_count(daemon: Daemon, key: str, count: int) -> None:
         await daemon.supervisor.state.counters.wait_for(key, count)
 
 
+#: a journal for a test: commits every 10 ms, no bounds, uuids kept for an hour
+TEST_JOURNAL = JournalOptions(commit_interval=0.01, commit_max=200, max_events=0,
+                              max_age=None, dedup_window=3600.0)
+
+
+async def open_test_journal(path: Path, *, clock: Callable[[], float] = time.time,
+                            counters: Counters | None = None, **options: Any) -> Journal:
+    """The journal at ``path`` (a directory: its ``journal.db``) with ``TEST_JOURNAL``'s
+    options, any of them replaced by ``options``."""
+    if path.suffix != ".db":
+        path = path / "journal.db"
+    return await Journal.open(path, replace(TEST_JOURNAL, **options), clock=clock,
+                              counters=counters)
+
+
 async def read_dead_letters(settings: config.Settings) -> list[DeadLetter]:
     """The dead letters in the journal of a stopped daemon."""
     journal = await open_journal(settings, Path(settings.state.directory))
     try:
-        return await journal.dead_letters()
+        return await journal.letters.entries()
     finally:
         await journal.aclose()
 

@@ -381,7 +381,7 @@ async def test_pending_gap_survives_a_restart(tmp_path: Path) -> None:
             assert daemon.pipeline.counters["gaps_backfilled"] == 0
         journal = await open_journal(settings, Path(settings.state.directory))
         try:
-            assert len(await journal.gaps()) == 1
+            assert len(await journal.gaps.pending()) == 1
         finally:
             await journal.aclose()
         emu.a2p.clear_fault()
@@ -391,7 +391,7 @@ async def test_pending_gap_survives_a_restart(tmp_path: Path) -> None:
             await delivered(daemon, "archive", lost)
         journal = await open_journal(settings, Path(settings.state.directory))
         try:
-            assert await journal.gaps() == []
+            assert await journal.gaps.pending() == []
         finally:
             await journal.aclose()
     check_once(tmp_path, live, lost)

@@ -19,8 +19,7 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from a2pd.journal import Journal
-from tests.harness import TIMEOUT, emulator, settings_text
+from tests.harness import TIMEOUT, emulator, open_test_journal, settings_text
 
 #: the console script pip installed next to this interpreter: what an operator runs
 #: ($A2PD_COMMAND: another install's, to run these tests against it)
@@ -44,12 +43,10 @@ def a2pd(*args: str, env: dict[str, str] | None = None,
 
 async def journal_with_letters(directory: Path, count: int) -> None:
     """A journal in ``directory`` with ``count`` dead letters of sink ``archive``."""
-    journal = await Journal.open(directory / "journal.db", commit_interval=0.05, commit_max=100,
-                                 fsync=False, max_events=0, max_age=None, full_policy="block",
-                                 dedup_window=3600.0)
+    journal = await open_test_journal(directory, commit_interval=0.05, commit_max=100)
     await journal.cursor("archive")
     for i in range(count):
-        await journal.add_dead_letter("archive", "refused", json.dumps(
+        await journal.letters.add("archive", "refused", json.dumps(
             {"kind": "inbound", "uuid": f"u{i}", "pad": "x" * 200}).encode(), uuid=f"u{i}")
     await journal.aclose()
 
@@ -344,9 +341,7 @@ async def test_dead_letter_ids_are_checked_before_anything_is_done(tmp_path: Pat
 async def test_backfill_dead_letters_are_not_replayed_into_nothing(tmp_path: Path) -> None:
     """A dead letter of the backfill (a record that never reached a sink) is not requeued:
     it would go to no sink and be compacted away unseen; the command says why."""
-    journal = await Journal.open(tmp_path / "journal.db", commit_interval=0.05, commit_max=100,
-                                 fsync=False, max_events=0, max_age=None, full_policy="block",
-                                 dedup_window=3600.0)
+    journal = await open_test_journal(tmp_path / "journal.db", commit_interval=0.05, commit_max=100)
     await journal.queue_dead_letter("backfill", "bad record", b'{"id": "1"}', uuid="b1")
     await journal.commit()
     await journal.aclose()

@@ -140,7 +140,7 @@ async def test_sigkill_during_a_stream_loses_nothing_committed(tmp_path: Path) -
 
     journal = await Journal.open_for_admin(state / "journal.db")
     try:
-        committed = {row[0] for row in journal._conn.execute(
+        committed = {row[0] for row in journal.database.conn.execute(
             "SELECT uuid FROM seen UNION SELECT uuid FROM events")}
         stats = await journal.stats()
     finally:

@@ -123,7 +123,7 @@ async def test_fuzz_run_keeps_the_daemon_up_and_accounts_for_every_frame(
                 assert daemon.supervisor is not None
                 assert daemon.pipeline is not None
                 assert daemon.journal is not None
-                max_raw = daemon.journal.max_raw_bytes
+                max_raw = daemon.journal.options.max_raw_bytes
                 session = daemon.supervisor.state.counters
                 frames_before = session["frames"]
                 rss_start = rss_bytes()

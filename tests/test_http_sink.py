@@ -187,13 +187,13 @@ async def test_client_errors_are_dead_lettered_then_replayed(tmp_path: Path) -> 
             with anyio.fail_after(TIMEOUT):
                 await pipeline.counters.wait_for("delivered.hook", 9)
                 await pipeline.counters.wait_for("dead_letters.hook", 1)
-            [letter] = await journal.dead_letters("hook")
+            [letter] = await journal.letters.entries("hook")
             assert letter.uuid == bad
             assert letter.reason.startswith(f"{sink.where}: HTTP 422: {{\"error\"")
             assert len(letter.reason) < 200
             assert json.loads(letter.raw)["uuid"] == bad
             fixed = True
-            assert await journal.replay_dead_letters(None, "hook") == 1
+            assert await journal.letters.replay(None, "hook") == 1
             with anyio.fail_after(TIMEOUT):
                 await pipeline.counters.wait_for("delivered.hook", 10)
     uuids = [verified(r)["uuid"] for r in receiver.accepted]
@@ -266,7 +266,7 @@ async def test_only_same_origin_307_308_redirects_are_followed(tmp_path: Path,
                 await pipeline.counters.wait_for("dead_letters.hook", 1)
     assert [r.target for r in receiver.requests] == ["/hook"]
     assert not receiver.accepted
-    [letter] = await journal.dead_letters("hook")
+    [letter] = await journal.letters.entries("hook")
     assert "only 307/308 to the same origin" in letter.reason
     assert pipeline.counters["delivered.hook"] == 0
     await journal.aclose()
@@ -296,7 +296,7 @@ async def test_redirects_are_not_followed_unless_configured(tmp_path: Path) -> N
             verified(request)
         else:
             assert not receiver.accepted
-            [letter] = await journal.dead_letters("hook")
+            [letter] = await journal.letters.entries("hook")
             assert "HTTP 307 redirect to" in letter.reason
             assert "/moved" in letter.reason
         await journal.aclose()
@@ -369,7 +369,7 @@ async def test_credentials_come_from_env_and_files_and_never_leak(tmp_path: Path
                 with anyio.fail_after(TIMEOUT):
                     await pipeline.counters.wait_for("delivered.hook", 2)
                     await pipeline.counters.wait_for("dead_letters.hook", 1)
-        letters = await journal.dead_letters("hook")
+        letters = await journal.letters.entries("hook")
     finally:
         a2pd_logging.configure()
         await journal.aclose()
@@ -514,7 +514,7 @@ async def test_giving_up_dead_letters_only_what_the_receiver_never_took(
         async with running_pipeline(journal, sink, stream) as pipeline:
             with anyio.fail_after(TIMEOUT):
                 await pipeline.counters.wait_for("dead_letters.hook", 1)
-    letters = await journal.dead_letters("hook")
+    letters = await journal.letters.entries("hook")
     assert [d.uuid for d in letters] == [stream[3].uuid, stream[4].uuid]
     assert [r.json()["uuid"] for r in receiver.accepted] == [e.uuid for e in stream[:3]]
     await journal.aclose()

@@ -13,15 +13,14 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from a2pd import journal as journal_module
 from a2pd.journal import Journal, JournalError
+from a2pd.journal import store as journal_store
+from tests.harness import open_test_journal
 
 
 async def open_journal(tmp_path: Path, **options: Any) -> Journal:
-    defaults: dict[str, Any] = {"commit_interval": 0.05, "commit_max": 100, "fsync": False,
-                                "max_events": 0, "max_age": None, "full_policy": "block",
-                                "dedup_window": 3600.0}
-    return await Journal.open(tmp_path / "journal.db", **{**defaults, **options})
+    return await open_test_journal(tmp_path, **{"commit_interval": 0.05, "commit_max": 100,
+                                                **options})
 
 
 async def deliver_and_compact(journal: Journal, count: int) -> None:
@@ -162,20 +161,20 @@ async def test_open_objects_follow_their_last_event_and_expire(tmp_path: Path) -
     await journal.append("p", "batch", ["s"], b"4", track=("batch:b", "b", 300.0, True))
     await journal.append("x", "inbound", ["s"], b"5", track=("message:9", None, 800.0, True))
     await journal.commit()
-    assert await journal.open_objects(1000.0) == [
+    assert await journal.gaps.open_objects(1000.0) == [
         ("message:9", None, 800.0), ("batch:b", "b", 300.0), ("message:2", "b", 400.0)]
-    assert await journal.open_objects(350.0) == [("batch:b", "b", 300.0)]
+    assert await journal.gaps.open_objects(350.0) == [("batch:b", "b", 300.0)]
     await journal.append("q1", "outbound", ["s"], b"1", track=("message:1", "b", 500.0, True))
     await journal.commit()  # a duplicate uuid does not reopen message 1
-    assert [o for o, _, _ in await journal.open_objects(1000.0)] == [
+    assert [o for o, _, _ in await journal.gaps.open_objects(1000.0)] == [
         "message:9", "batch:b", "message:2"]
-    await journal.forget_objects(["message:9"])
+    await journal.gaps.forget_objects(["message:9"])
     now[0] += 30
     await journal.append("s2", "outbound", ["s"], b"6", track=("message:2", "b", 400.0, True))
     await journal.commit()
     now[0] += 45  # batch b: 75 s without news; message 2: 45 s
     await journal.compact(["s"])
-    assert await journal.open_objects(1000.0) == [("message:2", "b", 400.0)]
+    assert await journal.gaps.open_objects(1000.0) == [("message:2", "b", 400.0)]
     await journal.aclose()
 
 
@@ -206,13 +205,13 @@ async def test_a_rebuilt_opt_out_state_older_than_the_pairs_newest_is_stale(
 async def test_dead_letters_are_stored_with_details(tmp_path: Path) -> None:
     """A dead letter keeps sink, reason, attempts, times and raw bytes."""
     journal = await open_journal(tmp_path)
-    await journal.add_dead_letter("http", "400 Bad Request", b"\x00raw", uuid="u", seq=7,
+    await journal.letters.add("http", "400 Bad Request", b"\x00raw", uuid="u", seq=7,
                                   attempts=3, first_attempt=1.0, last_attempt=2.0)
-    [letter] = await journal.dead_letters("http")
+    [letter] = await journal.letters.entries("http")
     assert (letter.sink, letter.uuid, letter.seq, letter.reason, letter.attempts,
             letter.first_attempt, letter.last_attempt, letter.raw) == \
         ("http", "u", 7, "400 Bad Request", 3, 1.0, 2.0, b"\x00raw")
-    assert await journal.dead_letters("other") == []
+    assert await journal.letters.entries("other") == []
     await journal.aclose()
 
 
@@ -222,17 +221,17 @@ async def test_disk_full_keeps_pending_events_and_never_corrupts(tmp_path: Path)
     journal = await open_journal(tmp_path)
     await journal.append("first", "k", ["s"], b"{}")
     await journal.commit()
-    pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
-    journal._conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL
+    pages = journal.database.conn.execute("PRAGMA page_count").fetchone()[0]
+    journal.database.conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL
     for i in range(50):
         await journal.append(f"u{i}", "k", ["s"], b"x" * 4000)
     with pytest.raises(JournalError, match="disk is full") as info:
         await journal.commit()
     assert info.value.transient
-    journal._conn.execute("PRAGMA max_page_count = 1073741823")
+    journal.database.conn.execute("PRAGMA max_page_count = 1073741823")
     assert len(await journal.commit()) == 50
     assert [r.uuid for r in await journal.read(0, 100)][:2] == ["first", "u0"]
-    assert journal._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert journal.database.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     await journal.aclose()
 
 
@@ -264,9 +263,8 @@ async def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(JournalError, match="cannot open"):
-        await Journal.open(blocker / "journal.db", commit_interval=0.1, commit_max=10,
-                           fsync=False, max_events=0, max_age=None, full_policy="block",
-                           dedup_window=60.0)
+        await open_test_journal(blocker, commit_interval=0.1, commit_max=10,
+                                dedup_window=60.0)
 
 
 async def test_journal_file_is_private(tmp_path: Path) -> None:
@@ -280,17 +278,17 @@ async def test_replay_requeues_sink_dead_letters_only(tmp_path: Path) -> None:
     """Replay puts a sink's dead letter back for that sink; frame/notification ones stay."""
     journal = await open_journal(tmp_path)
     record = b'{"kind":"outbound","uuid":"u1"}'
-    await journal.add_dead_letter("http", "400", record, uuid="u1")
-    await journal.add_dead_letter("frame", "not JSON", b"garbage")
-    assert await journal.replay_dead_letters(None, None) == 1
+    await journal.letters.add("http", "400", record, uuid="u1")
+    await journal.letters.add("frame", "not JSON", b"garbage")
+    assert await journal.letters.replay(None, None) == 1
     rows = await journal.read(0, 10)
     assert [(r.uuid, r.kind, r.targets, r.record) for r in rows] == [
         ("u1#replay-1", "outbound", ",http,", record)]
-    assert [d.sink for d in await journal.dead_letters()] == ["frame"]
+    assert [d.sink for d in await journal.letters.entries()] == ["frame"]
     with pytest.raises(JournalError, match="no dead letter"):
-        await journal.replay_dead_letters([99], None)
-    assert await journal.purge_dead_letters(None, "frame") == 1
-    assert await journal.dead_letters() == []
+        await journal.letters.replay([99], None)
+    assert await journal.letters.purge(None, "frame") == 1
+    assert await journal.letters.entries() == []
     await journal.aclose()
 
 
@@ -300,8 +298,8 @@ async def test_dead_letter_raw_is_bounded_and_scrubbed(tmp_path: Path) -> None:
 
     register_secret("sekrit-token-123")
     journal = await open_journal(tmp_path, max_raw_bytes=32)
-    await journal.add_dead_letter("frame", "bad", b"x sekrit-token-123 " + b"y" * 100)
-    [letter] = await journal.dead_letters()
+    await journal.letters.add("frame", "bad", b"x sekrit-token-123 " + b"y" * 100)
+    [letter] = await journal.letters.entries()
     assert letter.size == 119
     assert letter.truncated
     assert b"sekrit" not in letter.raw
@@ -320,9 +318,9 @@ async def test_admin_commands(tmp_path: Path) -> None:
     await journal.append("u1", "inbound", ["archive"], b'{"kind":"inbound"}')
     await journal.commit()
     await journal.cursor("archive")
-    await journal.add_dead_letter("archive", "refused", b'{"kind":"inbound","uuid":"u2"}',
+    await journal.letters.add("archive", "refused", b'{"kind":"inbound","uuid":"u2"}',
                                   uuid="u2", attempts=4)
-    await journal.add_gap(1_700_000_000.0)
+    await journal.gaps.add(1_700_000_000.0)
     await journal.aclose()
     state = ["--state-dir", str(tmp_path)]
 
@@ -458,7 +456,7 @@ async def test_compaction_works_in_chunks_until_done(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A long delivered backlog is compacted a chunk per transaction, all of it in one
     call; every removed uuid is still deduplicated, and expired seen rows go in chunks too."""
-    monkeypatch.setattr(journal_module, "COMPACT_CHUNK", 3)
+    monkeypatch.setattr(journal_store, "COMPACT_CHUNK", 3)
     now = [1000.0]
     journal = await open_journal(tmp_path, dedup_window=60.0, clock=lambda: now[0])
     await deliver_and_compact(journal, 10)
@@ -469,7 +467,7 @@ async def test_compaction_works_in_chunks_until_done(tmp_path: Path,
     assert journal.counters["duplicates"] == 10
     now[0] += 61  # past the dedup window: the seen rows go, seven more than a chunk
     assert await journal.compact(["s"]) == 0
-    assert journal._conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 0
+    assert journal.database.conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 0
     await journal.aclose()
 
 
@@ -511,26 +509,26 @@ async def test_a_run_that_did_not_end_cleanly_is_a_gap_from_its_last_commit(
     commit, in the same transaction (a start that then fails cannot lose it); a clean end
     records nothing."""
     journal = await open_journal(tmp_path)
-    assert await journal.begin_run() is None  # a journal's first run
+    assert await journal.gaps.begin_run() is None  # a journal's first run
     await journal.append("u0", "k", ["s"], b"{}")
     await journal.commit()
-    last = float(await journal.get_meta("last_commit") or "nan")
+    last = float(await journal.gaps.get_meta("last_commit") or "nan")
     await journal.aclose()  # no end_run: as after a SIGKILL
 
     journal = await open_journal(tmp_path)
-    unclean = await journal.begin_run()
+    unclean = await journal.gaps.begin_run()
     assert unclean is not None
     since, gap = unclean
     assert since == last
-    assert [g.id for g in await journal.gaps()] == [gap]
+    assert [g.id for g in await journal.gaps.pending()] == [gap]
     assert await journal.end_run()
     await journal.aclose()
 
     journal = await open_journal(tmp_path)
-    assert await journal.begin_run() is None
-    started = float(await journal.get_meta("run_started") or "nan")
+    assert await journal.gaps.begin_run() is None
+    started = float(await journal.gaps.get_meta("run_started") or "nan")
     await journal.aclose()  # killed again before committing anything: a gap from its start
     journal = await open_journal(tmp_path)
-    assert await journal.begin_run(record_gap=False) == (started, None)
-    assert len(await journal.gaps()) == 1
+    assert await journal.gaps.begin_run(record_gap=False) == (started, None)
+    assert len(await journal.gaps.pending()) == 1
     await journal.aclose()

@@ -6,6 +6,7 @@ The rules the modules' docstrings and docs/architecture.md state:
   import cycle either); the vocabulary (``vocab``, ``names``, ``counts``, ``errors``,
   ``backoff``) imports nothing else of the daemon;
 - a sink module never reaches sideways into another sink or up into config;
+- a package with a facade (the journal) is used through it, never through its parts;
 - each outside library that does I/O has its owners (websockets: the session; sqlite3: the
   journal; redis: the Redis sink; httpx: those that talk HTTP);
 - the emulator is an independent implementation of the platform: it imports nothing of
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "daemon" / "a2pd"
 
 #: module → layer; a module imports only from lower layers
-LAYERS: dict[str, int] = {
+LAYERS: dict[str, float] = {
     # the vocabulary: imports nothing else of the daemon
     "a2pd": 0, "a2pd.vocab": 0, "a2pd.names": 0, "a2pd.counts": 0, "a2pd.errors": 0,
     "a2pd.backoff": 0,
@@ -38,8 +39,11 @@ LAYERS: dict[str, int] = {
     "a2pd.sinks.redis": 4,
     # configuration: knows the sinks' options, never the other way round
     "a2pd.config": 5,
-    # the platform, the journal
-    "a2pd.auth": 6, "a2pd.session": 6, "a2pd.journal": 6,
+    # the platform; the journal, a package behind its facade (a2pd.journal)
+    "a2pd.auth": 6, "a2pd.session": 6,
+    "a2pd.journal.model": 6.1, "a2pd.journal.db": 6.1, "a2pd.journal.recent": 6.2,
+    "a2pd.journal.store": 6.2, "a2pd.journal.gaps": 6.3, "a2pd.journal.letters": 6.3,
+    "a2pd.journal.committer": 6.4, "a2pd.journal": 6.5,
     # sessions back to back; ingest and delivery
     "a2pd.supervisor": 7, "a2pd.pipeline": 7,
     "a2pd.backfill": 8,
@@ -52,7 +56,7 @@ VOCABULARY = {name for name, layer in LAYERS.items() if layer == 0}
 #: outside libraries that do I/O → the daemon modules that may import them
 OWNERS: dict[str, set[str]] = {
     "websockets": {"a2pd.session"},
-    "sqlite3": {"a2pd.journal"},
+    "sqlite3": {name for name in LAYERS if name.startswith("a2pd.journal")},
     "redis": {"a2pd.sinks.redis"},
     # the platform (auth, backfill, check; app opens the client they share), webhook
     # receivers (the http sink), a2pd's own ops endpoint (status, cli)
@@ -64,6 +68,8 @@ OWNERS: dict[str, set[str]] = {
     "uvicorn": set(),
 }
 EMULATOR_USERS = {"a2pd.cli", "a2pd.demo"}
+#: packages used through their facade only: nothing outside imports their parts
+FACADES = ("a2pd.journal",)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,14 @@ def test_sinks_reach_neither_sideways_nor_up() -> None:
         {"a2pd.sinks.templates"}
     wrong = sorted(f"{imp.module}:{imp.line} imports {imp.target}" for imp in all_imports()
                    if imp.module in sinks and imp.target in sinks)
+    assert wrong == []
+
+
+def test_packages_are_used_through_their_facade() -> None:
+    wrong = sorted(f"{imp.module}:{imp.line} imports {imp.target}" for imp in all_imports()
+                   for facade in FACADES
+                   if imp.target.startswith(f"{facade}.")
+                   and imp.module != facade and not imp.module.startswith(f"{facade}."))
     assert wrong == []
 
 

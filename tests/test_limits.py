@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from a2pd import events, protocol
-from a2pd.journal import RECENT_BYTES, Journal
-from a2pd.pipeline import Pipeline
+from a2pd.journal import Row
+from a2pd.journal.recent import RECENT_BYTES
+from a2pd.pipeline import DECODED_BYTES, Decoded, Pipeline, decode_row
 from a2pd.router import Router
 from tests.harness import (
     delivered,
     emulator,
+    open_test_journal,
     read_dead_letters,
     read_records,
     running_daemon,
@@ -91,12 +93,11 @@ async def test_deep_and_huge_frames_are_dead_lettered_with_bounded_raw(tmp_path:
 
 async def test_rows_kept_in_memory_for_the_readers_are_bounded_by_bytes(
         tmp_path: Path) -> None:
-    """Large events do not make the journal's in-memory rows (and the decoded events riding
-    with them) grow past their byte bound (regression: the pipeline's decoded-event cache
-    was bounded by count only, 8192 events of up to a frame each)."""
-    journal = await Journal.open(tmp_path / "j.db", commit_interval=0.05, commit_max=1000,
-                                 fsync=False, max_events=0, max_age=None,
-                                 full_policy="block", dedup_window=3600.0)
+    """Large events do not make the journal's in-memory rows grow past their byte bound
+    (regression: the pipeline's decoded-event cache was bounded by count only, 8192 events
+    of up to a frame each; the decoded events are bounded apart, below)."""
+    journal = await open_test_journal(tmp_path / "j.db", commit_interval=0.05,
+                                      commit_max=1000)
     try:
         pipeline = Pipeline(Router((), ("archive",)), {}, journal)
         envelope = seed("inbound.json")
@@ -109,13 +110,33 @@ async def test_rows_kept_in_memory_for_the_readers_are_bounded_by_bytes(
         assert sum(len(row.record) for row in kept) <= RECENT_BYTES
         assert 0 < len(kept) < 40
         assert [row.uuid for row in kept] == [f"u{i}" for i in range(40 - len(kept), 40)]
-        assert all(row.event is not None for row in kept)
-        # a reader behind the kept rows reads the database (and decodes the records)
+        # a reader behind the kept rows reads the database
         rows = await journal.read(0, 100)
         assert [row.uuid for row in rows] == [f"u{i}" for i in range(40)]
-        assert all(row.event is None for row in rows)
     finally:
         await journal.aclose()
+
+
+def test_decoded_events_kept_for_the_readers_are_bounded_by_bytes() -> None:
+    """The pipeline's decoded events for readers that keep up are bounded by the bytes of
+    their records too, the oldest forgotten first; a row is then decoded again."""
+    decoded = Decoded()
+    envelope = seed("inbound.json")
+    kept: list[Row] = []
+    for i in range(40):
+        event = _event({**envelope, "uuid": f"u{i}",
+                        "body": {**envelope["body"], "text": "t" * (1024 * 1024)}})
+        record = events.record_json(event)
+        decoded.add(event, record)
+        kept.append(Row(i + 1, event.uuid, event.kind, ",archive,", record))
+    found = [row.uuid for row in kept if decoded.get(row) is not None]
+    assert 0 < len(found) <= DECODED_BYTES // (1024 * 1024)
+    assert found == [f"u{i}" for i in range(40 - len(found), 40)]
+    # a forgotten one: its row is decoded again, to the event that was appended
+    assert decoded.get(kept[0]) is None
+    again = decode_row(kept[0])
+    assert not isinstance(again, events.EventError)
+    assert events.record_json(again) == kept[0].record
 
 
 def _event(envelope: dict[str, object]) -> events.Event:
@@ -133,18 +154,17 @@ async def test_queued_dead_letters_are_cut_after_masking_and_committed_in_order(
 
     secret = "straddling-secret-0123456789"
     register_secret(secret, permanent=True)
-    journal = await Journal.open(tmp_path / "j.db", commit_interval=0.05, commit_max=1000,
-                                 fsync=False, max_events=0, max_age=None,
-                                 full_policy="block", dedup_window=3600.0)
+    journal = await open_test_journal(tmp_path / "j.db", commit_interval=0.05,
+                                      commit_max=1000)
     try:
-        cut = journal.max_raw_bytes
+        cut = journal.options.max_raw_bytes
         straddling = b"a" * (cut - 10) + secret.encode() + b"tail" * 100
         await journal.queue_dead_letter("frame", "first", b"one")
         await journal.queue_dead_letter("notification", "second", straddling, uuid="u2")
         assert journal.counters["dead_letters"] == 0
         await journal.commit()
         assert journal.counters["dead_letters"] == 2
-        letters = await journal.dead_letters()
+        letters = await journal.letters.entries()
     finally:
         await journal.aclose()
     assert [(d.sink, d.reason, d.uuid) for d in letters] == [
@@ -163,9 +183,7 @@ async def test_dead_letter_listing_escapes_hostile_uuids(tmp_path: Path,
     line per letter, no escape sequence reaches the terminal (regression)."""
     from a2pd import admin
 
-    journal = await Journal.open(tmp_path / "journal.db", commit_interval=0.05,
-                                 commit_max=1000, fsync=False, max_events=0, max_age=None,
-                                 full_policy="block", dedup_window=3600.0)
+    journal = await open_test_journal(tmp_path, commit_interval=0.05, commit_max=1000)
     await journal.queue_dead_letter("notification", "body.from: bad\nFAKE", b"{}",
                                     uuid="u\x1b[2J\nFAKE 1 frame")
     await journal.commit()

@@ -28,9 +28,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from structlog.testing import capture_logs
 
 from a2pd import config
-from a2pd import journal as journal_module
 from a2pd.app import Daemon
 from a2pd.journal import Journal, JournalError
+from a2pd.journal import db as journal_db
 from a2pd.persist import SessionStore
 from tests.disks import fill, free, tmpfs
 from tests.harness import (
@@ -307,13 +307,13 @@ async def test_the_wal_is_cut_back_after_a_burst(tmp_path: Path,
                     await delivered(daemon, "archive", 3001)
                 else:
                     # quiet since the burst (the idle time scaled down to nothing)
-                    monkeypatch.setattr(journal_module, "TRUNCATE_IDLE", 0.0)
+                    monkeypatch.setattr(journal_db, "TRUNCATE_IDLE", 0.0)
                     await daemon.journal.checkpoint()
                 sizes.append(wal.stat().st_size)
     print(f"\nWAL: {sizes[0]:,} B after a burst, {sizes[1]:,} B after the next commit; "
           f"{sizes[2]:,} B after another, {sizes[3]:,} B after a quiet checkpoint")
-    assert min(sizes[0], sizes[2]) > journal_module.WAL_SIZE_LIMIT
-    assert sizes[1] <= journal_module.WAL_SIZE_LIMIT
+    assert min(sizes[0], sizes[2]) > journal_db.WAL_SIZE_LIMIT
+    assert sizes[1] <= journal_db.WAL_SIZE_LIMIT
     assert sizes[3] == 0
 
 
@@ -522,7 +522,7 @@ async def test_a_journal_turned_read_only_stops_the_daemon_cleanly_with_exit_74(
                 for n in range(3):
                     await emu.publish("message", plain(f"m{n}"))
                 await daemon.journal.counters.wait_for("committed", 3)
-                daemon.journal._conn.execute("PRAGMA query_only = 1")
+                daemon.journal.database.conn.execute("PRAGMA query_only = 1")
                 for n in range(3, 53):
                     await emu.publish("message", plain(f"m{n}"))
     [stopped] = ended
@@ -552,6 +552,6 @@ async def test_a_gap_reported_during_a_listing_is_written_at_once(tmp_path: Path
                 await counters.wait_for("gaps_recorded", 2)
     journal = await Journal.open_for_admin(Path(settings.state.directory) / "journal.db")
     try:
-        assert len(await journal.gaps()) == 2
+        assert len(await journal.gaps.pending()) == 2
     finally:
         await journal.aclose()

@@ -15,12 +15,12 @@ from a2pd import events
 from a2pd.app import settle_reloaded_sinks
 from a2pd.config import SinkSpec
 from a2pd.errors import SinkError
-from a2pd.journal import Journal
-from a2pd.pipeline import Pipeline
+from a2pd.journal import Journal, Row
+from a2pd.pipeline import Decoded, Pipeline, decode_row
 from a2pd.router import Route, Router
 from a2pd.sinks import Sink, SinkContext, SinkOptions
+from tests.harness import DATA, open_test_journal, seed
 
-DATA = Path(__file__).parent / "data"
 TIMEOUT = 15.0
 
 
@@ -64,10 +64,7 @@ class Collecting(Sink):
 
 
 async def open_journal(tmp_path: Path, **options: Any) -> Journal:
-    defaults: dict[str, Any] = {"commit_interval": 0.01, "commit_max": 200, "fsync": False,
-                                "max_events": 0, "max_age": None, "full_policy": "block",
-                                "dedup_window": 3600.0}
-    return await Journal.open(tmp_path / "journal.db", **{**defaults, **options})
+    return await open_test_journal(tmp_path, **options)
 
 
 def router_all(*names: str) -> Router:
@@ -115,11 +112,11 @@ async def test_permanent_rejection_goes_to_dead_letters_then_replays(tmp_path: P
             await pipeline.counters.wait_for("delivered.s", 9)
             await pipeline.counters.wait_for("dead_letters", 1)
         assert sink.got == [e.uuid for i, e in enumerate(stream) if i != 4]
-        [letter] = await journal.dead_letters("s")
+        [letter] = await journal.letters.entries("s")
         assert letter.uuid == stream[4].uuid
         assert "refused" in letter.reason
         sink.reject = set()
-        assert await journal.replay_dead_letters(None, "s") == 1
+        assert await journal.letters.replay(None, "s") == 1
         with anyio.fail_after(TIMEOUT):
             await pipeline.counters.wait_for("delivered.s", 10)
         await pipeline.close()
@@ -152,7 +149,7 @@ async def test_a_reader_retired_mid_narrowing_does_not_handle_events_twice(
         await pipeline.close()
     assert old.got == [e.uuid for e in stream[:5] if e is not stream[2]]
     assert new.got == [e.uuid for e in stream[5:]]
-    assert [letter.uuid for letter in await journal.dead_letters("s")] == [stream[2].uuid]
+    assert [letter.uuid for letter in await journal.letters.entries("s")] == [stream[2].uuid]
     await journal.aclose()
 
 
@@ -173,7 +170,7 @@ async def test_retries_exhausted_go_to_dead_letters_when_configured(tmp_path: Pa
         with anyio.fail_after(TIMEOUT):
             await pipeline.counters.wait_for("delivered.s", 1)
         await pipeline.close()
-    [letter] = await journal.dead_letters("s")
+    [letter] = await journal.letters.entries("s")
     assert (letter.uuid, letter.attempts) == (stream[0].uuid, 3)
     assert letter.reason.startswith("gave up after 3 attempts")
     assert sink.got == [stream[1].uuid]
@@ -271,3 +268,24 @@ async def test_a_sink_renamed_under_traffic_hands_over_every_event_once(
     assert b.got
     assert sorted(a.got + b.got) == [e.uuid for e in stream]
     assert keep.got == [e.uuid for e in stream]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.json")))
+def test_a_kept_decoded_event_is_the_event_its_row_decodes_to(name: str) -> None:
+    """The fast path (``Decoded``: the event the receive side decoded) and the slow path
+    (``decode_row``: the journal's record decoded again) give the same event, and the kept
+    one stands in only for a row holding that very record."""
+    envelope = seed(name)
+    event = events.decode_notification(envelope, json.dumps(envelope).encode())
+    assert not isinstance(event, events.EventError)
+    record = events.record_json(event)
+    decoded = Decoded()
+    decoded.add(event, record)
+    row = Row(1, event.uuid, event.kind, ",a,", bytes(record))  # as read from the database
+    assert decoded.get(row) is event
+    assert decode_row(row) == event
+    # a different record under the same uuid (a replayed dead letter edited by hand, a
+    # duplicate that differs): decoded from the row
+    other = Row(2, event.uuid, event.kind, ",a,", record.replace(b'"kind"', b' "kind"', 1))
+    assert decoded.get(other) is None
+    assert decode_row(other) == event

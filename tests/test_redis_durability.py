@@ -112,7 +112,7 @@ sinks = ["redis"]
 
     journal = await Journal.open_for_admin(state / "journal.db")
     try:
-        committed = {row[0] for row in journal._conn.execute(
+        committed = {row[0] for row in journal.database.conn.execute(
             "SELECT uuid FROM seen UNION SELECT uuid FROM events")}
         stats = await journal.stats()
     finally:

@@ -18,13 +18,13 @@ from redis import exceptions as redis_errors
 
 from a2pd import config, events
 from a2pd.errors import ConfigError, SinkError
-from a2pd.journal import Journal
 from a2pd.logging import configure
 from a2pd.pipeline import Pipeline
 from a2pd.router import Route, Router
 from a2pd.sinks import SinkContext, sink_class
 from a2pd.sinks.redis import RedisOptions, RedisSink, error_code
 from a2pd.vocab import redact_url
+from tests.harness import open_test_journal
 from tests.redis_server import RedisServer, redis_server
 
 DATA = Path(__file__).parent / "data"
@@ -195,9 +195,7 @@ async def test_wrongtype_goes_to_the_dead_letters_and_the_rest_flows_in_order(
     batches = make_events(3, "batch.json", "b")
     stream = [*outbound[:10], batches[0], *outbound[10:20], batches[1], batches[2],
               *outbound[20:]]
-    journal = await Journal.open(tmp_path / "journal.db", commit_interval=0.01, commit_max=200,
-                                 fsync=False, max_events=0, max_age=None, full_policy="block",
-                                 dedup_window=3600.0)
+    journal = await open_test_journal(tmp_path / "journal.db")
     async with redis_server(tmp_path / "redis") as server:
         client = server.client()
         await client.set("a2p:batch", "not a stream")
@@ -213,7 +211,7 @@ async def test_wrongtype_goes_to_the_dead_letters_and_the_rest_flows_in_order(
                     await pipeline.counters.wait_for("delivered.r", 30)
                     await pipeline.counters.wait_for("dead_letters", 3)
                 await pipeline.close()
-            letters = await journal.dead_letters("r")
+            letters = await journal.letters.entries("r")
         finally:
             await sink.aclose()
             await client.aclose()
@@ -361,9 +359,7 @@ async def test_no_secret_in_logs_errors_reprs_or_the_journal(tmp_path: Path) -> 
     url_password = "urlpw-" + secrets.token_hex(12)
     logs = io.StringIO()
     configure(level="debug", fmt="json", stream=logs)
-    journal = await Journal.open(tmp_path / "journal.db", commit_interval=0.01, commit_max=200,
-                                 fsync=False, max_events=0, max_age=None, full_policy="block",
-                                 dedup_window=3600.0)
+    journal = await open_test_journal(tmp_path / "journal.db")
     async with redis_server(tmp_path / "redis") as server:
         admin = server.client()
         await admin.acl_setuser("alice", enabled=True, passwords=[f"+{password}"],
@@ -381,11 +377,11 @@ async def test_no_secret_in_logs_errors_reprs_or_the_journal(tmp_path: Path) -> 
                     await pipeline.counters.wait_for("dead_letters", 1)
                 # the operator fixes the password: the sink is retried and delivers
                 await admin.acl_setuser("alice", enabled=True, passwords=[f"+{url_password}"])
-                await journal.replay_dead_letters(None, "r")
+                await journal.letters.replay(None, "r")
                 with anyio.fail_after(TIMEOUT):
                     await pipeline.counters.wait_for("delivered.r", 2)
                 await pipeline.close()
-            letters = await journal.dead_letters("r")
+            letters = await journal.letters.entries("r")
         finally:
             await sink.aclose()
             await admin.aclose()

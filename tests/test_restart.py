@@ -140,7 +140,7 @@ async def test_a_forced_stop_with_pending_events_ends_and_keeps_them(tmp_path: P
             daemon.request_stop()
             daemon.request_stop()
             with anyio.fail_after(TIMEOUT):
-                while not daemon.journal._closed:
+                while not daemon.journal.closed:
                     await daemon.journal.wait_committed()
         # run() returned (the task group ended)
     journal = await Journal.open_for_admin(tmp_path / "state" / "journal.db")

@@ -62,12 +62,13 @@ def _letter_summary(d: DeadLetter) -> dict[str, Any]:
 async def journal_stats(directory: Path, as_json: bool) -> int:
     journal = await Journal.open_for_admin(directory / "journal.db")
     try:
-        stats = await journal.stats()
+        found = await journal.stats()
     finally:
         await journal.aclose()
-    stats["oldest_received"] = _time(stats["oldest_received"])
-    for gap in stats["gaps"]:
-        gap["start"], gap["opened"] = _time(gap["start"]), _time(gap["opened"])
+    stats: dict[str, Any] = {
+        **found, "oldest_received": _time(found["oldest_received"]),
+        "gaps": [{**gap, "start": _time(gap["start"]), "opened": _time(gap["opened"])}
+                 for gap in found["gaps"]]}
     if as_json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -151,7 +152,7 @@ async def dead_letters(directory: Path, request: LetterRequest) -> int:
                       f"{', '.join(known) or 'none'}", file=sys.stderr)
                 return 2
         if action == "list":
-            letters = await journal.dead_letters(sink)
+            letters = await journal.letters.entries(sink)
             if request.as_json:
                 print(json.dumps([_letter_summary(d) for d in letters], indent=2))
             else:
@@ -163,7 +164,7 @@ async def dead_letters(directory: Path, request: LetterRequest) -> int:
                           f"{one_line(d.reason)}")
                 print(f"{len(letters)} dead letter(s)", file=sys.stderr)
             return 0
-        letters = [d for d in await journal.dead_letters(sink)
+        letters = [d for d in await journal.letters.entries(sink)
                    if request.all or d.id in ids]
         missing = sorted(set(ids) - {d.id for d in letters})
         if missing and action != "show":
@@ -187,7 +188,7 @@ async def dead_letters(directory: Path, request: LetterRequest) -> int:
             return 0
         chosen = None if request.all else ids
         if action == "replay":
-            count = await journal.replay_dead_letters(chosen, sink)
+            count = await journal.letters.replay(chosen, sink)
             print(f"requeued {count} dead letter(s) for delivery")
             if count < len(letters):
                 print(f"a2pd: {len(letters) - count} not requeued: they never reached a sink "
@@ -205,7 +206,7 @@ async def dead_letters(directory: Path, request: LetterRequest) -> int:
                 print(f"a2pd: not purged ({reason}): {len(letters)} dead letter(s) would be "
                       "deleted for good", file=sys.stderr)
                 return 1
-        count = await journal.purge_dead_letters(chosen, sink)
+        count = await journal.letters.purge(chosen, sink)
         print(f"purged {count} dead letter(s)")
         return 0
     finally:

@@ -39,7 +39,7 @@ from a2pd.auth import TokenManager
 from a2pd.backfill import Backfill, iso
 from a2pd.config import Settings
 from a2pd.errors import A2pdError, ConfigError, ConfigProblem, StateDirInUse
-from a2pd.journal import Journal
+from a2pd.journal import Journal, JournalOptions
 from a2pd.logging import get_logger, recent_problems, register_secret
 from a2pd.notify import Notifier
 from a2pd.observe import Histogram
@@ -125,10 +125,10 @@ def lock_state_dir(path: Path) -> int:
 async def open_journal(settings: Settings, state_dir: Path) -> Journal:
     """The journal of ``settings`` in ``state_dir``."""
     cfg = settings.journal
-    return await Journal.open(state_dir / "journal.db", commit_interval=cfg.commit_interval,
-                              commit_max=cfg.commit_max, fsync=cfg.fsync,
-                              max_events=cfg.max_events, max_age=cfg.max_age or None,
-                              full_policy=cfg.full_policy, dedup_window=cfg.dedup_window)
+    return await Journal.open(state_dir / "journal.db", JournalOptions(
+        commit_interval=cfg.commit_interval, commit_max=cfg.commit_max, fsync=cfg.fsync,
+        max_events=cfg.max_events, max_age=cfg.max_age or None, full_policy=cfg.full_policy,
+        dedup_window=cfg.dedup_window))
 
 
 async def settle_removed_sinks(journal: Journal, specs: dict[str, config.SinkSpec],
@@ -278,7 +278,7 @@ class Daemon:
         journal = await open_journal(settings, self.state_dir)
         self.journal = journal
         try:
-            unclean = await journal.begin_run(record_gap=settings.backfill.enabled)
+            unclean = await journal.gaps.begin_run(record_gap=settings.backfill.enabled)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await journal.aclose()

@@ -232,7 +232,7 @@ class Backfill:
         cleanly only once they are)."""
         while self._opened:
             start, reason = self._opened[0]
-            gap_id = await self.journal.add_gap(start)
+            gap_id = await self.journal.gaps.add(start)
             self._opened.pop(0)
             self.counters.inc(counts.GAPS_RECORDED)
             log.warning("gap_recorded", gap=gap_id, since=iso(start), reason=reason)
@@ -260,7 +260,7 @@ class Backfill:
 
     async def _backfill_for_ever(self) -> None:
         while True:
-            pending = await self.journal.gaps()
+            pending = await self.journal.gaps.pending()
             if not pending or self.refused is not None:
                 await self._wake.wait()
                 self._wake = anyio.Event()
@@ -279,7 +279,7 @@ class Backfill:
     async def backfill(self, gaps: Sequence[Gap]) -> None:
         """List the gaps' window (from the oldest one's start), ingest what they lost, then
         forget them. Resumes a listing a previous run left half done."""
-        saved = await self.journal.get_meta(PROGRESS_KEY)
+        saved = await self.journal.gaps.get_meta(PROGRESS_KEY)
         plan = json.loads(saved) if saved else None
         # a gap is named by its id and start (ids of closed gaps are used again)
         pending = {(gap.id, gap.start) for gap in gaps}
@@ -325,9 +325,9 @@ class Backfill:
                 await self._save(gaps, start, end, steps[number + 1], None)
         await self.journal.flush()
         # progress first: a crash between the two lists the gaps again (never the reverse)
-        await self.journal.set_meta(PROGRESS_KEY, None)
+        await self.journal.gaps.set_meta(PROGRESS_KEY, None)
         for gap in gaps:
-            await self.journal.close_gap(gap.id)
+            await self.journal.gaps.close(gap.id)
         self.counters.inc(counts.GAPS_BACKFILLED, len(gaps))
         after = self.counters.snapshot()
 
@@ -359,7 +359,7 @@ class Backfill:
     async def _save(self, gaps: Sequence[Gap], start: float, end: float, step: str,
                     token: str | None) -> None:
         """Where the listing is: the next ``step`` and its page ``token`` (None: page 1)."""
-        await self.journal.set_meta(PROGRESS_KEY, json.dumps(
+        await self.journal.gaps.set_meta(PROGRESS_KEY, json.dumps(
             {"gaps": [[gap.id, gap.start] for gap in gaps], "start": start, "end": end,
              "step": step, "token": token}))
 
@@ -385,7 +385,7 @@ class Backfill:
         singles: list[str] = []
         by_batch: dict[str, float] = {}
         oldest = start
-        for obj, batch, created in await self.journal.open_objects(start):
+        for obj, batch, created in await self.journal.gaps.open_objects(start):
             oldest = min(oldest, created)
             kind, _, ident = obj.partition(":")
             if kind == "batch":
@@ -429,7 +429,7 @@ class Backfill:
         if gone:
             log.info("backfill_objects_gone", objects=len(gone),
                      note="the platform no longer knows them; no longer tracked")
-            await self.journal.forget_objects(gone)
+            await self.journal.gaps.forget_objects(gone)
         return read
 
     async def _ingest(self, resource: str, record: Any, chosen: list[Filter],

@@ -31,9 +31,9 @@ from a2pd.errors import (
     EXIT_OK,
     ConfigError,
     FatalPlatformError,
+    JournalError,
     StateDirInUse,
 )
-from a2pd.journal import JournalError
 from a2pd.logging import print_error
 
 __all__ = [

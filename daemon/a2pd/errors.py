@@ -9,6 +9,9 @@
     │   └── ConnectionLost     the WebSocket ended (close, error frame, dead socket)
     ├── ProtocolError          a frame or notification we cannot decode (dead-lettered, not raised
     │                          out of the receive loop)
+    ├── JournalError           the journal cannot be used: exit 74 (EX_IOERR); ``transient``
+    │                          (a full disk, a lock held elsewhere) is retried instead
+    ├── StateDirInUse          another a2pd holds the state directory: exit 74
     └── SinkError              a sink could not deliver; ``permanent`` decides retry vs dead letter
 
 Foreign exceptions (httpx, websockets, OSError) are translated once at the edge with
@@ -17,6 +20,8 @@ No exception message may contain a secret.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 __all__ = [
     "EXIT_CONFIG",
@@ -29,6 +34,7 @@ __all__ = [
     "ConfigProblem",
     "ConnectionLost",
     "FatalPlatformError",
+    "JournalError",
     "PlatformError",
     "ProtocolError",
     "RateLimited",
@@ -141,6 +147,19 @@ class ProtocolError(A2pdError):
         super().__init__(reason)
         self.reason = reason
         self.raw = raw
+
+
+class JournalError(A2pdError):
+    """The journal cannot be opened or written (corrupt, locked, disk full, unwritable)."""
+
+    exit_code = EXIT_IOERR
+
+    def __init__(self, reason: str, path: Path, *, transient: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+        self.path = path
+        #: disk full or a lock held elsewhere: retrying later can succeed
+        self.transient = transient
 
 
 class StateDirInUse(A2pdError):

@@ -227,7 +227,7 @@ def _per(counter: str, name: str, help_text: str, label: str, domain: tuple[str,
 
 
 _DECLARED: list[tuple[str, CounterFamily, Fixed]] = [
-    # the receiving side and the journal (pipeline.py, journal.py)
+    # the receiving side and the journal (pipeline.py, journal/)
     (counts.RECEIVED, RECEIVED, ()),
     (counts.BACKFILLED, BACKFILLED, ()),
     _plain(counts.COMMITTED, "a2pd_events_committed_total",

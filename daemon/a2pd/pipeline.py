@@ -23,8 +23,8 @@ from anyio.abc import TaskStatus
 
 from a2pd import counts, events
 from a2pd.backoff import backoff
-from a2pd.errors import SinkError
-from a2pd.journal import Journal, JournalError, Row
+from a2pd.errors import JournalError, SinkError
+from a2pd.journal import Journal, Row
 from a2pd.logging import get_logger
 from a2pd.observe import DELIVERY_LATENCY_BUCKETS, Counters, Histogram, LogThrottle
 from a2pd.protocol import FrameError, ServerNotification
@@ -34,9 +34,13 @@ from a2pd.sinks import RetryPolicy, Sink
 __all__ = [
     "ARRIVALS_KEPT",
     "ARRIVAL_KEEP",
+    "DECODED_BYTES",
+    "DECODED_KEPT",
     "IDLE_POLL",
     "INGEST_SLICE",
+    "Decoded",
     "Pipeline",
+    "decode_row",
 ]
 
 log = get_logger("pipeline")
@@ -53,6 +57,10 @@ INGEST_SLICE = 32
 #: ``latency_unobserved.<sink>``
 ARRIVALS_KEPT = 65_536
 ARRIVAL_KEEP = 3600.0
+#: decoded events kept for the readers (``Decoded``): as many as the journal keeps rows of
+#: its latest commits, so a reader that reads those gets their events decoded
+DECODED_KEPT = 2048
+DECODED_BYTES = 4 * 1024 * 1024
 
 
 class Pipeline:
@@ -111,6 +119,7 @@ class Pipeline:
         #: in the middle of one
         self._in_flight: dict[str, Sequence[Row]] = {}
         self._narrowed_upto: dict[str, int] = {}
+        self._decoded = Decoded()
 
     # -- the receiving side ---------------------------------------------------------------
 
@@ -149,12 +158,14 @@ class Pipeline:
         elif not backfilled and event.uuid not in self._arrived:
             # (a duplicate of an event still on its way keeps the first arrival)
             self._arrived[event.uuid] = (arrived, targets)
-        # the event rides along with its row while the row is among the latest commits:
-        # readers that keep up never decode a journal row
-        await self.journal.append(event.uuid, kind, targets, events.record_json(event),
+        record = events.record_json(event)
+        # kept decoded while it is among the latest: readers that keep up never decode a
+        # journal row
+        self._decoded.add(event, record)
+        await self.journal.append(event.uuid, kind, targets, record,
                                   key=events.content_key(event),
                                   drop=events.superseded_keys(event), backfilled=backfilled,
-                                  event=event, track=events.lifecycle(event, time.time()),
+                                  track=events.lifecycle(event, time.time()),
                                   pair=events.pair_time(event))
         self._ingested += 1
         if self._ingested % INGEST_SLICE == 0:
@@ -443,10 +454,11 @@ class Pipeline:
     async def _models_for(self, name: str, rows: Sequence[Row]) -> list[events.Event]:
         batch: list[events.Event] = []
         for row in rows:
-            model: events.Event | events.EventError = \
-                row.event if row.event is not None else _decode_row(row)
+            model: events.Event | events.EventError | None = self._decoded.get(row)
+            if model is None:
+                model = decode_row(row)
             if isinstance(model, events.EventError):
-                await self._journal(self.journal.add_dead_letter, name, model.reason,
+                await self._journal(self.journal.letters.add, name, model.reason,
                                     row.record, uuid=row.uuid, seq=row.seq)
                 continue
             batch.append(model)
@@ -505,7 +517,7 @@ class Pipeline:
         first = time.time() - (anyio.current_time() - first_attempt)
         for event in batch:
             await self._journal(
-                self.journal.add_dead_letter, name, f"gave up after {attempts} attempts: {reason}",
+                self.journal.letters.add, name, f"gave up after {attempts} attempts: {reason}",
                 events.record_json(event), uuid=event.uuid, attempts=attempts,
                 first_attempt=first, last_attempt=time.time())
 
@@ -534,7 +546,7 @@ class Pipeline:
 
     async def _reject(self, name: str, event: events.Event, reason: str, attempts: int) -> None:
         log.error("sink_rejected_event", sink=name, uuid=event.uuid, reason=reason)
-        await self._journal(self.journal.add_dead_letter, name, reason,
+        await self._journal(self.journal.letters.add, name, reason,
                             events.record_json(event), uuid=event.uuid, attempts=attempts)
 
 
@@ -542,8 +554,39 @@ class _Retired(Exception):
     """A reader was asked to stop (reload) while waiting to retry."""
 
 
-def _decode_row(row: Row) -> events.Event | events.EventError:
+def decode_row(row: Row) -> events.Event | events.EventError:
+    """The event a journal row holds (the slow path of ``Decoded``)."""
     decoded = events.from_record_json(row.record)
     if isinstance(decoded, events.EventError):
         return events.EventError(decoded.reason, row.record, row.uuid)
     return decoded
+
+
+class Decoded:
+    """The events the receive side decoded, by uuid, each with the record it was journaled
+    as: a reader that keeps up delivers these rather than decoding its rows again. A row's
+    event is taken from here only when the row holds that very record (a duplicate's
+    event never stands in for another's row), else ``decode_row`` decodes it: the same
+    event either way (tests/test_pipeline.py checks that). At most ``DECODED_KEPT`` events
+    and ``DECODED_BYTES`` of records, the oldest forgotten first."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[events.Event, bytes]] = {}
+        self._bytes = 0
+
+    def add(self, event: events.Event, record: bytes) -> None:
+        kept = self._kept
+        if event.uuid in kept:
+            return  # the first is the one journaled: a later one is a duplicate
+        kept[event.uuid] = (event, record)
+        self._bytes += len(record)
+        while len(kept) > DECODED_KEPT or self._bytes > DECODED_BYTES:
+            _, old = kept.pop(next(iter(kept)))
+            self._bytes -= len(old)
+
+    def get(self, row: Row) -> events.Event | None:
+        found = self._kept.get(row.uuid)
+        if found is None:
+            return None
+        event, record = found
+        return event if record is row.record or record == row.record else None

@@ -1,0 +1,287 @@
+"""The journal's database: the schema, opening it safely, running one operation at a time,
+the WAL checkpoint, and the one edge where SQLite's errors become ``JournalError`` (by
+SQLite's error code, never by message text).
+
+Only the journal package touches SQLite (tests/test_layers.py holds it to that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+import anyio
+
+from a2pd.errors import JournalError
+
+__all__ = [
+    "AUTOCHECKPOINT_PAGES",
+    "SCHEMA_VERSION",
+    "TRUNCATE_IDLE",
+    "WAL_SIZE_LIMIT",
+    "Checkpointer",
+    "Database",
+    "translate",
+]
+
+SCHEMA_VERSION = 1
+#: SQLite's automatic checkpoint only past this many WAL pages (~40 MB): the compactor
+#: checkpoints every second off the commit path (``Checkpointer``)
+AUTOCHECKPOINT_PAGES = 10_000
+#: once a checkpoint has copied every frame, SQLite cuts the WAL file back to this size
+#: (without a limit it stays as large as the largest burst ever made it)
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: a WAL over that size is cut back by the checkpoint once no commit came for this long
+TRUNCATE_IDLE = 1.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- AUTOINCREMENT: a seq is never reused, even after compaction empties the table (plain
+-- rowids restart at max+1, which would put new events behind every sink's cursor)
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    received REAL NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (uuid TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
+CREATE TABLE IF NOT EXISTS content (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS content_at ON content (at);
+CREATE TABLE IF NOT EXISTS gaps (
+    id INTEGER PRIMARY KEY,
+    start REAL NOT NULL,
+    opened REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inflight (
+    object TEXT PRIMARY KEY,
+    batch TEXT,
+    created REAL NOT NULL,
+    touched REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inflight_touched ON inflight (touched);
+CREATE TABLE IF NOT EXISTS pairs (pair TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pairs_at ON pairs (at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    uuid TEXT,
+    seq INTEGER,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_attempt REAL,
+    last_attempt REAL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL,
+    raw BLOB NOT NULL
+);
+"""
+
+#: SQLite's primary result codes (the low byte of an extended code) → what the operator
+#: reads, and whether retrying later can succeed
+_MEANINGS: dict[int, tuple[str, bool]] = {
+    sqlite3.SQLITE_BUSY: ("the journal is locked by another process (is a2pd already running "
+                          "with this state directory?)", True),
+    sqlite3.SQLITE_LOCKED: ("the journal is locked by another process (is a2pd already "
+                            "running with this state directory?)", True),
+    sqlite3.SQLITE_FULL: ("the disk is full", True),
+    sqlite3.SQLITE_CORRUPT: ("the journal is corrupt; move it aside to start afresh", False),
+    sqlite3.SQLITE_NOTADB: ("the journal is corrupt; move it aside to start afresh", False),
+    sqlite3.SQLITE_READONLY: ("the journal is not writable", False),
+    sqlite3.SQLITE_CANTOPEN: ("the journal is not writable", False),
+    sqlite3.SQLITE_PERM: ("the journal is not writable", False),
+}
+
+
+def translate(exc: sqlite3.Error, path: Path) -> JournalError:
+    """The ``JournalError`` an SQLite error means, by its error code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    meaning = _MEANINGS.get(code & 0xFF) if isinstance(code, int) else None
+    if meaning is None:
+        return JournalError(f"SQLite error: {exc}", path)
+    reason, transient = meaning
+    return JournalError(reason, path, transient=transient)
+
+
+def connect(path: Path, fsync: bool) -> sqlite3.Connection:
+    """Open (creating it, 0600) and check the journal's database; ``JournalError`` if it is
+    unusable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+        # database file's mode, whatever the umask (it holds message text and numbers)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for name in (path, path.with_name(path.name + "-wal"),
+                     path.with_name(path.name + "-shm")):
+            if name.exists():
+                name.chmod(0o600)  # made by an older version, or by hand
+        conn = sqlite3.connect(path, timeout=1.0, isolation_level=None,
+                               check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise JournalError(f"cannot open the journal: {exc}", path) from exc
+    try:
+        _prepare(conn, path, fsync)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise translate(exc, path) from exc
+    except JournalError:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool) -> None:
+    conn.isolation_level = "DEFERRED"
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: fsync at every commit; NORMAL: WAL survives a process crash, and loses at most
+    # the last commits on power loss
+    conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+    check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise JournalError(f"the journal is corrupt ({check}); move it aside to start afresh",
+                           path)
+    conn.executescript(_SCHEMA)
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if version is None:
+        with conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)",
+                         (str(SCHEMA_VERSION),))
+    elif int(version[0]) != SCHEMA_VERSION:
+        raise JournalError(f"journal schema {version[0]} is not {SCHEMA_VERSION}", path)
+
+
+class Database:
+    """The journal's connection, used by one operation at a time.
+
+    ``run``: without ``fsync`` the operation runs right on the event loop's thread: a
+    commit then never waits for the disk (synchronous=NORMAL), so it costs what its
+    statements cost, where a worker thread would cost far more while the loop is busy —
+    SQLite releases the GIL around every statement step, and the thread then waits up to
+    the switch interval (5 ms) to get it back, for each row of an insert or a read. With
+    ``fsync`` every commit waits for the disk, so operations run in a worker thread.
+    ``run_thread``: always in a worker thread, for operations that may scan the whole
+    journal, with few statement steps."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, fsync: bool) -> None:
+        self.path = path
+        #: the connection (tests and the journal's own functions; nothing else)
+        self.conn = conn
+        self.fsync = fsync
+        self._limiter = anyio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: Path, *, fsync: bool, must_exist: bool = False) -> Database:
+        if must_exist and not await anyio.Path(path).exists():
+            raise JournalError("no journal here (has a2pd run with this state directory?)",
+                               path)
+        return cls(path, await anyio.to_thread.run_sync(connect, path, fsync), fsync=fsync)
+
+    def now(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args,
+            **kwargs: P.kwargs) -> T:
+        """Run ``fn`` on the connection at once, on this thread (opening, small reads
+        before anything else runs)."""
+        try:
+            return fn(self.conn, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    async def run(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args,
+                  **kwargs: P.kwargs) -> T:
+        if self.fsync:
+            return await self.run_thread(fn, *args, **kwargs)
+        async with self._limiter:
+            return self.now(fn, *args, **kwargs)
+
+    async def run_thread(self, fn: Callable[Concatenate[sqlite3.Connection, P], T],
+                         *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(fn, self.conn, *args, **kwargs)
+        try:
+            return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.conn.close, limiter=self._limiter)
+
+    def size_bytes(self) -> int:
+        """The bytes the journal takes on disk: the database file and its write-ahead log
+        (two ``stat`` calls; a file that is not there counts 0)."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(OSError):
+                total += os.stat(path).st_size
+        return total
+
+
+class Checkpointer:
+    """Copies committed WAL frames into the database file, and syncs it, from a connection
+    of its own in a worker thread of its own: commits and reads go on meanwhile (a passive
+    checkpoint never blocks them), where SQLite's automatic checkpoint would stall the
+    commit that crosses its threshold for the whole copy and sync. The automatic
+    checkpoint stays as a safety net for a WAL that grows past ``AUTOCHECKPOINT_PAGES``
+    anyway."""
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    async def checkpoint(self, last_commit: float) -> None:
+        """A passive checkpoint; a WAL a burst grew is cut back once no commit came for
+        ``TRUNCATE_IDLE`` (``last_commit``: monotonic time of the last one)."""
+        try:
+            await anyio.to_thread.run_sync(self._checkpoint, last_commit)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    def _checkpoint(self, last_commit: float) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._conn is None:
+                self._conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None,
+                                             check_same_thread=False)
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            wal = self.path.with_name(self.path.name + "-wal")
+            try:
+                size = wal.stat().st_size
+            except FileNotFoundError:
+                return
+            if size > WAL_SIZE_LIMIT and time.monotonic() - last_commit >= TRUNCATE_IDLE:
+                # a burst grew the WAL and no commit came since: nothing would rewind it
+                # (which cuts it to journal_size_limit), so cut it here. Only when quiet,
+                # and without waiting: a TRUNCATE holds writers off while it waits for
+                # readers, and commits run on the event loop's thread
+                self._conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    self._conn.execute("PRAGMA busy_timeout = 1000")
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,321 @@
+"""The journal's events, cursors and compaction as plain synchronous functions on a
+connection: testable without an event loop, run by ``Database`` one at a time.
+
+    events   seq (order), uuid (unique), kind, targets (",sink,sink,"), received, record
+    seen     uuid → first seen: deduplication beyond compaction, for the dedup window (a
+             journaled event's uuid moves here when compaction removes the event: a commit
+             checks both tables, and writes one row per event, not two)
+    content  ``key:``/``bkey:`` + events.content_key (received live / backfilled) → last
+             seen: a backfilled event equal to one already journaled is dropped, and so is a
+             live one the backfill journaled first
+    inflight A2P objects still changing ("message:<id>", "batch:<id>" → batch, created,
+             touched), for the backfill
+    pairs    opt-out pair ("from:to") → when its newest journaled state was set: a rebuilt
+             state older than that is stale and dropped
+    cursors  sink → last delivered seq
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+from a2pd.journal.model import BACKFILLED, LIVE, Pending, PendingLetter, Row, repeats_content
+
+__all__ = [
+    "COMPACT_CHUNK",
+    "IN_CHUNK",
+    "Committed",
+    "advance",
+    "backlogs",
+    "compact_chunk",
+    "count",
+    "cursor",
+    "delete_events",
+    "drop_sink",
+    "hand_over",
+    "insert",
+    "known_uuids",
+    "last_seq",
+    "oldest",
+    "read",
+    "scalar",
+]
+
+#: rows deleted per compaction transaction (a few milliseconds of the loop thread)
+COMPACT_CHUNK = 500
+#: uuids per "IN (...)" query (SQLite allows 32,766 variables since 3.32; older builds 999)
+IN_CHUNK = 512
+
+
+def scalar(conn: sqlite3.Connection, sql: str, *args: object) -> int:
+    value = conn.execute(sql, args).fetchone()[0]
+    return int(value or 0)
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    """The newest seq ever given out (compaction may have removed it)."""
+    return scalar(conn, "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = "
+                        "'events'), (SELECT MAX(seq) FROM events), 0)")
+
+
+def oldest(conn: sqlite3.Connection) -> float | None:
+    """When the oldest journaled event was received."""
+    row = conn.execute("SELECT received FROM events ORDER BY seq LIMIT 1").fetchone()
+    return float(row[0]) if row else None
+
+
+def count(conn: sqlite3.Connection) -> int:
+    return scalar(conn, "SELECT COUNT(*) FROM events")
+
+
+class Committed(NamedTuple):
+    """What a group commit did."""
+
+    #: the seqs of the new rows, and the rows (in order)
+    seqs: list[int]
+    rows: list[Row]
+    #: oldest undelivered events dropped for room (full_policy drop_oldest)
+    dropped: int
+    #: events dropped because their content (or a newer state of their pair) was journaled
+    known: int
+    #: the kind of each backfilled event written
+    backfilled: list[str]
+
+
+def insert(conn: sqlite3.Connection, batch: Sequence[Pending], now: float,
+           letters: Sequence[PendingLetter], *, check_keys: bool, journaled: int,
+           max_events: int, full_policy: Literal["block", "drop_oldest"]) -> Committed:
+    """One transaction for a group commit: a few statements for the whole batch
+    (``executemany``), not a few per event. Same outcome as taking the events one by one in
+    order: a uuid already seen (or still journaled) is a duplicate; a known content key
+    drops a backfilled event (``repeats_content``, which also sees the keys earlier events
+    of this batch set or dropped); the last set-or-drop of a content key wins.
+    ``check_keys``: whether a live event can repeat a backfilled key (any is known);
+    ``journaled``: the events in the journal before this commit."""
+    dropped = known = 0
+    backfilled: list[str] = []
+    #: content keys set (True) or dropped (False) by this batch so far, in order
+    ops: dict[str, bool] = {}
+    #: objects opened (their row) or closed (None) by this batch, the last event wins
+    objects: dict[str, tuple[str, str | None, float, float] | None] = {}
+    #: opt-out pairs' newest state times, as this batch leaves them
+    pairs: dict[str, float] = {}
+
+    def pair_at(pair: str) -> float | None:
+        if pair in pairs:
+            return pairs[pair]
+        row = conn.execute("SELECT at FROM pairs WHERE pair = ?", (pair,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def present(key: str) -> bool:
+        decided = ops.get(key)
+        if decided is not None:
+            return decided
+        return conn.execute("SELECT 1 FROM content WHERE key = ?", (key,)).fetchone() \
+            is not None
+
+    conn.execute("BEGIN IMMEDIATE")  # the write lock first: the seqs below are ours
+    with conn:
+        conn.executemany(
+            "INSERT INTO dead_letters (sink, reason, raw, uuid, seq, attempts, "
+            "first_attempt, last_attempt, created, size) "
+            "VALUES (?, ?, ?, ?, NULL, 1, ?, ?, ?, ?)",
+            [(d.sink, d.reason, d.raw, d.uuid, d.at, d.at, d.at, d.size) for d in letters])
+        seen = known_uuids(conn, [item.uuid for item in batch])
+        #: uuids of events not journaled that must still be remembered
+        new_seen: list[tuple[str, float]] = []
+        fresh: list[Pending] = []
+        for item in batch:
+            if item.uuid in seen:
+                continue
+            if (item.backfilled or check_keys) and repeats_content(item, present):
+                known += 1
+                new_seen.append((item.uuid, now))
+                continue
+            if item.pair is not None:
+                pair, at = item.pair
+                newest = pair_at(pair)
+                if item.backfilled and newest is not None and newest >= at:
+                    known += 1  # stale: a newer state of the pair is journaled
+                    new_seen.append((item.uuid, now))
+                    continue
+                pairs[pair] = at if newest is None else max(at, newest)
+            content = item.content
+            if content is not None:
+                ops[content] = True
+            for stale in item.drop:
+                ops[LIVE + stale] = False
+                ops[BACKFILLED + stale] = False
+            fresh.append(item)
+            seen.add(item.uuid)  # a second append of it in this batch is a duplicate
+            if item.track is not None:
+                obj, in_batch, created, is_open = item.track
+                objects[obj] = (obj, in_batch, created, now) if is_open else None
+            if item.backfilled:
+                backfilled.append(item.kind)
+                check_keys = True
+        if new_seen:
+            conn.executemany("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)", new_seen)
+        if ops:
+            conn.executemany("DELETE FROM content WHERE key = ?",
+                             [(key,) for key, kept in ops.items() if not kept])
+            conn.executemany("INSERT OR REPLACE INTO content (key, at) VALUES (?, ?)",
+                             [(key, now) for key, kept in ops.items() if kept])
+        if pairs:
+            conn.executemany("INSERT OR REPLACE INTO pairs (pair, at) VALUES (?, ?)",
+                             list(pairs.items()))
+        if objects:
+            conn.executemany("DELETE FROM inflight WHERE object = ?",
+                             [(obj,) for obj, row in objects.items() if row is None])
+            conn.executemany(
+                "INSERT INTO inflight (object, batch, created, touched) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (object) DO UPDATE SET "
+                "touched = excluded.touched, created = min(created, excluded.created)",
+                [row for row in objects.values() if row is not None])
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        first = (int(row[0]) if row else 0) + 1
+        seqs = list(range(first, first + len(fresh)))
+        conn.executemany(
+            "INSERT INTO events (seq, uuid, kind, targets, received, record) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(seq, item.uuid, item.kind, item.targets, now, item.record)
+             for seq, item in zip(seqs, fresh, strict=True)])
+        rows = [Row(seq, item.uuid, item.kind, item.targets, item.record)
+                for seq, item in zip(seqs, fresh, strict=True)]
+        # when this run last committed: if it ends without a clean stop, the next start
+        # records a gap from here (gaps.begin_run)
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_commit', ?)",
+                     (repr(now),))
+        if full_policy == "drop_oldest" and max_events:
+            over = journaled + len(seqs) - max_events
+            if over > 0:
+                dropped = delete_events(
+                    conn, "seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (over,))
+    return Committed(seqs, rows, dropped, known, backfilled)
+
+
+def known_uuids(conn: sqlite3.Connection, uuids: list[str]) -> set[str]:
+    """Which of ``uuids`` are still journaled or remembered in ``seen`` (a uuid whose
+    seen-row expired while its event is still journaled is known too)."""
+    known: set[str] = set()
+    for at in range(0, len(uuids), IN_CHUNK):
+        chunk = uuids[at:at + IN_CHUNK]
+        # padded to a power of two (repeating a uuid changes nothing): a handful of
+        # distinct statements, which stay in the connection's statement cache
+        chunk += chunk[:1] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
+        marks = ",".join("?" * len(chunk))
+        known.update(uuid for (uuid,) in conn.execute(
+            f"SELECT uuid FROM events WHERE uuid IN ({marks}) "  # noqa: S608 - only "?" placeholders are interpolated
+            f"UNION ALL SELECT uuid FROM seen WHERE uuid IN ({marks})", chunk + chunk))
+    return known
+
+
+def read(conn: sqlite3.Connection, after: int, limit: int) -> list[Row]:
+    """Committed rows with ``seq > after``, oldest first."""
+    rows = conn.execute(
+        "SELECT seq, uuid, kind, targets, record FROM events WHERE seq > ? "
+        "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+    return [Row(int(r[0]), r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+
+def cursor(conn: sqlite3.Connection, sink: str) -> int:
+    """Where ``sink`` stands; a new sink starts at the oldest event still journaled."""
+    row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    start = max(0, scalar(conn, "SELECT COALESCE(MIN(seq), 0) FROM events") - 1)
+    with conn:
+        conn.execute("INSERT INTO cursors (sink, seq) VALUES (?, ?)", (sink, start))
+    return start
+
+
+def advance(conn: sqlite3.Connection, sink: str, seq: int) -> None:
+    """``sink`` has delivered everything up to ``seq``."""
+    with conn:
+        conn.execute("UPDATE cursors SET seq = MAX(seq, ?) WHERE sink = ?", (seq, sink))
+
+
+def backlogs(conn: sqlite3.Connection, sinks: list[str]) -> dict[str, int]:
+    """The sinks with a cursor that are not in ``sinks`` and their undelivered events."""
+    found: dict[str, int] = {}
+    for sink, seq in conn.execute("SELECT sink, seq FROM cursors").fetchall():
+        if sink not in sinks:
+            found[sink] = scalar(
+                conn, "SELECT COUNT(*) FROM events WHERE seq > ? AND instr(targets, ?) > 0",
+                seq, f",{sink},")
+    return found
+
+
+def hand_over(conn: sqlite3.Connection, old: str, new: str, cap: int | None
+              ) -> tuple[int, int]:
+    """Re-target ``old``'s undelivered events to ``new`` (see ``Journal.hand_over``)."""
+    with conn:
+        row = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (old,)).fetchone()
+        if row is None:
+            return 0, 0
+        after = int(row[0])
+        start = after if cap is None else min(after, cap)
+        moved = int(conn.execute(
+            "UPDATE events SET targets = replace(targets, ?, ?) "
+            "WHERE seq > ? AND instr(targets, ?) > 0",
+            (f",{old},", f",{new},", after, f",{old},")).rowcount)
+        own = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (new,)).fetchone()
+        again = 0
+        if own is not None and int(own[0]) > start:
+            again = scalar(conn, "SELECT COUNT(*) FROM events WHERE seq > ? AND seq <= ? "
+                                 "AND instr(targets, ?) > 0", start, int(own[0]), f",{new},")
+        conn.execute("INSERT INTO cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) "
+                     "DO UPDATE SET seq = min(seq, excluded.seq)", (new, start))
+        conn.execute("DELETE FROM cursors WHERE sink = ?", (old,))
+    return moved, again
+
+
+def drop_sink(conn: sqlite3.Connection, sink: str) -> None:
+    with conn:
+        conn.execute("DELETE FROM cursors WHERE sink = ?", (sink,))
+
+
+def compact_chunk(conn: sqlite3.Connection, sinks: list[str], now: float, *, newest: int,
+                  max_age: float | None, dedup_window: float) -> tuple[int, int, bool]:
+    """One chunk of compaction: delete events every one of ``sinks`` has passed (all up to
+    ``newest`` when there is no sink), undelivered events older than ``max_age``, and
+    uuids, content keys, objects and pairs older than the dedup window, at most
+    ``COMPACT_CHUNK`` rows of each. (removed, expired, whether more is left)."""
+    with conn:
+        if sinks:
+            marks = ",".join("?" * len(sinks))
+            sql = f"SELECT MIN(seq), COUNT(*) FROM cursors WHERE sink IN ({marks})"  # noqa: S608 - only "?" placeholders are interpolated
+            low = conn.execute(sql, sinks).fetchone()
+            floor = int(low[0] or 0) if low[1] == len(sinks) else 0
+        else:
+            floor = newest
+        first = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+        removed, more = 0, False
+        if first is not None and first <= floor:
+            upto = min(floor, first + COMPACT_CHUNK - 1)
+            removed = delete_events(conn, "seq <= ?", (upto,))
+            more = upto < floor
+        expired = 0
+        if max_age is not None:
+            expired = delete_events(
+                conn, "seq IN (SELECT seq FROM events WHERE received < ? ORDER BY seq "
+                "LIMIT ?)", (now - max_age, COMPACT_CHUNK))
+            more = more or expired >= COMPACT_CHUNK
+        forget = now - dedup_window
+        for table, key, at in (("seen", "uuid", "at"), ("content", "key", "at"),
+                               ("inflight", "object", "touched"), ("pairs", "pair", "at")):
+            gone = conn.execute(
+                f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608 - constant names
+                f"WHERE {at} < ? ORDER BY {at} LIMIT ?)", (forget, COMPACT_CHUNK)).rowcount
+            more = more or gone >= COMPACT_CHUNK
+    return int(removed), int(expired), more
+
+
+def delete_events(conn: sqlite3.Connection, where: str, args: tuple[object, ...]) -> int:
+    """Delete the events ``where`` selects, keeping their uuids in ``seen`` (deduplication)
+    with when they were received (the dedup window runs from then); how many went."""
+    conn.execute(f"INSERT OR IGNORE INTO seen (uuid, at) SELECT uuid, received FROM events "  # noqa: S608 - callers pass constant conditions
+                 f"WHERE {where}", args)
+    return int(conn.execute(f"DELETE FROM events WHERE {where}", args).rowcount)  # noqa: S608 - callers pass constant conditions
