@@ -19,10 +19,11 @@ from typing import Any
 import anyio
 
 from a2pd import config
-from a2pd.app import Daemon, open_journal
+from a2pd.app import Daemon
 from a2pd.emulator import Emulator, EmulatorConfig
 from a2pd.journal import DeadLetter, Journal, JournalOptions
 from a2pd.observe import Counters
+from a2pd.parts import open_journal
 
 #: every wait in an end-to-end test is bounded by this many seconds
 TIMEOUT = 15.0

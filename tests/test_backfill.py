@@ -11,10 +11,11 @@ import anyio
 import pytest
 
 from a2pd import config, events
-from a2pd.app import Daemon, open_journal
+from a2pd.app import Daemon
 from a2pd.backfill import parse_filters, synthetic
 from a2pd.emulator import Emulator
 from a2pd.errors import ConfigError
+from a2pd.parts import open_journal
 from tests.harness import (
     TIMEOUT,
     delivered,
@@ -124,8 +125,8 @@ async def test_failed_recovery_gap_is_backfilled_once(tmp_path: Path,
             live, lost = await failed_recovery_gap(emu, daemon, 3)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + lost)
-            counters = daemon.pipeline.counters  # type: ignore[union-attr]
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            counters = daemon.pipeline.counters
+            state = daemon.supervisor.state
             assert state.counters["recoveries_failed"] == 1
             assert counters["backfill_duplicates"] == live
             assert counters.snapshot("backfilled.") == {
@@ -157,7 +158,7 @@ async def test_expired_recovery_window_gap_is_backfilled_once(tmp_path: Path) ->
             assert daemon.supervisor is not None
             assert daemon.supervisor.gaps == 1
             assert daemon.supervisor.state.counters["recoveries_failed"] == 0
-            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            counters = daemon.pipeline.counters
             assert counters["backfill_duplicates"] == live
     check_once(tmp_path, live, lost)
 
@@ -174,10 +175,10 @@ async def test_a_recovery_past_the_replay_buffer_is_backfilled(tmp_path: Path) -
             lost = await publish_while_away(emu, 58)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + lost)
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            state = daemon.supervisor.state
             assert state.counters["recoveries_successful"] == 1
             assert state.counters["recoveries_failed"] == 0
-            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            counters = daemon.pipeline.counters
             # 20 replayed live, the other 40 rebuilt from the lists
             assert sum(counters.snapshot("backfilled.").values()) == lost - 20
     records = read_records(tmp_path / "events")
@@ -219,7 +220,7 @@ async def test_state_changes_of_objects_created_before_the_gap_are_backfilled(
                                         "lastModifiedTime": now_iso()})
             await backfilled(daemon)
             await delivered(daemon, "archive", 9)
-            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            counters = daemon.pipeline.counters
             assert counters.snapshot("backfilled.") == {"outbound": 3, "batch": 1}
     records = read_records(tmp_path / "events")
     rebuilt = sorted((r["body"]["id"], r["body"].get("messageStatus") or r["body"]["status"])
@@ -259,7 +260,7 @@ async def test_rate_limited_list_waits_for_retry_after(tmp_path: Path) -> None:
             lost = await publish_while_away(emu, 2)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + lost)
-            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            counters = daemon.pipeline.counters
             assert counters["backfill_rate_limited"] == 1
             assert counters["backfill_errors"] == 0
     first, second = emu.a2p.calls[0], emu.a2p.calls[1]
@@ -285,7 +286,7 @@ async def test_a_gap_larger_than_the_rate_limit_is_paced_page_by_page(tmp_path: 
             live, lost = await failed_recovery_gap(emu, daemon, 60)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + lost)
-            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            counters = daemon.pipeline.counters
             assert counters["backfill_rate_limited"] == 0
             assert counters["backfill_paced"] >= 3
     assert [status for _, status, _ in emu.a2p.calls] == [200] * len(emu.a2p.calls)
@@ -360,7 +361,7 @@ async def test_opt_outs_refused_alone_leave_messages_and_batches_rebuilt(
             lost = await publish_while_away(emu, 2)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + lost - 1)
-            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            counters = daemon.pipeline.counters
             assert counters.snapshot("backfilled.") == {"outbound": 2, "batch": 1}
             assert counters["backfill_optouts_refused"] == 1
             assert counters["backfill_refused"] == 0
@@ -442,7 +443,7 @@ async def test_backfill_invents_nothing_outside_the_subscription(tmp_path: Path)
             await emu.publish("optout", seed("optout.json")["body"])
             await backfilled(daemon)
             await delivered(daemon, "archive", 3)
-            counters = daemon.pipeline.counters  # type: ignore[union-attr]
+            counters = daemon.pipeline.counters
             assert counters.snapshot("backfilled.") == {"inbound": 2}
             assert counters["backfill_skipped"] == 2  # outbound-0, other-number
             assert counters["backfill_duplicates"] == 1  # live-in, inside the margin

@@ -112,13 +112,13 @@ async def test_dropped_connection_recovers_without_duplicates(tmp_path: Path) ->
             for i in range(5):
                 await emu.publish("message", {**body, "id": f"before-{i}"})
             await delivered(daemon, "archive", 5)
-            subscription = daemon.supervisor.state.subscription_id  # type: ignore[union-attr]
+            subscription = daemon.supervisor.state.subscription_id
             await emu.drop_connections(mode="abrupt")
             for i in range(3):
                 await emu.publish("message", {**body, "id": f"during-{i}"})
             await session_count(daemon, "recoveries_successful", 1)
             await delivered(daemon, "archive", 8)
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            state = daemon.supervisor.state
             assert state.subscription_id == subscription
             assert state.counters["subscriptions"] == 1
     replayed = [s for s in emu.sent if s.replay]
@@ -205,7 +205,7 @@ async def test_failed_recovery_resubscribes(tmp_path: Path, code: str) -> None:
     async with emu.running():
         settings = settings_for(emu, tmp_path)
         async with running_daemon(settings) as daemon:
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            state = daemon.supervisor.state
             first = state.subscription_id
             emu.fail_next_recovery(code=code)
             await emu.drop_connections(mode="abrupt")
@@ -241,7 +241,7 @@ async def test_malformed_frames_are_counted_and_dead_lettered(tmp_path: Path) ->
             await emu.publish("message", bad)
             await emu.publish("message", seed("outbound.json")["body"])
             await delivered(daemon, "archive", 1)
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            state = daemon.supervisor.state
             assert state.counters["frames_malformed"] == 1
             assert daemon.pipeline is not None
             assert daemon.pipeline.counters["dead_letters"] == 2
@@ -262,7 +262,7 @@ async def test_heartbeats_keep_an_idle_session_alive(tmp_path: Path) -> None:
         async with running_daemon(settings) as daemon:
             # 8 heartbeats at 0.2 s of silence each span well past the 1 s idle timeout
             await session_count(daemon, "heartbeats_sent", 8)
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            state = daemon.supervisor.state
             assert state.counters["connections"] == 1
 
 
@@ -279,7 +279,7 @@ async def test_keepalive_heartbeats_while_notifications_stream(tmp_path: Path) -
                 await delivered(daemon, "archive", i + 1)
                 # pace the stream by its own deliveries; 40 round trips outlast 1 s
             await session_count(daemon, "heartbeats_sent", 4)
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            state = daemon.supervisor.state
             assert state.counters["connections"] == 1
 
 
@@ -294,7 +294,7 @@ async def test_token_refresh_keeps_the_session_recoverable(tmp_path: Path) -> No
                 await daemon.auth.counters.wait_for("refreshes", 3)
             await emu.drop_connections(mode="abrupt")
             await session_count(daemon, "recoveries_successful", 1)
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            state = daemon.supervisor.state
             assert state.counters["recoveries_failed"] == 0
             assert daemon.auth.counters["grants"] == 1
 

@@ -6,7 +6,8 @@ The rules the modules' docstrings and docs/architecture.md state:
   import cycle either); the vocabulary (``vocab``, ``names``, ``counts``, ``errors``,
   ``backoff``) imports nothing else of the daemon;
 - a sink module never reaches sideways into another sink or up into config;
-- a package with a facade (the journal) is used through it, never through its parts;
+- a package with a facade (the journal, delivery) is used through it, never through its
+  parts; the session and the backfill see the receiving side (``ingest``) only;
 - each outside library that does I/O has its owners (websockets: the session; sqlite3: the
   journal; redis: the Redis sink; httpx: those that talk HTTP);
 - the emulator is an independent implementation of the platform: it imports nothing of
@@ -32,35 +33,43 @@ LAYERS: dict[str, float] = {
     "a2pd.backoff": 0,
     # pure models and leaf services
     "a2pd.events": 1, "a2pd.observe": 1, "a2pd.logging": 1, "a2pd.notify": 2,
-    "a2pd.persist": 2, "a2pd.protocol": 2, "a2pd.router": 2,
+    "a2pd.persist": 2, "a2pd.protocol": 2, "a2pd.router": 2, "a2pd.statedir": 2,
     # the sink interface, then the sinks
     "a2pd.sinks": 3, "a2pd.sinks.templates": 3,
     "a2pd.sinks.stdout": 4, "a2pd.sinks.file": 4, "a2pd.sinks.http": 4,
     "a2pd.sinks.redis": 4,
     # configuration: knows the sinks' options, never the other way round
-    "a2pd.config": 5,
+    "a2pd.config.sections": 4.5, "a2pd.config.problems": 4.5, "a2pd.config": 5,
     # the platform; the journal, a package behind its facade (a2pd.journal)
-    "a2pd.auth": 6, "a2pd.session": 6,
+    "a2pd.auth": 6, "a2pd.session.state": 5.5, "a2pd.session.connection": 5.6,
+    "a2pd.session": 6,
     "a2pd.journal.model": 6.1, "a2pd.journal.db": 6.1, "a2pd.journal.recent": 6.2,
     "a2pd.journal.store": 6.2, "a2pd.journal.gaps": 6.3, "a2pd.journal.letters": 6.3,
     "a2pd.journal.committer": 6.4, "a2pd.journal": 6.5,
-    # sessions back to back; ingest and delivery
-    "a2pd.supervisor": 7, "a2pd.pipeline": 7,
-    "a2pd.backfill": 8,
-    # the daemon and its commands
-    "a2pd.ops": 8, "a2pd.admin": 9, "a2pd.app": 9, "a2pd.check": 9,
+    # delivery, a package behind its facade; the receiving side; both wired together
+    "a2pd.delivery.arrivals": 6.6, "a2pd.delivery.decoded": 6.6,
+    "a2pd.delivery.reader": 6.7, "a2pd.delivery": 6.8, "a2pd.ingest": 6.9,
+    "a2pd.pipeline": 7,
+    # sessions back to back
+    "a2pd.supervisor": 7,
+    "a2pd.sinkset": 7.5,
+    "a2pd.backfill.records": 1, "a2pd.backfill.lists": 7.6, "a2pd.backfill": 8,
+    # the daemon: its parts, what it says about itself, reload, its lifetime; its commands
+    "a2pd.ops": 8, "a2pd.sessions": 8.1, "a2pd.parts": 8.2, "a2pd.snapshot": 8.3,
+    "a2pd.reload": 8.3, "a2pd.admin": 9, "a2pd.app": 9, "a2pd.check": 9,
     "a2pd.status": 10, "a2pd.demo": 10,
     "a2pd.cli": 11, "a2pd.__main__": 12,
 }
 VOCABULARY = {name for name, layer in LAYERS.items() if layer == 0}
 #: outside libraries that do I/O → the daemon modules that may import them
 OWNERS: dict[str, set[str]] = {
-    "websockets": {"a2pd.session"},
+    "websockets": {"a2pd.session.connection"},
     "sqlite3": {name for name in LAYERS if name.startswith("a2pd.journal")},
     "redis": {"a2pd.sinks.redis"},
-    # the platform (auth, backfill, check; app opens the client they share), webhook
+    # the platform (auth, backfill, check; parts opens the client they share), webhook
     # receivers (the http sink), a2pd's own ops endpoint (status, cli)
-    "httpx": {"a2pd.auth", "a2pd.backfill", "a2pd.check", "a2pd.app", "a2pd.sinks.http",
+    "httpx": {"a2pd.auth", "a2pd.backfill", "a2pd.backfill.lists", "a2pd.check", "a2pd.parts",
+              "a2pd.sinks.http",
               "a2pd.status", "a2pd.cli"},
     "h11": {"a2pd.ops"},
     "prometheus_client": {"a2pd.ops"},
@@ -69,7 +78,8 @@ OWNERS: dict[str, set[str]] = {
 }
 EMULATOR_USERS = {"a2pd.cli", "a2pd.demo"}
 #: packages used through their facade only: nothing outside imports their parts
-FACADES = ("a2pd.journal",)
+FACADES = ("a2pd.config", "a2pd.session", "a2pd.journal", "a2pd.delivery",
+           "a2pd.backfill")
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,15 @@ def test_packages_are_used_through_their_facade() -> None:
                    for facade in FACADES
                    if imp.target.startswith(f"{facade}.")
                    and imp.module != facade and not imp.module.startswith(f"{facade}."))
+    assert wrong == []
+
+
+def test_the_session_and_the_backfill_see_only_the_receiving_side() -> None:
+    """They hand events to ``a2pd.ingest``; delivery is none of their business."""
+    wrong = sorted(f"{imp.module}:{imp.line} imports {imp.target}" for imp in all_imports()
+                   if imp.module.startswith(("a2pd.supervisor", "a2pd.session", "a2pd.backfill"))
+                   and (imp.target in ("a2pd.pipeline", "a2pd.delivery", "a2pd.app")
+                        or imp.target.startswith("a2pd.delivery.")))
     assert wrong == []
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from a2pd import events, protocol
+from a2pd.delivery import DECODED_BYTES, Decoded, decode_row
 from a2pd.journal import Row
 from a2pd.journal.recent import RECENT_BYTES
-from a2pd.pipeline import DECODED_BYTES, Decoded, Pipeline, decode_row
+from a2pd.pipeline import Pipeline
 from a2pd.router import Router
 from tests.harness import (
     delivered,

@@ -22,8 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from a2pd import __version__, counts, events, sinks
-from a2pd import pipeline as pipeline_module
 from a2pd.app import Daemon
+from a2pd.delivery import ARRIVAL_KEEP, ARRIVALS_KEPT
+from a2pd.delivery import arrivals as arrivals_module
 from a2pd.names import BUILTIN_SINK_TYPES, DEAD_LETTER_SOURCES
 from a2pd.observe import (
     COUNTERS,
@@ -34,7 +35,7 @@ from a2pd.observe import (
     resolve,
 )
 from a2pd.ops import Metrics
-from a2pd.pipeline import ARRIVAL_KEEP, ARRIVALS_KEPT, Pipeline
+from a2pd.pipeline import Pipeline
 from a2pd.router import Route, Router
 from tests.harness import TIMEOUT, delivered, emulator, running_daemon, seed, settings_for
 from tests.http_receiver import Receiver
@@ -240,7 +241,7 @@ async def test_delivered_events_are_observed_in_the_latency_histogram(tmp_path: 
             await delivered(daemon, "hook", 10)
             response = await scrape(client, daemon)
             assert daemon.pipeline is not None
-            left = dict(daemon.pipeline._arrived)
+            left = dict(daemon.pipeline.delivery.arrivals.waiting)
     text = response.text
     assert exposition_problems(text) == []
     values = samples(text)
@@ -365,7 +366,7 @@ _NAMED = re.compile(r"(?:\.inc|state\.count|_counts\.append)\(\s*"
 #: the same calls with a variable for the name: each must be one of these known forwarders
 _VARIABLE = re.compile(r"(?:\.inc|state\.count|_counts\.append)\(\s*(?!counts\.)"
                        r"([a-z_][\w.]*)\s*[,)]")
-FORWARDERS = {("sinks/file.py", "key"), ("session.py", "name")}
+FORWARDERS = {("sinks/file.py", "key"), ("session/state.py", "name")}
 
 
 def counter_names_in_code() -> Iterator[tuple[str, str]]:
@@ -487,18 +488,19 @@ async def test_latency_is_observed_once_per_sink_and_arrivals_are_bounded(
     assert pipeline.delivery_latency["second"].count == 29
     # the refused event still waits for its second confirmation, until it is too old; the
     # sink passed it (it confirmed later events), so its wait is not observed
-    assert {uuid: waiting for uuid, (_, waiting) in pipeline._arrived.items()} == \
+    assert dict(pipeline.delivery.arrivals.waiting) == \
         {stream[7].uuid: ("second",)}
     now = time.monotonic()
     pipeline.forget_arrivals(now)
-    assert list(pipeline._arrived) == [stream[7].uuid]
+    assert list(pipeline.delivery.arrivals.waiting) == [stream[7].uuid]
     pipeline.forget_arrivals(now + ARRIVAL_KEEP + 1)
-    assert pipeline._arrived == {}
+    assert len(pipeline.delivery.arrivals) == 0
     assert pipeline.delivery_latency["second"].count == 29
-    pipeline._arrived.update((f"u{i}", (now, ("first",))) for i in range(ARRIVALS_KEPT + 5))
+    for i in range(ARRIVALS_KEPT + 5):
+        pipeline.delivery.arrivals.arrived(f"u{i}", now, ("first",))
     pipeline.forget_arrivals(now)
-    assert len(pipeline._arrived) == ARRIVALS_KEPT
-    assert next(iter(pipeline._arrived)) == "u5"
+    assert len(pipeline.delivery.arrivals) == ARRIVALS_KEPT
+    assert next(iter(pipeline.delivery.arrivals.waiting)) == "u5"
     # "first" has no row left to pass: nothing it waits for was forgotten
     assert pipeline.counters["latency_unobserved.first"] == 0
 
@@ -537,20 +539,21 @@ async def test_a_sink_behind_longer_than_arrival_keep_shows_in_the_inf_bucket(
             while pipeline.backlog()["fast"]:
                 await anyio.sleep(0.01)  # a poll interval, bounded by fail_after
         assert stuck.got == []
-        waiting = {uuid: names for uuid, (_, names) in pipeline._arrived.items()}
+        waiting = dict(pipeline.delivery.arrivals.waiting)
         assert waiting == {**{e.uuid: ("stuck",) for e in stream},
                            stream[2].uuid: ("fast", "stuck"), "optout-1": ("fast",)}
         now = time.monotonic()
         # for room: the three oldest go (the refused one among them)
-        monkeypatch.setattr(pipeline_module, "ARRIVALS_KEPT", 3)
+        monkeypatch.setattr(arrivals_module, "ARRIVALS_KEPT", 3)
         pipeline.forget_arrivals(now)
         monkeypatch.undo()
-        assert list(pipeline._arrived) == [stream[3].uuid, stream[4].uuid, "optout-1"]
+        assert list(pipeline.delivery.arrivals.waiting) == [stream[3].uuid, stream[4].uuid,
+                                                          "optout-1"]
         assert pipeline.counters["latency_unobserved.stuck"] == 3
         assert pipeline.counters["latency_unobserved.fast"] == 0
         # for age: the two left that "stuck" waits for are observed, above every bucket
         pipeline.forget_arrivals(now + ARRIVAL_KEEP + 1)
-        assert pipeline._arrived == {}
+        assert len(pipeline.delivery.arrivals) == 0
         late = pipeline.delivery_latency["stuck"]
         assert late.count == 2
         assert late.counts[-1] == 2  # the +Inf bucket (counts are per bucket)

@@ -12,11 +12,12 @@ import anyio
 import pytest
 
 from a2pd import events
-from a2pd.app import settle_reloaded_sinks
 from a2pd.config import SinkSpec
+from a2pd.delivery import Decoded, decode_row
 from a2pd.errors import SinkError
 from a2pd.journal import Journal, Row
-from a2pd.pipeline import Decoded, Pipeline, decode_row
+from a2pd.pipeline import Pipeline
+from a2pd.reload import settle_reloaded_sinks
 from a2pd.router import Route, Router
 from a2pd.sinks import Sink, SinkContext, SinkOptions
 from tests.harness import DATA, open_test_journal, seed

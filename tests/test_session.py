@@ -11,7 +11,8 @@ from websockets.asyncio.client import ClientConnection
 
 from a2pd import protocol
 from a2pd.config import ConnectionConfig
-from a2pd.session import SessionState, _Connection
+from a2pd.session import SessionState
+from a2pd.session.connection import Connection
 
 
 class StubSocket:
@@ -55,7 +56,7 @@ async def test_wsc_is_kept_only_after_the_handler_took_the_notification() -> Non
         raise AssertionError(frame.reason)
 
     socket = StubSocket([notification(1), notification(2)])
-    conn = _Connection(cast(ClientConnection, socket), ConnectionConfig(), state,
+    conn = Connection(cast(ClientConnection, socket), ConnectionConfig(), state,
                        on_notification, on_bad_frame, oauth_session="s")
     async with anyio.create_task_group() as tg:
         tg.start_soon(conn.receive_loop)

@@ -47,10 +47,10 @@ async def test_a_limit_reached_by_our_last_run_is_cleared_and_retried(tmp_path: 
     async with emu.running():
         settings = settings_for(emu, tmp_path)
         async with running_daemon(settings) as daemon:
-            first = daemon.supervisor.state.subscription_id  # type: ignore[union-attr]
+            first = daemon.supervisor.state.subscription_id
         assert emu.gateway.subscription_count() == 1
         async with running_daemon(settings) as daemon:
-            state = daemon.supervisor.state  # type: ignore[union-attr]
+            state = daemon.supervisor.state
             assert state.counters["subscription_limit"] == 1
             assert state.subscription_id != first
             assert state.stale_subscriptions == []

@@ -43,33 +43,36 @@ Never raises out of ``run`` for platform trouble; only cancellation ends it.
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Final
-from urllib.parse import quote, unquote
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
 from anyio.abc import TaskStatus
 
 from a2pd import counts, events
-from a2pd.auth import TokenManager, retry_after_of
-from a2pd.backoff import backoff
+from a2pd.auth import TokenManager
+from a2pd.backfill.lists import Lists
+from a2pd.backfill.records import (
+    CONSENTS_PATH,
+    LIST_PATH,
+    Filter,
+    iso,
+    parse_filters,
+    synthetic,
+    wall,
+)
 from a2pd.config import BackfillConfig
-from a2pd.errors import FatalPlatformError, PlatformError, RateLimited
+from a2pd.errors import FatalPlatformError
+from a2pd.ingest import Ingest
 from a2pd.journal import Gap, Journal
 from a2pd.logging import get_logger
-from a2pd.pipeline import Pipeline
-from a2pd.vocab import error_code
 
 __all__ = [
     "CONSENTS_PATH",
     "LIST_PATH",
-    "MAX_PAGES",
-    "PERMANENT",
     "PROGRESS_KEY",
     "TARGETED_READS",
     "Backfill",
@@ -81,99 +84,6 @@ __all__ = [
 
 log = get_logger("backfill")
 
-_FILTER = re.compile(
-    r"^/restapi/v1\.0/account/[^/?]+/a2p-sms/(batches|messages|opt-outs)(?:\?(.*))?$")
-LIST_PATH: Final = "/restapi/v1.0/account/~/a2p-sms/"
-#: the opt-out states: the v2 consents API (the v1 ``a2p-sms/opt-outs`` list has left
-#: RingCentral's API spec, and its records carry no time: docs/protocol-notes.md §9)
-CONSENTS_PATH: Final = "/restapi/v2/accounts/~/sms/consents"
-#: a list that keeps answering next pages is cut here (a platform bug must not loop us)
-MAX_PAGES = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """A subscribed A2P event filter: its resource and its query parameters."""
-
-    text: str
-    resource: str
-    params: tuple[tuple[str, str], ...]
-
-    def matches(self, body: dict[str, Any]) -> bool:
-        """Whether a list record would have been notified through this filter."""
-        for name, value in self.params:
-            if name == "to":
-                to = body.get("to")
-                if value not in (to if isinstance(to, list) else [to]):
-                    return False
-            elif str(body.get(name)) != value:
-                return False
-        return True
-
-
-def parse_filters(texts: list[str]) -> list[Filter]:
-    """The A2P filters among the subscription's (other filters have no list to rebuild from)."""
-    found = []
-    for text in texts:
-        match = _FILTER.match(text)
-        if match is None:
-            continue
-        params = []
-        for part in (match.group(2) or "").split("&"):
-            if part:
-                name, _, value = part.partition("=")
-                # unquote, not unquote_plus: a raw "+" starts an E.164 number (§5.2)
-                params.append((unquote(name), unquote(value)))
-        found.append(Filter(text, match.group(1), tuple(params)))
-    return found
-
-
-def iso(wall: float) -> str:
-    """A wall time as the lists' ISO 8601 (UTC, milliseconds)."""
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _wall(text: Any) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-
-
-def synthetic(resource: str, record: dict[str, Any], event_path: str,
-              owner_id: str | None) -> dict[str, Any] | None:
-    """The notification envelope equivalent to a list record (None: not enough to name it)."""
-    if resource == "opt-outs":
-        status = record.get("optStatus") or record.get("status")
-        if status not in ("OptOut", "OptIn") and not isinstance(record.get("active"), bool):
-            return None
-        active = record["active"] if isinstance(record.get("active"), bool) else \
-            status == "OptOut"
-        body = {**record, "active": active}
-        when = record.get("lastModifiedTime") or record.get("creationTime") or ""
-        uuid = f"backfill:optout:{record.get('from')}:{record.get('to')}:" \
-            f"{'true' if active else 'false'}:{when}"
-    elif resource == "messages":
-        body = dict(record)
-        uuid = f"backfill:message:{record.get('id')}:{record.get('messageStatus')}:" \
-            f"{record.get('lastModifiedTime') or ''}"
-    else:
-        body = dict(record)
-        uuid = f"backfill:batch:{record.get('id')}:{record.get('status')}:" \
-            f"{record.get('lastModifiedTime') or ''}"
-    envelope: dict[str, Any] = {"uuid": uuid, "event": event_path, "backfilled": True,
-                                "body": body}
-    if owner_id:
-        envelope["ownerId"] = owner_id
-    return envelope
-
-
-#: answers that retrying cannot change (no A2P SMS permission, a retired endpoint, a query
-#: the platform will never take): reported once, the gaps kept until a reload or restart
-PERMANENT = frozenset({400, 403, 404, 405, 410})
 #: reads of open objects by id or batch beyond which one wide listing is cheaper
 TARGETED_READS = 25
 #: journal meta key of the listing in progress (resumed after a restart)
@@ -184,15 +94,13 @@ class Backfill:
     """Persists reported gaps and rebuilds them: every gap pending when a listing starts is
     covered by it, from the oldest gap's start.
 
-    Every list call goes through ``_call``: paced by the ``X-Rate-Limit-*`` headers (once
-    ``Remaining`` is 0, nothing is sent for ``Window`` seconds) and by ``Retry-After`` after
-    a 429 (sending during the penalty would restart it), retried with backoff on errors, all
-    without leaving the page it was on. The step and page token reached are saved in the
+    Every list call goes through ``lists.Lists`` (paced, retried, without leaving the page
+    it was on). The step and page token reached are saved in the
     journal after each page is committed, so a restart resumes there. A permanent answer
     (``PERMANENT``) stops the backfill with one clear error until ``resume`` (a reload) or
     a restart; the gaps stay recorded meanwhile.
 
-    Counters (the pipeline's): ``gaps_recorded``, ``gaps_backfilled``, ``backfill_records``
+    Counters (the intake's): ``gaps_recorded``, ``gaps_backfilled``, ``backfill_records``
     (listed), ``backfill_pages``, ``backfill_skipped`` (outside the window or no subscribed
     filter), ``backfill_errors``, ``backfill_rate_limited``, ``backfill_paced`` (waits for
     the rate limit's window), ``backfill_refused``, ``backfill_window_cut``; the journal
@@ -200,17 +108,15 @@ class Backfill:
     """
 
     def __init__(self, cfg: BackfillConfig, auth: TokenManager, http: httpx.AsyncClient,
-                 server: str, filters: list[str], pipeline: Pipeline, *,
+                 server: str, filters: list[str], intake: Ingest, *,
                  http_timeout: float = 30.0, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.auth = auth
-        self.http = http
-        self.server = server.rstrip("/")
         self.filters = parse_filters(filters)
-        self.pipeline = pipeline
-        self.journal: Journal = pipeline.journal
-        self.counters = pipeline.counters
-        self.http_timeout = http_timeout
+        self.intake = intake
+        self.journal: Journal = intake.journal
+        self.counters = intake.counters
+        self.lists = Lists(cfg, auth, http, server, self.counters, http_timeout=http_timeout)
         self._clock = clock
         self._opened: list[tuple[float, str]] = []
         #: set when gaps were reported (to write), and when gaps were written (to list)
@@ -218,8 +124,6 @@ class Backfill:
         self._wake = anyio.Event()
         #: why the platform refused the lists for good (None: it did not)
         self.refused: str | None = None
-        #: monotonic time before which no list call may be sent (rate limit, backoff)
-        self._not_before = 0.0
 
     def gap_opened(self, start: float, reason: str = "fresh session") -> None:
         """The supervisor's ``on_gap``: a gap began at ``start`` (wall time). Written to the
@@ -346,7 +250,7 @@ class Backfill:
         """One list of the window, from ``token``, progress saved after each page."""
         chosen = [f for f in self.filters if f.resource == step]
         listed = 0
-        async for records, following in self._pages(step, self._window(step, start, end),
+        async for records, following in self.lists.pages(step, self._window(step, start, end),
                                                     token):
             for record in records:
                 listed += 1
@@ -408,7 +312,7 @@ class Backfill:
         for resource, idents in (("batches", batches), ("messages", singles)):
             for ident in idents if chosen[resource] else ():
                 try:
-                    record = await self._call(f"{resource}/{quote(ident, safe='')}", {})
+                    record = await self.lists.call(f"{resource}/{quote(ident, safe='')}", {})
                 except FatalPlatformError as exc:
                     if exc.status != 404:
                         raise
@@ -422,7 +326,7 @@ class Backfill:
             # object's creation on
             params = {"batchId": batch, "dateFrom": iso(created - 1.0), "dateTo": iso(end),
                       "view": "Detailed"}
-            async for records, _ in self._pages("messages", params, None):
+            async for records, _ in self.lists.pages("messages", params, None):
                 for record in records:
                     read += 1
                     await self._ingest("messages", record, chosen["messages"], start, end)
@@ -440,7 +344,7 @@ class Backfill:
         self.counters.inc(counts.BACKFILL_RECORDS)
         if resource == "opt-outs":
             # the consents list has no date filter: only records dated inside the window
-            when = _wall(record.get("lastModifiedTime")) or _wall(record.get("creationTime"))
+            when = wall(record.get("lastModifiedTime")) or wall(record.get("creationTime"))
             if when is None or not start <= when <= end:
                 self.counters.inc(counts.BACKFILL_SKIPPED)
                 return
@@ -459,98 +363,5 @@ class Backfill:
             await self.journal.queue_dead_letter("backfill", decoded.reason, raw,
                                                  uuid=decoded.uuid)
             return
-        await self.pipeline.ingest_event(decoded)
+        await self.intake.ingest_event(decoded)
 
-    async def _pages(self, resource: str, query: dict[str, Any], token: str | None,
-                     ) -> AsyncIterator[tuple[list[Any], str | None]]:
-        """Each page of one list from ``token`` on: (records, the next page's token or None
-        after the last page). A page token the platform no longer takes (a listing resumed
-        after a restart) starts the list over."""
-        params = {"perPage": str(self.cfg.per_page), **query}
-        for _ in range(MAX_PAGES):
-            try:
-                page = await self._call(resource, params | ({"pageToken": token} if token
-                                                             else {}))
-            except FatalPlatformError as exc:
-                if token is None or exc.status != 400:
-                    raise
-                log.warning("backfill_page_token_refused", resource=resource,
-                            note="listing this resource again from its first page")
-                token = None
-                continue
-            self.counters.inc(counts.BACKFILL_PAGES)
-            records = page.get("records")
-            paging = page.get("paging")
-            following = paging.get("nextPageToken") if isinstance(paging, dict) else None
-            last = not isinstance(following, str) or not following or following == token
-            yield (records if isinstance(records, list) else []), None if last else following
-            if last:
-                return
-            token = following
-        log.error("backfill_paging_cut", resource=resource, pages=MAX_PAGES)
-
-    async def _call(self, resource: str, params: dict[str, Any]) -> dict[str, Any]:
-        """One GET, paced by the rate limit, retried until it succeeds; raises only
-        ``FatalPlatformError`` (a ``PERMANENT`` answer)."""
-        delays = backoff(self.cfg.retry_initial, 2.0, self.cfg.retry_max)
-        while True:
-            wait = self._not_before - anyio.current_time()
-            if wait > 0:
-                await anyio.sleep(wait)
-            try:
-                return await self._get(resource, params)
-            except RateLimited as exc:
-                self.counters.inc(counts.BACKFILL_RATE_LIMITED)
-                delay = max(exc.retry_after, 0.0)
-                log.warning("backfill_rate_limited", retry_in=round(delay, 3), code=exc.code,
-                            note="resuming from the same page")
-            except FatalPlatformError:
-                raise
-            except PlatformError as exc:
-                self.counters.inc(counts.BACKFILL_ERRORS)
-                delay = next(delays)
-                log.error("backfill_failed", reason=exc.reason, status=exc.status,
-                          code=exc.code, retry_in=round(delay, 3),
-                          note="the gap stays pending; resuming from the same page")
-            self._not_before = max(self._not_before, anyio.current_time() + delay)
-
-    async def _get(self, resource: str, params: dict[str, Any]) -> dict[str, Any]:
-        path = CONSENTS_PATH if resource == "opt-outs" else LIST_PATH + resource
-        access = await self.auth.access_token()
-        try:
-            response = await self.http.get(
-                self.server + path, params=params, timeout=self.http_timeout,
-                headers={"Accept": "application/json", "Authorization": f"Bearer {access}"})
-        except httpx.TimeoutException as exc:
-            raise PlatformError(f"timed out listing {path}") from exc
-        except httpx.HTTPError as exc:
-            raise PlatformError(f"cannot reach the platform for {path}: "
-                                f"{type(exc).__name__}") from exc
-        self._pace(response.headers)
-        try:
-            body = response.json() if response.content else {}
-        except ValueError:
-            body = {}
-        status = response.status_code
-        code = error_code(body)
-        if status == 429:
-            raise RateLimited(f"{path} rate limited", retry_after=retry_after_of(response),
-                              code=code)
-        if status in PERMANENT:
-            raise FatalPlatformError(f"{path} refused", status=status, code=code)
-        if not 200 <= status < 300 or not isinstance(body, dict):
-            raise PlatformError(f"{path} failed", status=status, code=code)
-        return body
-
-    def _pace(self, headers: httpx.Headers) -> None:
-        """Once ``X-Rate-Limit-Remaining`` is 0, send nothing for ``X-Rate-Limit-Window``
-        seconds (the rate-limits page's advice: a call in the penalty restarts it)."""
-        try:
-            remaining = int(headers.get("X-Rate-Limit-Remaining", "1"))
-            window = float(headers.get("X-Rate-Limit-Window", "60"))
-        except ValueError:
-            return
-        if remaining <= 0 and window > 0:
-            self.counters.inc(counts.BACKFILL_PACED)
-            log.info("backfill_paced", wait=window, note="the rate limit's window is used up")
-            self._not_before = max(self._not_before, anyio.current_time() + min(window, 3600))
