@@ -1,4 +1,5 @@
-"""A real redis-server on a free loopback port, for the Redis sink's tests.
+"""A real redis-server on a free loopback port, for the Redis sink's tests, and the sink
+pointed at it (``make_sink``).
 
 Started inside the test (``async with redis_server(tmp_path) as server``), never in a yield
 fixture, and always killed when the block ends. Readiness is a bounded PING poll, never a
@@ -19,6 +20,9 @@ from typing import Any
 import anyio
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+
+from a2pd.sinks import SinkContext
+from a2pd.sinks.redis import RedisOptions, RedisSink
 
 #: bound on a server's start (and restart) in seconds
 START_TIMEOUT = 15.0
@@ -147,3 +151,12 @@ async def redis_server(directory: Path, *, appendonly: bool = False, extra: Sequ
         yield server
     finally:
         server.kill()
+
+
+def make_sink(server: RedisServer, name: str = "r", env: dict[str, str] | None = None,
+              **options: Any) -> RedisSink:
+    """A Redis sink ``name`` writing to ``server`` (``options``: its table, ``env``: the
+    environment its secrets are read from)."""
+    opts = RedisOptions.model_validate({"url": server.url, **options},
+                                       context={"env": env or {}})
+    return RedisSink(name, opts, SinkContext(state_dir=Path(".")))

@@ -16,12 +16,12 @@ import pytest
 
 from a2pd import auth, counts
 from a2pd.auth import REVOKE_PATH, TOKEN_PATH, WSTOKEN_PATH, TokenManager
+from a2pd.auth import rest as auth_rest
 from a2pd.config import ConnectionConfig, PlatformConfig
 from a2pd.emulator import Emulator, EmulatorConfig
 from a2pd.emulator.config import DAEMON_PERMISSIONS, WS_PERMISSION
 from a2pd.errors import FatalPlatformError, PlatformError, RateLimited
-
-TIMEOUT = 15.0
+from tests.harness import TIMEOUT
 
 
 class Stop(Exception):
@@ -59,6 +59,7 @@ async def platform(monkeypatch: pytest.MonkeyPatch, *, clock: VirtualTime | None
     """An emulator, and a TokenManager for it on a virtual clock."""
     clock = clock or VirtualTime()
     monkeypatch.setattr(auth, "anyio", clock)
+    monkeypatch.setattr(auth_rest, "anyio", clock)  # the 429 hold-back waits there
     async with Emulator(EmulatorConfig(**emulator)).running() as emu, \
             httpx.AsyncClient() as http:
         manager = TokenManager(

@@ -13,13 +13,19 @@ import pytest
 from a2pd import config, events
 from a2pd.app import Daemon
 from a2pd.backfill import parse_filters, synthetic
-from a2pd.emulator import Emulator
 from a2pd.errors import ConfigError
 from a2pd.parts import open_journal
 from tests.harness import (
+    FAST_BACKFILL,
     TIMEOUT,
+    batch,
     delivered,
     emulator,
+    failed_recovery_gap,
+    now_iso,
+    plain,
+    publish_live,
+    publish_while_away,
     read_records,
     running_daemon,
     seed,
@@ -27,59 +33,6 @@ from tests.harness import (
     settings_for,
     settings_text,
 )
-
-FAST_BACKFILL = '[backfill]\nretry_initial = 0.05\nretry_max = 0.2\n'
-
-
-def now_iso() -> str:
-    """The current UTC time as the A2P bodies write it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def plain(msg_id: str, status: str = "Delivered") -> dict[str, Any]:
-    """An outbound message body stamped now."""
-    stamp = now_iso()
-    body = {**seed("outbound.json")["body"], "id": msg_id, "messageStatus": status,
-            "creationTime": stamp, "lastModifiedTime": stamp}
-    body.pop("errorCode", None)
-    return body
-
-
-def batch(batch_id: str, status: str) -> dict[str, Any]:
-    """A batch body stamped now."""
-    stamp = now_iso()
-    return {**seed("batch.json")["body"], "id": batch_id, "status": status,
-            "creationTime": stamp, "lastModifiedTime": stamp}
-
-
-async def publish_live(emu: Emulator, daemon: Daemon) -> int:
-    """Four messages and a batch received live; how many."""
-    for i in range(4):
-        await emu.publish("message", plain(f"live-{i}"))
-    await emu.publish("batch", batch("live-batch", "Completed"))
-    await delivered(daemon, "archive", 5)
-    return 5
-
-
-async def publish_while_away(emu: Emulator, count: int) -> int:
-    """Drop the socket and publish ``count`` messages, a batch and an opt-out before the
-    daemon can reconnect (no await yields in between); how many events were lost."""
-    await emu.drop_connections(mode="abrupt")
-    before = len(emu.generated)
-    for i in range(count):
-        await emu.publish("message", plain(f"lost-{i}"))
-    await emu.publish("batch", batch("lost-batch", "Completed"))
-    await emu.publish("optout", seed("optout.json")["body"])
-    assert not any(g.live for g in emu.generated[before:])
-    return count + 2
-
-
-async def failed_recovery_gap(emu: Emulator, daemon: Daemon, count: int) -> tuple[int, int]:
-    """Events received live, then a failed recovery with ``count`` messages (plus a batch
-    and an opt-out) published meanwhile: (live, lost)."""
-    live = await publish_live(emu, daemon)
-    emu.fail_next_recovery()
-    return live, await publish_while_away(emu, count)
 
 
 async def counted(daemon: Daemon, name: str, count: int) -> None:

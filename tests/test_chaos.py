@@ -29,7 +29,7 @@ from anyio.abc import Process
 from a2pd.emulator import Emulator
 from a2pd.observe import Counters
 from tests.harness import TIMEOUT, emulator, read_records, seed, settings_text
-from tests.test_cli import started, stderr_lines
+from tests.processes import started, stderr_lines
 
 SEED = 20261123
 ROUNDS = 60

@@ -3,92 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tests.harness import TIMEOUT, emulator, read_records, seed
-
-CONFIG = """
-[platform]
-server = "{server}"
-client_id = "{client_id}"
-client_secret_file = "{secret_file}"
-
-[connection]
-backoff_initial = 0.05
-wstoken_min_interval = 0.01
-
-[state]
-directory = "{state}"
-
-[ops]
-# a free port: tests run daemons side by side
-listen = "127.0.0.1:0"
-
-[log]
-level = "debug"
-
-[sinks.archive]
-type = "file"
-directory = "{events}"
-path = "{{kind}}.jsonl"
-
-[default_route]
-sinks = ["archive"]
-"""
-
-
-def write_config(tmp_path: Path, emu_url: str, client_id: str, secret: str) -> Path:
-    secret_file = tmp_path / "client_secret"
-    secret_file.write_text(secret + "\n")
-    path = tmp_path / "a2pd.toml"
-    path.write_text(CONFIG.format(server=emu_url, client_id=client_id, secret_file=secret_file,
-                                  state=tmp_path / "state", events=tmp_path / "events"))
-    return path
-
-
-@asynccontextmanager
-async def started(config: Path, jwt: str,
-                  env: dict[str, str] | None = None) -> AsyncIterator[Process]:
-    """``a2pd run -c config`` as a child process; killed on the way out if it still runs
-    (a failed test must not wait for a daemon nobody stops)."""
-    env = {**os.environ, "A2PD_JWT": jwt, "PYTHONUNBUFFERED": "1", **(env or {})}
-    process = await anyio.open_process(
-        [sys.executable, "-m", "a2pd", "run", "-c", str(config)], env=env,
-        stdin=subprocess.DEVNULL)
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with anyio.CancelScope(shield=True):
-            await process.aclose()
-
-
-def stderr_lines(process: Process) -> BufferedByteReceiveStream:
-    assert process.stderr is not None
-    return BufferedByteReceiveStream(process.stderr)
-
-
-async def read_until(stream: BufferedByteReceiveStream, event: str, lines: list[str]) -> None:
-    """Collect whole stderr lines until a JSON log line with ``event`` appears."""
-    while True:
-        try:
-            line = (await stream.receive_until(b"\n", 1 << 20)).decode()
-        except (anyio.EndOfStream, anyio.IncompleteRead):
-            raise AssertionError(f"stderr ended before {event!r}") from None
-        lines.append(line)
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            return
+from tests.processes import read_until, started, stderr_lines, write_config
 
 
 async def drain(stream: BufferedByteReceiveStream, lines: list[str]) -> None:
@@ -106,8 +30,7 @@ async def test_run_delivers_then_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
     """`a2pd run` subscribes, delivers, exits 0 on SIGTERM, and logs JSON without secrets."""
     emu = emulator()
     async with emu.running():
-        config = write_config(tmp_path, emu.base_url, emu.config.client_id,
-                              emu.config.client_secret)
+        config = write_config(tmp_path, emu)
         lines: list[str] = []
         async with started(config, emu.config.jwt) as process:
             stream = stderr_lines(process)
@@ -150,7 +73,7 @@ async def test_rejected_credentials_exit_77_with_one_clear_line(tmp_path: Path) 
     """A wrong client secret stops the daemon with exit 77 and a clear message, no retries."""
     emu = emulator()
     async with emu.running():
-        config = write_config(tmp_path, emu.base_url, emu.config.client_id, "wrong-secret-value")
+        config = write_config(tmp_path, emu, "wrong-secret-value")
         lines: list[str] = []
         async with started(config, emu.config.jwt) as process:
             with anyio.fail_after(TIMEOUT):
@@ -191,8 +114,7 @@ async def test_sighup_reopens_file_sinks(tmp_path: Path) -> None:
     the sink write a fresh one."""
     emu = emulator()
     async with emu.running():
-        config = write_config(tmp_path, emu.base_url, emu.config.client_id,
-                              emu.config.client_secret)
+        config = write_config(tmp_path, emu)
         lines: list[str] = []
         async with started(config, emu.config.jwt) as process:
             stream = stderr_lines(process)
@@ -220,10 +142,10 @@ async def test_second_signal_skips_the_drain(tmp_path: Path) -> None:
     blocker.write_text("a file where the sink wants a directory")
     emu = emulator()
     async with emu.running():
-        config = write_config(tmp_path, emu.base_url, emu.config.client_id,
-                              emu.config.client_secret)
+        config = write_config(tmp_path, emu,
+                              delivery={"shutdown_timeout": "60s", "retry_max": 0.2})
         text = config.read_text().replace(str(tmp_path / "events"), str(blocker / "events"))
-        config.write_text(text + '\n[delivery]\nshutdown_timeout = "60s"\nretry_max = 0.2\n')
+        config.write_text(text)
         lines: list[str] = []
         async with started(config, emu.config.jwt) as process:
             stream = stderr_lines(process)

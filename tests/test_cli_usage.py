@@ -19,20 +19,19 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from tests.harness import TIMEOUT, emulator, open_test_journal, settings_text
+from tests.harness import (
+    PLATFORM_TOML,
+    TIMEOUT,
+    emulator,
+    open_test_journal,
+    settings_text,
+    sink_config,
+)
 
 #: the console script pip installed next to this interpreter: what an operator runs
 #: ($A2PD_COMMAND: another install's, to run these tests against it)
 A2PD = os.environ.get("A2PD_COMMAND") or str(Path(sys.executable).parent / "a2pd")
 ROOT = Path(__file__).parent.parent
-#: a [platform] table whose secrets are inline (what these tests check is elsewhere)
-PLATFORM = """
-[platform]
-server = "https://platform.ringcentral.com"
-client_id = "id"
-client_secret = "secret-value"
-jwt = "jwt-value"
-"""
 
 
 def a2pd(*args: str, env: dict[str, str] | None = None,
@@ -208,7 +207,7 @@ def test_validate_without_secrets(tmp_path: Path) -> None:
 def test_typos_get_did_you_mean(tmp_path: Path) -> None:
     """A misspelt key or sink name is named with the likely intended one."""
     config = tmp_path / "a2pd.toml"
-    config.write_text(PLATFORM + """[sinks.archive]
+    config.write_text(PLATFORM_TOML + """[sinks.archive]
 type = "file"
 directory = "/tmp/x"
 fsynk = "always"
@@ -311,13 +310,9 @@ sinks = ["hook", "streams"]
 def test_a_huge_secret_file_is_refused_unread(tmp_path: Path) -> None:
     """A sink's secret file over 64 KiB (here /dev/zero) is a config error, not a crash."""
     config = tmp_path / "a2pd.toml"
-    config.write_text(PLATFORM + """[sinks.hook]
-type = "http"
+    config.write_text(sink_config("hook", """type = "http"
 url = "https://hooks.example.com/a2p"
-auth = { type = "bearer", token = { file = "/dev/zero" } }
-[default_route]
-sinks = ["hook"]
-""")
+auth = { type = "bearer", token = { file = "/dev/zero" } }"""))
     result = a2pd("validate", str(config))
     assert result.returncode == 78, result.stderr
     assert "/dev/zero is larger than 65536 bytes" in result.stderr
@@ -397,13 +392,9 @@ def test_demo_never_takes_the_operators_secrets(tmp_path: Path) -> None:
 def test_config_errors_read_without_validator_noise(tmp_path: Path) -> None:
     """A validator's message is shown as written, without pydantic's "Value error, "."""
     config = tmp_path / "a2pd.toml"
-    config.write_text(PLATFORM + """[sinks.hook]
-type = "http"
+    config.write_text(sink_config("hook", """type = "http"
 url = "https://hooks.example.com/a2p"
-signing_secrets = ["not-a-key"]
-[default_route]
-sinks = ["hook"]
-""")
+signing_secrets = ["not-a-key"]"""))
     result = a2pd("validate", str(config))
     assert result.returncode == 78
     assert "sinks.hook.signing_secrets: key 0 is not a Standard Webhooks secret" in result.stderr

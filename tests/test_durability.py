@@ -9,24 +9,15 @@ the commit window) are counted and printed; recovering those is session recovery
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import anyio
-from anyio.abc import Process
 
-from a2pd.emulator import Emulator
 from a2pd.journal import Journal
 from tests.harness import TIMEOUT, emulator, read_records, running_daemon, seed, settings_for
-from tests.test_cli import read_until, stderr_lines
-
-BATCH_MAX = 64
+from tests.processes import BATCH_MAX, crash_config, run_then_kill
 
 SINKS = """
 [sinks.archive]
@@ -35,75 +26,6 @@ directory = "{events}"
 path = "{{kind}}.jsonl"
 fsync = "never"
 """
-
-
-def config_text(settings_path: Path, server: str, client_id: str, secret: str, jwt: str,
-                state: Path, events: Path) -> None:
-    settings_path.write_text(f"""
-[platform]
-server = "{server}"
-client_id = "{client_id}"
-client_secret = "{secret}"
-jwt = "{jwt}"
-
-[connection]
-backoff_initial = 0.05
-wstoken_min_interval = 0.01
-
-[state]
-directory = "{state}"
-
-[journal]
-commit_interval = 0.02
-
-[delivery]
-batch_max = {BATCH_MAX}
-
-[ops]
-# a free port: tests run daemons side by side
-listen = "127.0.0.1:0"
-
-[log]
-level = "debug"
-""" + SINKS.format(events=events) + '\n[default_route]\nsinks = ["archive"]\n')
-
-
-async def start_daemon(config: Path) -> Process:
-    return await anyio.open_process(
-        [sys.executable, "-m", "a2pd", "run", "-c", str(config)],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL)
-
-
-async def run_then_kill(config: Path, emu: Emulator, rng: random.Random,
-                        body: dict[str, Any], published: int,
-                        lines: list[str] | None = None) -> int:
-    """Start ``a2pd run``, publish a burst of 200-400 messages (ids from ``published`` on)
-    and SIGKILL it while batches are being committed and delivered; the new ``published``.
-    Its stderr lines go to ``lines``."""
-    lines = [] if lines is None else lines
-    process = await start_daemon(config)
-    async with process:
-        stream = stderr_lines(process)
-        try:
-            with anyio.fail_after(TIMEOUT):
-                await read_until(stream, "subscribed", lines)
-                burst = rng.randint(200, 400)
-                for _ in range(burst):
-                    await emu.publish("message", {**body, "id": f"m{published}"})
-                    published += 1
-                # a batch holds at most BATCH_MAX events, so the burst alone makes at least
-                # ceil(burst / BATCH_MAX) "delivered" lines: wait for fewer, then kill
-                for _ in range(rng.randint(1, -(-burst // BATCH_MAX))):
-                    await read_until(stream, "delivered", lines)
-        except BaseException:
-            print("\n".join(lines[-40:]), file=sys.stderr)
-            raise
-        finally:
-            # never leave a live daemon behind (closing the process would wait for it)
-            process.send_signal(signal.SIGKILL)
-        assert await process.wait() == -signal.SIGKILL
-    return published
 
 
 async def test_sigkill_during_a_stream_loses_nothing_committed(tmp_path: Path) -> None:
@@ -116,9 +38,7 @@ async def test_sigkill_during_a_stream_loses_nothing_committed(tmp_path: Path) -
     emu = emulator()
     state, events_dir = tmp_path / "state", tmp_path / "events"
     async with emu.running():
-        config = tmp_path / "a2pd.toml"
-        config_text(config, emu.base_url, emu.config.client_id, emu.config.client_secret,
-                    emu.config.jwt, state, events_dir)
+        config = crash_config(tmp_path, emu)
         published = 0
         for _ in range(kills):
             published = await run_then_kill(config, emu, rng, body, published)

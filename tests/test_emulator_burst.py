@@ -13,14 +13,14 @@ from a2pd.emulator import EmulatorConfigError
 from a2pd.emulator.burst import STAMP_FIELD, Burst, encode_templates, index_digits
 from a2pd.emulator.filters import parse_filter
 from a2pd.emulator.gateway import Subscription
-from tests.test_emulator import (
+from tests.harness import TIMEOUT
+from tests.platform_client import (
     A2P,
     ACCOUNT,
     BATCH,
     INBOUND,
     OPTOUT,
     OUTBOUND,
-    TIMEOUT,
     login,
     platform,
     session,

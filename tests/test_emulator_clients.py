@@ -17,8 +17,8 @@ from websockets.exceptions import ConnectionClosed
 
 from a2pd.emulator import DEFAULT_JWT, Emulator, EmulatorConfig
 from a2pd.emulator.cli import main
+from tests.harness import TIMEOUT
 
-TIMEOUT = 10.0
 FILTERS = ["/restapi/v1.0/account/~/a2p-sms/opt-outs",
            "/restapi/v1.0/account/~/a2p-sms/messages?direction=Inbound"]
 OPTOUT = {"from": "+16505550100", "to": "+12125550100", "active": True}

@@ -9,7 +9,7 @@ import pytest
 
 from a2pd.emulator import EmulatorConfig, EmulatorConfigError
 from a2pd.emulator.config import DAEMON_PERMISSIONS
-from tests.test_emulator import A2P, ALL_FILTERS, grant, login, platform, session
+from tests.platform_client import A2P, ALL_FILTERS, grant, login, platform, session
 
 SUBSCRIBE = {"deliveryMode": {"transportType": "WebSocket"}}
 

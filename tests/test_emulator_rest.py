@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from a2pd.emulator.rest import RateLimit
-from tests.test_emulator import login, platform
+from tests.platform_client import login, platform
 
 LIST = "/restapi/v1.0/account/~/a2p-sms/"
 

@@ -7,10 +7,8 @@ directory, never has a '.'/'..' segment, NUL or a name over 255 bytes, and writi
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -22,7 +20,7 @@ from a2pd.errors import SinkError
 from a2pd.sinks import SinkContext
 from a2pd.sinks.file import FileOptions, FileSink
 from a2pd.sinks.templates import fit_name, safe_component
-from tests.harness import seed
+from tests.harness import sample_event
 
 TEMPLATES = [
     "{kind}/{batchId}/{status}.jsonl",
@@ -37,14 +35,9 @@ hostile = st.text(st.characters(codec="utf-8"), min_size=1, max_size=400) | st.s
 
 
 def hostile_event(batch_id: str, status: str, subscription: str, owner: str) -> events.Event:
-    envelope: dict[str, Any] = json.loads(json.dumps(seed("outbound_failed.json")))
-    envelope["subscriptionId"] = subscription
-    envelope["ownerId"] = owner
-    envelope["body"]["batchId"] = batch_id
-    envelope["body"]["messageStatus"] = status
-    event = events.decode_notification(envelope, b"raw")
-    assert not isinstance(event, events.EventError), event.reason
-    return event
+    return sample_event("outbound_failed.json",
+                        envelope={"subscriptionId": subscription, "ownerId": owner},
+                        batchId=batch_id, messageStatus=status)
 
 
 def sink_at(base: Path, template: str) -> FileSink:

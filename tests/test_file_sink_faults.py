@@ -19,17 +19,16 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from a2pd import events
 from a2pd.errors import SinkError
 from a2pd.sinks import SinkContext
 from a2pd.sinks.file import FileOptions, FileSink
 from tests.disks import fill, free, tmpfs
 from tests.harness import (
-    DATA,
     TIMEOUT,
     delivered,
     emulator,
     running_daemon,
+    sample_event,
     seed,
     settings_for,
 )
@@ -38,16 +37,6 @@ from tests.harness import (
 #: on a full tmpfs part of a batch lands and the rest is refused
 PADDING = "x" * (os.sysconf("SC_PAGESIZE") + 100)
 BODY = {**seed("outbound.json")["body"], "text": PADDING}
-
-
-def event(n: int, name: str = "outbound.json", padding: str = PADDING) -> events.Event:
-    """Seed event ``name`` with its own uuid (``u<n>``) and a text of ``padding``."""
-    doc = json.loads((DATA / name).read_text())
-    doc["uuid"] = f"u{n}"
-    doc["body"]["text"] = padding
-    result = events.decode_notification(doc, b"")
-    assert not isinstance(result, events.EventError), result
-    return result
 
 
 def file_sink(directory: Path, **options: Any) -> FileSink:
@@ -83,10 +72,10 @@ async def test_a_batch_refused_by_a_full_disk_is_written_once(tmp_path: Path,
         sink = file_sink(disk / "out", path="all.jsonl", fsync=fsync, fsync_interval=0.001)
         target = disk / "out" / "all.jsonl"
         try:
-            await sink.send([event(0)])
+            await sink.send([sample_event(uuid="u0", text=PADDING)])
             before = target.read_bytes()
             fill(disk)
-            batch = [event(n) for n in (1, 2, 3)]
+            batch = [sample_event(uuid=f"u{n}", text=PADDING) for n in (1, 2, 3)]
             for _ in range(3):
                 with pytest.raises(SinkError) as info:
                     await sink.send(batch)
@@ -107,10 +96,11 @@ async def test_a_failed_batch_is_cut_back_in_every_file_it_touched(tmp_path: Pat
         inbound = disk / "out" / "inbound.jsonl"
         outbound = disk / "out" / "outbound.jsonl"
         try:
-            await sink.send([event(0, "inbound.json", padding="short")])
+            await sink.send([sample_event("inbound.json", uuid="u0", text="short")])
             before = inbound.read_bytes()
             fill(disk)
-            batch = [event(1, "inbound.json", padding="short"), event(2)]
+            batch = [sample_event("inbound.json", uuid="u1", text="short"),
+                     sample_event(uuid="u2", text=PADDING)]
             with pytest.raises(SinkError):
                 await sink.send(batch)
             assert inbound.read_bytes() == before
@@ -219,13 +209,13 @@ async def test_a_reopen_fsyncing_its_files_does_not_hold_up_a_send(
         finished.set()
 
     sink = file_sink(tmp_path / "out", path="all.jsonl", fsync="interval", fsync_interval=3600)
-    await sink.send([event(0)])
+    await sink.send([sample_event(uuid="u0", text=PADDING)])
     monkeypatch.setattr(os, "fsync", held)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(sink.reopen)
             assert await anyio.to_thread.run_sync(partial(entered.wait, TIMEOUT))
-            await sink.send([event(1)])
+            await sink.send([sample_event(uuid="u1", text=PADDING)])
             assert not finished.is_set()
             release.set()
     finally:

@@ -31,11 +31,21 @@ from a2pd.sinks import SinkContext
 from a2pd.sinks.http import HttpOptions, HttpSink
 from a2pd.vocab import parse_retry_after, redact_url
 from examples.verify_webhook import verify as readme_verify
-from tests.harness import delivered, emulator, running_daemon, seed, seed_kind, settings_for
+from tests.harness import (
+    TIMEOUT,
+    delivered,
+    emulator,
+    open_test_journal,
+    router_all,
+    running_daemon,
+    sample_events,
+    seed,
+    seed_kind,
+    settings_for,
+    sink_config,
+)
 from tests.http_receiver import DROP, Answer, Receiver, Request, Slow, Stall
-from tests.test_pipeline import make_events, open_journal, router_all
 
-TIMEOUT = 15.0
 SECRET = "whsec_" + base64.b64encode(b"a2pd-test-signing-key-0123456789").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"the-key-being-rotated-out-000000").decode()
 
@@ -92,8 +102,8 @@ async def test_every_event_arrives_once_through_every_fault(tmp_path: Path) -> N
     receiver = Receiver()
     receiver.script.extend([Answer(500), Answer(503), Answer(429, (("retry-after", "0"),)),
                             DROP, Stall(3.0), Slow(0.05), Answer(502), DROP])
-    journal = await open_journal(tmp_path)
-    stream = make_events(30)
+    journal = await open_test_journal(tmp_path)
+    stream = sample_events(30)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, timeout=0.5)
         try:
@@ -123,10 +133,10 @@ async def test_retry_after_is_honoured_and_capped(tmp_path: Path) -> None:
         lambda: Answer(429, (("retry-after", "3600"),)),
     ])
     receiver = Receiver(rule=lambda _request: next(answers, lambda: None)())
-    journal = await open_journal(tmp_path)
+    journal = await open_test_journal(tmp_path)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, retry_after_max=1.2)
-        await deliver_all(journal, sink, make_events(1))
+        await deliver_all(journal, sink, sample_events(1))
     first, second, third, fourth = (r.at for r in receiver.requests)
     assert second - first >= 1.0
     assert third - second >= 1.0
@@ -170,7 +180,7 @@ def test_retry_after_parsing() -> None:
 async def test_client_errors_are_dead_lettered_then_replayed(tmp_path: Path) -> None:
     """A 422 dead-letters only that event, with the status and a bounded snippet of the
     answer; the others flow; once the receiver is fixed a replay delivers it."""
-    stream = make_events(10)
+    stream = sample_events(10)
     bad = stream[4].uuid
     fixed = False
 
@@ -180,7 +190,7 @@ async def test_client_errors_are_dead_lettered_then_replayed(tmp_path: Path) -> 
         return None
 
     receiver = Receiver(rule=rule)
-    journal = await open_journal(tmp_path)
+    journal = await open_test_journal(tmp_path)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, response_snippet=100)
         async with running_pipeline(journal, sink, stream) as pipeline:
@@ -206,8 +216,8 @@ async def test_batches_are_cut_compressed_and_signed(tmp_path: Path) -> None:
     the uncompressed body, with a stable batch id; every event once, in order."""
     receiver = Receiver()
     receiver.script.append(Answer(500))  # the first batch is retried
-    journal = await open_journal(tmp_path)
-    stream = make_events(30)
+    journal = await open_test_journal(tmp_path)
+    stream = sample_events(30)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, mode="batch", batch_max_events=8,
                          compression="gzip", linger=0.05, signing_secrets=[SECRET, OLD_SECRET])
@@ -233,8 +243,8 @@ async def test_concurrent_requests_deliver_each_event_once(tmp_path: Path) -> No
         return Answer(503) if next(failures) % 5 == 3 else None
 
     receiver = Receiver(rule=rule)
-    journal = await open_journal(tmp_path)
-    stream = make_events(80)
+    journal = await open_test_journal(tmp_path)
+    stream = sample_events(80)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, concurrency=4)
         await deliver_all(journal, sink, stream, batch_max=20)
@@ -257,11 +267,11 @@ async def test_only_same_origin_307_308_redirects_are_followed(tmp_path: Path,
         return None
 
     receiver = Receiver(rule=rule)
-    journal = await open_journal(tmp_path)
+    journal = await open_test_journal(tmp_path)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, follow_redirects=True,
                          secret_headers={"X-Key": "redirect-secret-key"})
-        async with running_pipeline(journal, sink, make_events(1)) as pipeline:
+        async with running_pipeline(journal, sink, sample_events(1)) as pipeline:
             with anyio.fail_after(TIMEOUT):
                 await pipeline.counters.wait_for("dead_letters.hook", 1)
     assert [r.target for r in receiver.requests] == ["/hook"]
@@ -283,10 +293,10 @@ async def test_redirects_are_not_followed_unless_configured(tmp_path: Path) -> N
 
     for follow in (False, True):
         receiver = Receiver(rule=rule)
-        journal = await open_journal(tmp_path / str(follow))
+        journal = await open_test_journal(tmp_path / str(follow))
         async with receiver.running():
             sink = http_sink(journal, receiver.url, follow_redirects=follow)
-            async with running_pipeline(journal, sink, make_events(1)) as pipeline:
+            async with running_pipeline(journal, sink, sample_events(1)) as pipeline:
                 with anyio.fail_after(TIMEOUT):
                     await pipeline.counters.wait_for(
                         "delivered.hook" if follow else "dead_letters.hook", 1)
@@ -319,8 +329,8 @@ async def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path: Path) ->
     client.private_key_pem.write_to_path(str(key_file))
 
     receiver = Receiver(ssl_context=server_context)
-    journal = await open_journal(tmp_path)
-    stream = make_events(3)
+    journal = await open_test_journal(tmp_path)
+    stream = sample_events(3)
     async with receiver.running():
         untrusting = http_sink(journal, receiver.url)
         try:
@@ -357,7 +367,7 @@ async def test_credentials_come_from_env_and_files_and_never_leak(tmp_path: Path
     receiver.script.append(Answer(500, body=f"down, token was {token}".encode()))
     log = io.StringIO()
     a2pd_logging.configure(level="debug", fmt="json", stream=log)
-    journal = await open_journal(tmp_path)
+    journal = await open_test_journal(tmp_path)
     try:
         async with receiver.running():
             url = receiver.url + "?sig=query-secret-000"
@@ -365,7 +375,7 @@ async def test_credentials_come_from_env_and_files_and_never_leak(tmp_path: Path
                                                       "token": {"env": "HOOK_TOKEN"}},
                              secret_headers={"X-Api-Key": {"file": str(key_file)}},
                              headers={"X-Source": "a2pd"})
-            async with running_pipeline(journal, sink, make_events(3)) as pipeline:
+            async with running_pipeline(journal, sink, sample_events(3)) as pipeline:
                 with anyio.fail_after(TIMEOUT):
                     await pipeline.counters.wait_for("delivered.hook", 2)
                     await pipeline.counters.wait_for("dead_letters.hook", 1)
@@ -407,18 +417,7 @@ async def test_credentials_come_from_env_and_files_and_never_leak(tmp_path: Path
 def test_bad_options_name_the_key(options: dict[str, Any], key: str, reason: str) -> None:
     """Each mistake is a config problem at sinks.hook.<key>, with a reason, no secret."""
     table = {"type": "http", "url": "https://example.com/hook", **options}
-    text = f"""
-[platform]
-server = "http://127.0.0.1:1"
-client_id = "id"
-client_secret = "inline-secret"
-jwt = "inline-jwt"
-
-[sinks.hook]
-{"".join(f"{k} = {toml_value(v)}" + chr(10) for k, v in table.items())}
-[default_route]
-sinks = ["hook"]
-"""
+    text = sink_config("hook", "\n".join(f"{k} = {toml_value(v)}" for k, v in table.items()))
     with pytest.raises(ConfigError) as info:
         config.loads(text, env={})
     problems = {p.key: p.reason for p in info.value.problems}
@@ -505,10 +504,10 @@ async def test_giving_up_dead_letters_only_what_the_receiver_never_took(
     """One event of a batch keeps failing until max_attempts: only it and those after it
     go to the dead letters; the ones the receiver accepted are not dead-lettered (a replay
     would send them twice)."""
-    stream = make_events(5)
+    stream = sample_events(5)
     bad = stream[3].uuid
     receiver = Receiver(rule=lambda r: Answer(503) if r.json()["uuid"] == bad else None)
-    journal = await open_journal(tmp_path)
+    journal = await open_test_journal(tmp_path)
     async with receiver.running():
         sink = http_sink(journal, receiver.url, max_attempts=2)
         async with running_pipeline(journal, sink, stream) as pipeline:
@@ -523,12 +522,11 @@ async def test_giving_up_dead_letters_only_what_the_receiver_never_took(
 async def test_a_reload_replacing_the_sink_does_not_resend_what_arrived(tmp_path: Path) -> None:
     """A batch half-delivered when a reload replaces the sink (same url, other options):
     the new sink sends only what the receiver has not taken yet."""
-    from a2pd.router import Route, Router
 
-    stream = make_events(5)
+    stream = sample_events(5)
     failing = {stream[3].uuid}
     receiver = Receiver(rule=lambda r: Answer(503) if r.json()["uuid"] in failing else None)
-    journal = await open_journal(tmp_path)
+    journal = await open_test_journal(tmp_path)
     async with receiver.running():
         old = http_sink(journal, receiver.url, retry_initial=0.5, retry_max=0.5)
         new = http_sink(journal, receiver.url, timeout=3.0)
@@ -538,8 +536,7 @@ async def test_a_reload_replacing_the_sink_does_not_resend_what_arrived(tmp_path
                 await pipeline.counters.wait_for("retries.hook", 1)
             failing.clear()
             new.adopt(old)  # what the app does when it builds the replacement
-            retired = await pipeline.reconfigure(Router((Route("all", ("hook",)),), ()),
-                                                 {"hook": new})
+            retired = await pipeline.reconfigure(router_all("hook"), {"hook": new})
             assert retired == [old]
             with anyio.fail_after(TIMEOUT):
                 await pipeline.counters.wait_for("delivered.hook", 5)

@@ -32,16 +32,19 @@ LAYERS: dict[str, float] = {
     "a2pd": 0, "a2pd.vocab": 0, "a2pd.names": 0, "a2pd.counts": 0, "a2pd.errors": 0,
     "a2pd.backoff": 0,
     # pure models and leaf services
-    "a2pd.events": 1, "a2pd.observe": 1, "a2pd.logging": 1, "a2pd.notify": 2,
+    "a2pd.events.models": 1, "a2pd.events.codec": 1.1, "a2pd.events.keys": 1.1,
+    "a2pd.events": 1.2, "a2pd.observe": 1, "a2pd.logging": 1, "a2pd.notify": 2,
     "a2pd.persist": 2, "a2pd.protocol": 2, "a2pd.router": 2, "a2pd.statedir": 2,
     # the sink interface, then the sinks
-    "a2pd.sinks": 3, "a2pd.sinks.templates": 3,
+    "a2pd.sinks": 3, "a2pd.sinks.templates": 3, "a2pd.sinks.files": 3,
+    "a2pd.sinks.http_options": 3.5, "a2pd.sinks.redis_options": 3.5, "a2pd.testing": 4,
     "a2pd.sinks.stdout": 4, "a2pd.sinks.file": 4, "a2pd.sinks.http": 4,
     "a2pd.sinks.redis": 4,
     # configuration: knows the sinks' options, never the other way round
     "a2pd.config.sections": 4.5, "a2pd.config.problems": 4.5, "a2pd.config": 5,
     # the platform; the journal, a package behind its facade (a2pd.journal)
-    "a2pd.auth": 6, "a2pd.session.state": 5.5, "a2pd.session.connection": 5.6,
+    "a2pd.auth.tokens": 1, "a2pd.auth.rest": 5.5, "a2pd.auth": 6,
+    "a2pd.session.state": 5.5, "a2pd.session.connection": 5.6,
     "a2pd.session": 6,
     "a2pd.journal.model": 6.1, "a2pd.journal.db": 6.1, "a2pd.journal.recent": 6.2,
     "a2pd.journal.store": 6.2, "a2pd.journal.gaps": 6.3, "a2pd.journal.letters": 6.3,
@@ -68,9 +71,8 @@ OWNERS: dict[str, set[str]] = {
     "redis": {"a2pd.sinks.redis"},
     # the platform (auth, backfill, check; parts opens the client they share), webhook
     # receivers (the http sink), a2pd's own ops endpoint (status, cli)
-    "httpx": {"a2pd.auth", "a2pd.backfill", "a2pd.backfill.lists", "a2pd.check", "a2pd.parts",
-              "a2pd.sinks.http",
-              "a2pd.status", "a2pd.cli"},
+    "httpx": {"a2pd.auth", "a2pd.auth.rest", "a2pd.backfill", "a2pd.backfill.lists",
+              "a2pd.check", "a2pd.parts", "a2pd.sinks.http", "a2pd.status", "a2pd.cli"},
     "h11": {"a2pd.ops"},
     "prometheus_client": {"a2pd.ops"},
     "starlette": set(),
@@ -78,8 +80,8 @@ OWNERS: dict[str, set[str]] = {
 }
 EMULATOR_USERS = {"a2pd.cli", "a2pd.demo"}
 #: packages used through their facade only: nothing outside imports their parts
-FACADES = ("a2pd.config", "a2pd.session", "a2pd.journal", "a2pd.delivery",
-           "a2pd.backfill")
+FACADES = ("a2pd.events", "a2pd.config", "a2pd.auth", "a2pd.session", "a2pd.journal",
+           "a2pd.delivery", "a2pd.backfill")
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ def test_the_vocabulary_imports_nothing_of_the_daemon() -> None:
 
 def test_sinks_reach_neither_sideways_nor_up() -> None:
     sinks = {name for name in LAYERS if name.startswith("a2pd.sinks.")} - \
-        {"a2pd.sinks.templates"}
+        {"a2pd.sinks.templates", "a2pd.sinks.files", "a2pd.sinks.http_options",
+         "a2pd.sinks.redis_options"}
     wrong = sorted(f"{imp.module}:{imp.line} imports {imp.target}" for imp in all_imports()
                    if imp.module in sinks and imp.target in sinks)
     assert wrong == []

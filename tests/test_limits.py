@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from tests.harness import (
     read_dead_letters,
     read_records,
     running_daemon,
+    sample_event,
     seed,
     session_count,
     settings_for,
@@ -101,10 +101,8 @@ async def test_rows_kept_in_memory_for_the_readers_are_bounded_by_bytes(
                                       commit_max=1000)
     try:
         pipeline = Pipeline(Router((), ("archive",)), {}, journal)
-        envelope = seed("inbound.json")
         for i in range(40):
-            event = _event({**envelope, "uuid": f"u{i}",
-                            "body": {**envelope["body"], "text": "t" * (1024 * 1024)}})
+            event = sample_event("inbound.json", uuid=f"u{i}", text="t" * (1024 * 1024))
             await pipeline.ingest_event(event)
             await journal.commit()
         kept = list(journal._recent)
@@ -122,11 +120,9 @@ def test_decoded_events_kept_for_the_readers_are_bounded_by_bytes() -> None:
     """The pipeline's decoded events for readers that keep up are bounded by the bytes of
     their records too, the oldest forgotten first; a row is then decoded again."""
     decoded = Decoded()
-    envelope = seed("inbound.json")
     kept: list[Row] = []
     for i in range(40):
-        event = _event({**envelope, "uuid": f"u{i}",
-                        "body": {**envelope["body"], "text": "t" * (1024 * 1024)}})
+        event = sample_event("inbound.json", uuid=f"u{i}", text="t" * (1024 * 1024))
         record = events.record_json(event)
         decoded.add(event, record)
         kept.append(Row(i + 1, event.uuid, event.kind, ",archive,", record))
@@ -138,12 +134,6 @@ def test_decoded_events_kept_for_the_readers_are_bounded_by_bytes() -> None:
     again = decode_row(kept[0])
     assert not isinstance(again, events.EventError)
     assert events.record_json(again) == kept[0].record
-
-
-def _event(envelope: dict[str, object]) -> events.Event:
-    result = events.decode_notification(envelope, json.dumps(envelope).encode())
-    assert not isinstance(result, events.EventError)
-    return result
 
 
 async def test_queued_dead_letters_are_cut_after_masking_and_committed_in_order(

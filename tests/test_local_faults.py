@@ -34,19 +34,17 @@ from a2pd.journal import db as journal_db
 from a2pd.persist import SessionStore
 from tests.disks import fill, free, tmpfs
 from tests.harness import (
+    FAST_BACKFILL,
     TIMEOUT,
     delivered,
     emulator,
+    failed_recovery_gap,
+    plain,
+    publish_while_away,
     read_records,
     running_daemon,
     settings_for,
     settings_text,
-)
-from tests.test_backfill import (
-    FAST_BACKFILL,
-    failed_recovery_gap,
-    plain,
-    publish_while_away,
 )
 
 

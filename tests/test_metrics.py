@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from a2pd import __version__, counts, events, sinks
+from a2pd import __version__, counts, events, names, sinks
 from a2pd.app import Daemon
 from a2pd.delivery import ARRIVAL_KEEP, ARRIVALS_KEPT
 from a2pd.delivery import arrivals as arrivals_module
@@ -37,10 +37,21 @@ from a2pd.observe import (
 from a2pd.ops import Metrics
 from a2pd.pipeline import Pipeline
 from a2pd.router import Route, Router
-from tests.harness import TIMEOUT, delivered, emulator, running_daemon, seed, settings_for
+from a2pd.testing import CollectingSink
+from tests.harness import (
+    TIMEOUT,
+    delivered,
+    emulator,
+    open_test_journal,
+    router_all,
+    running_daemon,
+    sample_event,
+    sample_events,
+    seed,
+    settings_for,
+    snapshot_of,
+)
 from tests.http_receiver import Receiver
-from tests.test_operations import snapshot_of
-from tests.test_pipeline import DATA, Collecting, make_events, open_journal, router_all
 
 ROOT = Path(__file__).parent.parent
 MONITORING = ROOT / "docs" / "monitoring"
@@ -450,7 +461,7 @@ def test_declarations_are_consistent() -> None:
         sources |= set(re.findall(r"queue_dead_letter\(\s*\"([a-z]+)\"", path.read_text()))
     assert sources == set(DEAD_LETTER_SOURCES)
     assert set(sinks._BUILTINS) == BUILTIN_SINK_TYPES
-    assert set(events.KINDS) == set(KINDS)
+    assert set(names.KINDS) == set(KINDS)
 
 
 # -- the arrival times behind the latency ---------------------------------------------------------
@@ -461,14 +472,12 @@ async def test_latency_is_observed_once_per_sink_and_arrivals_are_bounded(
     """Over a real journal with two sinks: each sink's histogram counts every live event
     once; backfilled events are not observed; a dead-lettered event's arrival is forgotten
     by age; past ARRIVALS_KEPT the oldest arrivals go first."""
-    journal = await open_journal(tmp_path)
-    first, second = Collecting("first"), Collecting("second")
-    stream = make_events(30)
+    journal = await open_test_journal(tmp_path)
+    first, second = CollectingSink("first"), CollectingSink("second")
+    stream = sample_events(30)
     second.reject = {stream[7].uuid}
-    doc = json.loads((DATA / "outbound.json").read_text())
-    rebuilt = [events.decode_notification(
-        {**doc, "uuid": f"b-{i}", "backfilled": True, "body": {**doc["body"], "id": f"b{i}"}},
-        b"") for i in range(3)]
+    rebuilt = [sample_event(uuid=f"b-{i}", envelope={"backfilled": True}, id=f"b{i}")
+               for i in range(3)]
     pipeline = Pipeline(router_all("first", "second"), {"first": first, "second": second},
                         journal, retry_initial=0.001)
     async with anyio.create_task_group() as tg:
@@ -512,13 +521,12 @@ async def test_a_sink_behind_longer_than_arrival_keep_shows_in_the_inf_bucket(
     observation each above every bucket, with their age in _sum; its late delivery is not
     observed again. For a sink that kept up, nothing forgotten counts: an event it refused
     (dead-lettered), a duplicate of one it delivered."""
-    journal = await open_journal(tmp_path)
-    fast, stuck = Collecting("fast"), Collecting("stuck")
-    stream = make_events(5)
+    journal = await open_test_journal(tmp_path)
+    fast, stuck = CollectingSink("fast"), CollectingSink("stuck")
+    stream = sample_events(5)
     fast.reject = {stream[2].uuid}
     stuck.stuck = {stream[0].uuid}
-    doc = json.loads((DATA / "optout.json").read_text())
-    optout = events.decode_notification({**doc, "uuid": "optout-1"}, b"")
+    optout = sample_event("optout.json", uuid="optout-1")
     assert not isinstance(optout, events.EventError)
     # outbound events to both sinks; the opt-out to "fast" only
     router = Router((Route("outbound", ("fast", "stuck"), {"kind": frozenset({"outbound"})}),),

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
@@ -32,8 +31,9 @@ from tests.harness import (
     session_count,
     settings_for,
     settings_text,
+    snapshot_of,
 )
-from tests.test_cli import read_until, started, stderr_lines, write_config
+from tests.processes import read_until, started, stderr_lines, write_config
 
 POLL = 0.05
 
@@ -70,8 +70,7 @@ async def test_notify_messages_arrive_in_order(tmp_path: Path) -> None:
     emu = emulator()
     async with emu.running(), await anyio.create_unix_datagram_socket(
             local_path=notify_path) as notify:
-        config_path = write_config(tmp_path, emu.base_url, emu.config.client_id,
-                                   emu.config.client_secret)
+        config_path = write_config(tmp_path, emu)
         messages: list[str] = []
         got_ready = anyio.Event()
         got_reload = anyio.Event()
@@ -214,19 +213,6 @@ def test_status_view_escapes_what_others_wrote() -> None:
     assert "journal 3 events (3.0 MiB), oldest 2.0s" in render(state)
 
 
-def snapshot_of(counters: dict[str, int], sinks: dict[str, str]) -> dict[str, Any]:
-    """A daemon snapshot with these counters and sinks (name → type), idle otherwise."""
-    return {"version": "x", "counters": counters, "ready": True, "uptime_seconds": 1.0,
-            "connection": {"connected": True, "subscribed": True,
-                           "last_event_age_seconds": None},
-            "journal": {"events": 0, "oldest_age_seconds": None, "size_bytes": 4096,
-                        "limit_events": 100, "limit_age_seconds": None,
-                        "commits_failing": None},
-            "backfill": {"refused": None},
-            "sinks": {name: {"type": kind, "backlog": 0, "busy_seconds": None, "ready": True}
-                      for name, kind in sinks.items()}}
-
-
 def test_http_sink_latency_renders_as_a_histogram() -> None:
     """The http sink's bucket counters become a cumulative Prometheus histogram; status
     classes and recovery outcomes become labels of one family each."""
@@ -318,8 +304,8 @@ fsync = "never"
                 await daemon.pipeline.counters.wait_for("delivered.archive", 40)
             new_archive = daemon.sinks["archive"]
             assert isinstance(new_archive, FileSink)
-            assert new_archive._files  # it has files open ...
-    assert not new_archive._files  # ... which the stop closed (the sink built by the reload)
+            assert new_archive.held  # it has files open ...
+    assert not new_archive.held  # ... which the stop closed (the sink built by the reload)
     archive = [r["body"]["id"] for r in read_records(tmp_path / "events")]
     failures = [r["body"]["id"] for r in read_records(tmp_path / "failures")]
     assert sorted(archive) == sorted([f"before-{i}" for i in range(20)] +

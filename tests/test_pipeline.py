@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -14,72 +12,23 @@ import pytest
 from a2pd import events
 from a2pd.config import SinkSpec
 from a2pd.delivery import Decoded, decode_row
-from a2pd.errors import SinkError
-from a2pd.journal import Journal, Row
+from a2pd.journal import Row
 from a2pd.pipeline import Pipeline
 from a2pd.reload import settle_reloaded_sinks
 from a2pd.router import Route, Router
-from a2pd.sinks import Sink, SinkContext, SinkOptions
-from tests.harness import DATA, open_test_journal, seed
-
-TIMEOUT = 15.0
-
-
-def make_events(n: int) -> list[events.Event]:
-    doc = json.loads((DATA / "outbound.json").read_text())
-    made = []
-    for i in range(n):
-        doc = {**doc, "uuid": f"uuid-{i:06d}", "body": {**doc["body"], "id": str(i)}}
-        event = events.decode_notification(doc, b"")
-        assert not isinstance(event, events.EventError)
-        made.append(event)
-    return made
-
-
-class Collecting(Sink):
-    """A real sink that keeps what it was sent and can be told to fail."""
-
-    type_name = "collecting"
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name, None, SinkContext(Path(".")))
-        self.got: list[str] = []
-        self.fail_transient = 0
-        self.reject: set[str] = set()
-        #: batches holding one of these fail transiently (after the permanent check)
-        self.stuck: set[str] = set()
-        self.recovered = anyio.Event()
-
-    async def send(self, batch: Sequence[events.Event]) -> None:
-        if self.fail_transient > 0:
-            self.fail_transient -= 1
-            if self.fail_transient == 0:
-                self.recovered.set()
-            raise SinkError("temporarily down")
-        bad = [e.uuid for e in batch if e.uuid in self.reject]
-        if bad:
-            raise SinkError(f"refused {bad[0]}", permanent=True)
-        if any(e.uuid in self.stuck for e in batch):
-            raise SinkError("stuck")
-        self.got.extend(e.uuid for e in batch)
-
-
-async def open_journal(tmp_path: Path, **options: Any) -> Journal:
-    return await open_test_journal(tmp_path, **options)
-
-
-def router_all(*names: str) -> Router:
-    return Router((Route("all", names),), ())
+from a2pd.sinks import SinkOptions
+from a2pd.testing import CollectingSink
+from tests.harness import DATA, TIMEOUT, open_test_journal, router_all, sample_events, seed
 
 
 async def test_failing_sink_catches_up_in_order_while_another_flows(tmp_path: Path) -> None:
     """A sink that fails for a while gets every event in order; the other is not held back."""
-    journal = await open_journal(tmp_path)
-    healthy, flaky = Collecting("healthy"), Collecting("flaky")
+    journal = await open_test_journal(tmp_path)
+    healthy, flaky = CollectingSink("healthy"), CollectingSink("flaky")
     flaky.fail_transient = 20
     pipeline = Pipeline(router_all("healthy", "flaky"), {"healthy": healthy, "flaky": flaky},
                         journal, batch_max=100, retry_initial=0.001, retry_max=0.01)
-    stream = make_events(2000)
+    stream = sample_events(2000)
     async with anyio.create_task_group() as tg:
         await tg.start(pipeline.run)
         for event in stream:
@@ -100,9 +49,9 @@ async def test_failing_sink_catches_up_in_order_while_another_flows(tmp_path: Pa
 
 async def test_permanent_rejection_goes_to_dead_letters_then_replays(tmp_path: Path) -> None:
     """Only the rejected event is dead-lettered; a replay delivers it once the sink accepts."""
-    journal = await open_journal(tmp_path)
-    sink = Collecting("s")
-    stream = make_events(10)
+    journal = await open_test_journal(tmp_path)
+    sink = CollectingSink("s")
+    stream = sample_events(10)
     sink.reject = {stream[4].uuid}
     pipeline = Pipeline(router_all("s"), {"s": sink}, journal, retry_initial=0.001)
     async with anyio.create_task_group() as tg:
@@ -131,9 +80,9 @@ async def test_a_reader_retired_mid_narrowing_does_not_handle_events_twice(
     sink while one of those events waits to be retried keeps what the narrowing did: the
     refused event is dead-lettered once, the delivered ones are not sent again (regression:
     the new reader started over from the batch's first event)."""
-    journal = await open_journal(tmp_path)
-    old, new = Collecting("s"), Collecting("s")
-    stream = make_events(10)
+    journal = await open_test_journal(tmp_path)
+    old, new = CollectingSink("s"), CollectingSink("s")
+    stream = sample_events(10)
     old.reject = new.reject = {stream[2].uuid}
     old.stuck = {stream[5].uuid}
     pipeline = Pipeline(router_all("s"), {"s": old}, journal, retry_initial=60.0,
@@ -156,12 +105,12 @@ async def test_a_reader_retired_mid_narrowing_does_not_handle_events_twice(
 
 async def test_retries_exhausted_go_to_dead_letters_when_configured(tmp_path: Path) -> None:
     """With max_attempts, a sink that keeps failing dead-letters the events and moves on."""
-    journal = await open_journal(tmp_path)
-    sink = Collecting("s")
+    journal = await open_test_journal(tmp_path)
+    sink = CollectingSink("s")
     sink.fail_transient = 3
     pipeline = Pipeline(router_all("s"), {"s": sink}, journal, retry_initial=0.001,
                         max_attempts=3)
-    stream = make_events(2)
+    stream = sample_events(2)
     async with anyio.create_task_group() as tg:
         await tg.start(pipeline.run)
         await pipeline.ingest_event(stream[0])
@@ -180,12 +129,12 @@ async def test_retries_exhausted_go_to_dead_letters_when_configured(tmp_path: Pa
 
 async def test_restart_resumes_each_sink_from_its_cursor(tmp_path: Path) -> None:
     """Events journaled but not delivered before a stop are delivered after a restart."""
-    journal = await open_journal(tmp_path)
-    down = Collecting("s")
+    journal = await open_test_journal(tmp_path)
+    down = CollectingSink("s")
     down.fail_transient = 10**9
     pipeline = Pipeline(router_all("s"), {"s": down}, journal, retry_initial=0.001,
                         retry_max=0.002)
-    stream = make_events(50)
+    stream = sample_events(50)
     async with anyio.create_task_group() as tg:
         await tg.start(pipeline.run)
         for event in stream:
@@ -194,8 +143,8 @@ async def test_restart_resumes_each_sink_from_its_cursor(tmp_path: Path) -> None
         tg.cancel_scope.cancel()
     await journal.aclose()
 
-    journal = await open_journal(tmp_path)
-    up = Collecting("s")
+    journal = await open_test_journal(tmp_path)
+    up = CollectingSink("s")
     pipeline = Pipeline(router_all("s"), {"s": up}, journal)
     async with anyio.create_task_group() as tg:
         await tg.start(pipeline.run)
@@ -208,9 +157,9 @@ async def test_restart_resumes_each_sink_from_its_cursor(tmp_path: Path) -> None
 
 async def test_routing_is_per_sink(tmp_path: Path) -> None:
     """A sink only receives the events routed to it, and its cursor still passes the rest."""
-    journal = await open_journal(tmp_path)
-    a, b = Collecting("a"), Collecting("b")
-    stream = make_events(6)
+    journal = await open_test_journal(tmp_path)
+    a, b = CollectingSink("a"), CollectingSink("b")
+    stream = sample_events(6)
     odd = frozenset(e.uuid for i, e in enumerate(stream) if i % 2)
     router = Router((Route("all", ("a",)), Route("odd", ("b",), {"uuid": odd})), ())
     pipeline = Pipeline(router, {"a": a, "b": b}, journal)
@@ -236,12 +185,12 @@ async def test_a_sink_renamed_under_traffic_hands_over_every_event_once(
     and ``a`` lingering for a fuller batch read past events routed to ``b``, which then
     started after them (45-51 lost)."""
     # commits 0.2 s apart: at the reload, events appended under the old routes wait
-    journal = await open_journal(tmp_path, commit_interval=0.2)
-    a, b, keep = Collecting("a"), Collecting("b"), Collecting("keep")
+    journal = await open_test_journal(tmp_path, commit_interval=0.2)
+    a, b, keep = CollectingSink("a"), CollectingSink("b"), CollectingSink("keep")
     a.linger = linger
     pipeline = Pipeline(router_all("a", "keep"), {"a": a, "keep": keep}, journal,
                         batch_max=1000)
-    stream = make_events(3000)
+    stream = sample_events(3000)
     specs = {"b": SinkSpec("b", "collecting", SinkOptions(), ("a",)),
              "keep": SinkSpec("keep", "collecting", SinkOptions())}
 

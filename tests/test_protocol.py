@@ -151,8 +151,7 @@ def test_notification_fast_path_decodes_like_the_general_path(
                        envelope], separators=separators)
     msg = protocol.decode(text)
     assert isinstance(msg, ServerNotification)
-    assert msg.event is not None
-    assert msg.event == events.decode_notification(envelope, b"")
+    assert msg.decoded() == events.decode_notification(envelope, b"")
     assert msg.body == envelope
     assert msg.raw == text.encode()
 
@@ -168,5 +167,5 @@ def test_a_header_event_key_does_not_mislead_the_fast_path() -> None:
                   "event": "/restapi/v1.0/account/~/a2p-sms/batches"}, envelope)
     msg = protocol.decode(text)
     assert isinstance(msg, ServerNotification)
-    assert msg.event is None
-    assert isinstance(events.decode_notification(msg.body, msg.raw), events.MessageEvent)
+    assert isinstance(msg.decoded(), events.MessageEvent)
+    assert msg.decoded() == events.decode_notification(envelope, b"")

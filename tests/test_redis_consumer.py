@@ -16,11 +16,10 @@ import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from tests.redis_server import RedisServer, redis_server
-from tests.test_redis_sink import make_events, make_sink
+from tests.harness import TIMEOUT, sample_events
+from tests.redis_server import RedisServer, make_sink, redis_server
 
 CONSUMER = Path(__file__).parent.parent / "examples" / "redis_consumer.py"
-TIMEOUT = 15.0
 STREAMS = ("a2p:outbound", "a2p:inbound")
 
 
@@ -72,8 +71,8 @@ async def pending(server: RedisServer, stream: str) -> int:
 async def test_two_consumers_in_a_group_read_every_event_once(tmp_path: Path) -> None:
     """Two example consumers in one group share the sink's streams: together they handle
     every event exactly once, both take part, and nothing is left pending."""
-    outbound = make_events(300, "outbound.json", "o")
-    inbound = make_events(100, "inbound.json", "i")
+    outbound = sample_events(300, uuid="o{:05d}".format)
+    inbound = sample_events(100, "inbound.json", uuid="i{:05d}".format)
     async with redis_server(tmp_path) as server:
         a = await start_consumer(server, "a")
         try:
@@ -112,7 +111,7 @@ async def test_two_consumers_in_a_group_read_every_event_once(tmp_path: Path) ->
 async def test_entries_a_dead_consumer_left_pending_are_claimed(tmp_path: Path) -> None:
     """Entries read by a consumer that died before XACK are taken over (XAUTOCLAIM) and
     handled by a live one; nothing stays pending."""
-    stream = make_events(40, "outbound.json", "o")
+    stream = sample_events(40, uuid="o{:05d}".format)
     async with redis_server(tmp_path) as server:
         sink = make_sink(server)
         try:

@@ -17,8 +17,8 @@ import anyio
 from a2pd.journal import Journal
 from a2pd.sinks.redis import RedisSink
 from tests.harness import TIMEOUT, delivered, emulator, running_daemon, seed, settings_for
+from tests.processes import crash_config, run_then_kill
 from tests.redis_server import RedisServer, redis_server
-from tests.test_durability import BATCH_MAX, run_then_kill
 
 
 def redis_sink_toml(url: str) -> str:
@@ -54,36 +54,8 @@ async def test_daemon_sigkill_and_restart_leave_one_entry_per_uuid(tmp_path: Pat
     emu = emulator()
     state = tmp_path / "state"
     async with redis_server(tmp_path / "redis") as server, emu.running():
-        config = tmp_path / "a2pd.toml"
-        config.write_text(f"""
-[platform]
-server = "{emu.base_url}"
-client_id = "{emu.config.client_id}"
-client_secret = "{emu.config.client_secret}"
-jwt = "{emu.config.jwt}"
-
-[connection]
-backoff_initial = 0.05
-wstoken_min_interval = 0.01
-
-[state]
-directory = "{state}"
-
-[journal]
-commit_interval = 0.02
-
-[delivery]
-batch_max = {BATCH_MAX}
-
-[ops]
-listen = "127.0.0.1:0"
-
-[log]
-level = "debug"
-{redis_sink_toml(server.url)}
-[default_route]
-sinks = ["redis"]
-""")
+        config = crash_config(tmp_path, emu, sinks=redis_sink_toml(server.url),
+                              routes='[default_route]\nsinks = ["redis"]\n')
         published = 0
         skipped_after_restart = 0
         for _ in range(kills):

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -20,32 +19,18 @@ from a2pd import config, events
 from a2pd.errors import ConfigError, SinkError
 from a2pd.logging import configure
 from a2pd.pipeline import Pipeline
-from a2pd.router import Route, Router
-from a2pd.sinks import SinkContext, sink_class
+from a2pd.sinks import sink_class
 from a2pd.sinks.redis import RedisOptions, RedisSink, error_code
 from a2pd.vocab import redact_url
-from tests.harness import open_test_journal
-from tests.redis_server import RedisServer, redis_server
-
-DATA = Path(__file__).parent / "data"
-TIMEOUT = 15.0
-
-
-def make_events(n: int, seed: str = "outbound.json", prefix: str = "u") -> list[events.Event]:
-    doc = json.loads((DATA / seed).read_text())
-    made = []
-    for i in range(n):
-        event = events.decode_notification({**doc, "uuid": f"{prefix}{i:05d}"}, b"")
-        assert not isinstance(event, events.EventError), event
-        made.append(event)
-    return made
-
-
-def make_sink(server: RedisServer, name: str = "r", env: dict[str, str] | None = None,
-              **options: Any) -> RedisSink:
-    opts = RedisOptions.model_validate({"url": server.url, **options},
-                                       context={"env": env or {}})
-    return RedisSink(name, opts, SinkContext(state_dir=Path(".")))
+from tests.harness import (
+    TIMEOUT,
+    open_test_journal,
+    router_all,
+    sample_event,
+    sample_events,
+    sink_config,
+)
+from tests.redis_server import RedisServer, make_sink, redis_server
 
 
 async def entries(server: RedisServer, stream: str) -> list[dict[str, str]]:
@@ -58,7 +43,7 @@ async def entries(server: RedisServer, stream: str) -> list[dict[str, str]]:
 
 async def test_every_uuid_lands_once_however_often_a_batch_is_resent(tmp_path: Path) -> None:
     """Resending a batch, or overlapping batches, adds no entry: one per uuid, in order."""
-    stream = make_events(50)
+    stream = sample_events(50)
     async with redis_server(tmp_path) as server:
         sink = make_sink(server)
         try:
@@ -80,8 +65,9 @@ async def test_every_uuid_lands_once_however_often_a_batch_is_resent(tmp_path: P
 
 async def test_stream_names_come_from_the_template_and_keep_batch_order(tmp_path: Path) -> None:
     """Each event goes to the stream its template names; each stream keeps the batch order."""
-    mixed = [*make_events(3, "outbound.json", "o"), *make_events(2, "inbound.json", "i"),
-             *make_events(2, "batch.json", "b")]
+    mixed = [*sample_events(3, uuid="o{:05d}".format),
+             *sample_events(2, "inbound.json", uuid="i{:05d}".format),
+             *sample_events(2, "batch.json", uuid="b{:05d}".format)]
     order = [mixed[i] for i in (0, 3, 5, 1, 4, 6, 2)]
     async with redis_server(tmp_path) as server:
         sink = make_sink(server, stream="t:{kind}:{ownerId}", dedup_prefix="t:seen:")
@@ -106,7 +92,7 @@ async def test_stream_names_come_from_the_template_and_keep_batch_order(tmp_path
 
 async def test_max_len_trims_exactly_or_approximately(tmp_path: Path) -> None:
     """max_len keeps exactly that many entries with trim = exact, about that many otherwise."""
-    stream = make_events(1000)
+    stream = sample_events(1000)
     async with redis_server(tmp_path) as server:
         exact = make_sink(server, stream="exact", max_len=100, trim="exact")
         rough = make_sink(server, stream="rough", max_len=100)
@@ -138,7 +124,7 @@ async def test_max_age_trims_entries_older_than_it(tmp_path: Path) -> None:
                 await client.xadd("a2p:outbound", {"old": str(i)}, id=f"{i}-0")
             sink = make_sink(server, max_age="1h", trim="exact")
             try:
-                await sink.send(make_events(3))
+                await sink.send(sample_events(3))
             finally:
                 await sink.aclose()
             got = await entries(server, "a2p:outbound")
@@ -150,7 +136,7 @@ async def test_max_age_trims_entries_older_than_it(tmp_path: Path) -> None:
 async def test_a_flushed_script_cache_is_reloaded_and_the_batch_goes_through(
         tmp_path: Path) -> None:
     """NOSCRIPT (a restarted or flushed server) loads the script again, no failure seen."""
-    stream = make_events(20)
+    stream = sample_events(20)
     async with redis_server(tmp_path) as server:
         sink = make_sink(server)
         client = server.client()
@@ -168,8 +154,8 @@ async def test_a_flushed_script_cache_is_reloaded_and_the_batch_goes_through(
 
 async def test_a_refused_event_stops_the_rest_of_its_pipeline(tmp_path: Path) -> None:
     """WRONGTYPE on the 2nd event is permanent, and the 3rd is not written ahead of it."""
-    batch = [make_events(1, "outbound.json", "a")[0], make_events(1, "batch.json", "b")[0],
-             make_events(1, "outbound.json", "c")[0]]
+    batch = [sample_event(uuid="a00000"), sample_event("batch.json", uuid="b00000"),
+             sample_event(uuid="c00000")]
     async with redis_server(tmp_path) as server:
         client = server.client()
         await client.set("a2p:batch", "not a stream")
@@ -191,8 +177,8 @@ async def test_wrongtype_goes_to_the_dead_letters_and_the_rest_flows_in_order(
         tmp_path: Path) -> None:
     """Through the pipeline: only the events for the broken stream are dead-lettered; the
     others arrive once each, in order, after being narrowed down one by one."""
-    outbound = make_events(30, "outbound.json", "o")
-    batches = make_events(3, "batch.json", "b")
+    outbound = sample_events(30, uuid="o{:05d}".format)
+    batches = sample_events(3, "batch.json", uuid="b{:05d}".format)
     stream = [*outbound[:10], batches[0], *outbound[10:20], batches[1], batches[2],
               *outbound[20:]]
     journal = await open_test_journal(tmp_path / "journal.db")
@@ -200,7 +186,7 @@ async def test_wrongtype_goes_to_the_dead_letters_and_the_rest_flows_in_order(
         client = server.client()
         await client.set("a2p:batch", "not a stream")
         sink = make_sink(server)
-        pipeline = Pipeline(Router((Route("all", ("r",)),), ()), {"r": sink}, journal,
+        pipeline = Pipeline(router_all("r"), {"r": sink}, journal,
                             batch_max=64, retry_initial=0.001, retry_max=0.01)
         try:
             async with anyio.create_task_group() as tg:
@@ -225,7 +211,7 @@ async def test_wrongtype_goes_to_the_dead_letters_and_the_rest_flows_in_order(
 async def test_outages_oom_and_failover_are_transient(tmp_path: Path) -> None:
     """A stopped server, OOM and READONLY (a failover) are retried, never dead-lettered;
     once Redis is back the batch lands once."""
-    stream = make_events(10)
+    stream = sample_events(10)
     async with redis_server(tmp_path) as server:
         sink = make_sink(server, connect_timeout=1, timeout=2)
         client = server.client()
@@ -259,7 +245,7 @@ async def test_outages_oom_and_failover_are_transient(tmp_path: Path) -> None:
 async def test_a_server_busy_with_a_long_script_is_transient(tmp_path: Path) -> None:
     """BUSY (another client's script running too long) is retried; once the script is
     killed the batch lands."""
-    stream = make_events(5)
+    stream = sample_events(5)
     async with redis_server(tmp_path) as server:
         sink = make_sink(server)
         admin = server.client()
@@ -322,7 +308,7 @@ async def test_acl_user_and_password_from_env_and_files(tmp_path: Path) -> None:
         await admin.acl_setuser("alice", enabled=True, passwords=[f"+{password}"],
                                 keys=["a2p:*"], commands=["+@all"])
         await admin.aclose()
-        stream = make_events(3)
+        stream = sample_events(3)
         sinks = [
             make_sink(server, env={"A2PD_REDIS_USERNAME": "alice",
                                    "A2PD_REDIS_PASSWORD": password}),
@@ -366,12 +352,12 @@ async def test_no_secret_in_logs_errors_reprs_or_the_journal(tmp_path: Path) -> 
                                 keys=["*"], commands=["+@all"])
         url = f"redis://alice:{url_password}@127.0.0.1:{server.port}/0"
         sink = make_sink(server, url=url)
-        pipeline = Pipeline(Router((Route("all", ("r",)),), ()), {"r": sink}, journal,
+        pipeline = Pipeline(router_all("r"), {"r": sink}, journal,
                             retry_initial=0.001, retry_max=0.01, max_attempts=3)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(pipeline.run)
-                for event in make_events(2):
+                for event in sample_events(2):
                     await pipeline.ingest_event(event)
                 with anyio.fail_after(TIMEOUT):
                     await pipeline.counters.wait_for("dead_letters", 1)
@@ -405,19 +391,8 @@ async def test_no_secret_in_logs_errors_reprs_or_the_journal(tmp_path: Path) -> 
 
 
 def config_text(sink_lines: str) -> str:
-    return f"""
-[platform]
-client_id = "id"
-client_secret = "secret-of-test"
-jwt = "jwt-of-test"
-
-[sinks.cache]
-type = "redis"
-{sink_lines}
-
-[default_route]
-sinks = ["cache"]
-"""
+    """A config (only parsed) whose one sink ``cache`` is a Redis sink with these lines."""
+    return sink_config("cache", f'type = "redis"\n{sink_lines}')
 
 
 @pytest.mark.parametrize(("lines", "key", "words"), [
@@ -494,9 +469,9 @@ async def test_rediss_url_speaks_tls_and_checks_the_certificate(tmp_path: Path) 
         good = make_sink(server, url=url, tls_ca_file=str(certs["ca.crt"]))
         untrusted = make_sink(server, url=url, connect_timeout=2)
         try:
-            await good.send(make_events(3))
+            await good.send(sample_events(3))
             with pytest.raises(SinkError) as refused:
-                await untrusted.send(make_events(3))
+                await untrusted.send(sample_events(3))
         finally:
             await good.aclose()
             await untrusted.aclose()

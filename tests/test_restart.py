@@ -15,7 +15,7 @@ import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tests.harness import TIMEOUT, emulator, read_records, seed
-from tests.test_cli import read_until, started, stderr_lines, write_config
+from tests.processes import read_until, started, stderr_lines, write_config
 
 
 async def delivered_lines(stream: BufferedByteReceiveStream, lines: list[str],
@@ -34,8 +34,7 @@ async def test_restart_inside_the_recovery_window_gets_the_replay(tmp_path: Path
     emu = emulator()
     body = seed("outbound.json")["body"]
     async with emu.running():
-        config = write_config(tmp_path, emu.base_url, emu.config.client_id,
-                              emu.config.client_secret)
+        config = write_config(tmp_path, emu)
         published = 0
 
         async def publish(n: int) -> None:

@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from a2pd import events
 from a2pd.router import Route, Router
-
-DATA = Path(__file__).parent / "data"
-
-
-def ev(name: str) -> events.Event:
-    doc = json.loads((DATA / name).read_text())
-    result = events.decode_notification(doc, b"")
-    assert not isinstance(result, events.EventError)
-    return result
+from tests.harness import sample_event
 
 
 def route(name: str, sinks: list[str], stop: bool = False, **match: list[str]) -> Route:
@@ -27,22 +15,22 @@ def test_fan_out_to_every_matching_route() -> None:
     """An event goes to the sinks of all matching routes, each sink once, in config order."""
     router = Router((route("all", ["a", "b"]), route("failed", ["c", "a"],
                                                       status=["DeliveryFailed"])), ("d",))
-    assert router.sinks_for(ev("outbound_failed.json")) == ("a", "b", "c")
-    assert router.sinks_for(ev("outbound.json")) == ("a", "b")
+    assert router.sinks_for(sample_event("outbound_failed.json")) == ("a", "b", "c")
+    assert router.sinks_for(sample_event("outbound.json")) == ("a", "b")
 
 
 def test_default_route_only_when_nothing_matched() -> None:
     """The default route catches events no route matched, and only those."""
     router = Router((route("in", ["inbox"], kind=["inbound"]),), ("rest",))
-    assert router.sinks_for(ev("inbound.json")) == ("inbox",)
-    assert router.sinks_for(ev("batch.json")) == ("rest",)
+    assert router.sinks_for(sample_event("inbound.json")) == ("inbox",)
+    assert router.sinks_for(sample_event("batch.json")) == ("rest",)
 
 
 def test_stop_ends_evaluation() -> None:
     """A matching route with stop=true keeps later routes from adding sinks."""
     router = Router((route("opt", ["o"], stop=True, kind=["optout"]), route("all", ["x"])), ())
-    assert router.sinks_for(ev("optout.json")) == ("o",)
-    assert router.sinks_for(ev("optin.json")) == ("x",)
+    assert router.sinks_for(sample_event("optout.json")) == ("o",)
+    assert router.sinks_for(sample_event("optin.json")) == ("x",)
 
 
 def test_conditions_on_fields() -> None:
@@ -65,8 +53,8 @@ def test_conditions_on_fields() -> None:
          False),
     ]
     for rule, name, expected in cases:
-        assert Router((rule,), ()).sinks_for(ev(name)) == (("s",) if expected else ()), \
-            (rule, name)
+        found = Router((rule,), ()).sinks_for(sample_event(name))
+        assert found == (("s",) if expected else ()), (rule, name)
 
 
 def test_sink_names_lists_every_target() -> None:

@@ -26,8 +26,8 @@ from a2pd.errors import (
 )
 from a2pd.protocol import Wsc
 from a2pd.session import SessionState, connect_url, probe_subscription, run_session
+from tests.harness import TIMEOUT
 
-TIMEOUT = 15.0
 FILTERS = ["/restapi/v1.0/account/~/a2p-sms/messages", "/restapi/v1.0/account/~/a2p-sms/batches"]
 LIMIT = 64 * 1024  # the smallest max_frame_bytes
 #: keep-alive timers out of the way unless a test is about them

@@ -15,16 +15,7 @@ from a2pd.sinks import Sink, SinkContext, UnknownSinkType, sink_class, sink_type
 from a2pd.sinks.file import FileOptions, FileSink
 from a2pd.sinks.stdout import StdoutOptions, StdoutSink
 from a2pd.sinks.templates import safe_component
-
-DATA = Path(__file__).parent / "data"
-
-
-def ev(name: str, **body_changes: object) -> events.Event:
-    doc = json.loads((DATA / name).read_text())
-    doc["body"].update(body_changes)
-    result = events.decode_notification(doc, b"")
-    assert not isinstance(result, events.EventError), result
-    return result
+from tests.harness import sample_event
 
 
 def file_sink(tmp_path: Path, **options: object) -> FileSink:
@@ -39,7 +30,8 @@ def all_files(root: Path) -> list[Path]:
 async def test_file_sink_writes_json_lines_by_template(tmp_path: Path) -> None:
     """Events land as JSON lines in the file their template names."""
     sink = file_sink(tmp_path, path="{kind}/{date}.jsonl")
-    await sink.send([ev("outbound.json"), ev("inbound.json"), ev("outbound_failed.json")])
+    await sink.send([sample_event("outbound.json"), sample_event("inbound.json"),
+                     sample_event("outbound_failed.json")])
     await sink.aclose()
     out = tmp_path / "out"
     assert [p.relative_to(out).as_posix() for p in all_files(out)] == [
@@ -56,7 +48,7 @@ async def test_file_sink_writes_json_lines_by_template(tmp_path: Path) -> None:
 async def test_file_sink_never_leaves_its_directory(tmp_path: Path, hostile: str) -> None:
     """Hostile field values in a template cannot write outside the base directory."""
     sink = file_sink(tmp_path, path="{batchId}/{status}.jsonl")
-    event = ev("outbound_failed.json", batchId=hostile, messageStatus=hostile)
+    event = sample_event("outbound_failed.json", batchId=hostile, messageStatus=hostile)
     await sink.send([event])
     await sink.aclose()
     out = (tmp_path / "out").resolve()
@@ -84,7 +76,7 @@ async def test_file_sink_refuses_symlinked_escape(tmp_path: Path) -> None:
     (tmp_path / "out" / "outbound").symlink_to(outside)
     sink = file_sink(tmp_path, path="{kind}/{date}.jsonl")
     with pytest.raises(SinkError) as info:
-        await sink.send([ev("outbound.json")])
+        await sink.send([sample_event("outbound.json")])
     assert info.value.permanent
     assert not any(outside.iterdir())
     await sink.aclose()
@@ -93,11 +85,11 @@ async def test_file_sink_refuses_symlinked_escape(tmp_path: Path) -> None:
 async def test_file_sink_reopen_follows_rotation(tmp_path: Path) -> None:
     """After reopen() a rotated-away file is recreated at the configured path."""
     sink = file_sink(tmp_path, path="all.jsonl")
-    await sink.send([ev("outbound.json")])
+    await sink.send([sample_event("outbound.json")])
     target = tmp_path / "out" / "all.jsonl"
     target.rename(tmp_path / "out" / "all.jsonl.1")
     await sink.reopen()
-    await sink.send([ev("inbound.json")])
+    await sink.send([sample_event("inbound.json")])
     await sink.aclose()
     assert len(target.read_text().splitlines()) == 1
     assert len((tmp_path / "out" / "all.jsonl.1").read_text().splitlines()) == 1
@@ -110,13 +102,13 @@ async def test_file_sink_fsync_always_calls_fsync(tmp_path: Path,
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
     sink = file_sink(tmp_path, fsync="always")
-    await sink.send([ev("outbound.json")])
-    await sink.send([ev("outbound.json")])
+    await sink.send([sample_event("outbound.json")])
+    await sink.send([sample_event("outbound.json")])
     await sink.aclose()
     assert len(calls) == 2
     calls.clear()
     never = file_sink(tmp_path, fsync="never", directory=str(tmp_path / "n"))
-    await never.send([ev("outbound.json")])
+    await never.send([sample_event("outbound.json")])
     await never.aclose()
     assert calls == []
 
@@ -127,7 +119,7 @@ async def test_file_sink_disk_error_is_transient(tmp_path: Path) -> None:
     (tmp_path / "out" / "outbound").write_text("a file where a directory should be")
     sink = file_sink(tmp_path)
     with pytest.raises(SinkError) as info:
-        await sink.send([ev("outbound.json")])
+        await sink.send([sample_event("outbound.json")])
     assert not info.value.permanent
     await sink.aclose()
 
@@ -136,7 +128,7 @@ async def test_stdout_json_lines() -> None:
     """format=json writes one JSON record per event."""
     buf = io.StringIO()
     sink = StdoutSink("out", StdoutOptions(format="json"), SinkContext(Path(".")), stream=buf)
-    await sink.send([ev("batch.json"), ev("optout.json")])
+    await sink.send([sample_event("batch.json"), sample_event("optout.json")])
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert [line["kind"] for line in lines] == ["batch", "optout"]
 
@@ -145,7 +137,8 @@ async def test_stdout_text_is_one_line_per_event() -> None:
     """format=text gives one readable line per event with the key facts."""
     buf = io.StringIO()
     sink = StdoutSink("out", StdoutOptions(format="text"), SinkContext(Path(".")), stream=buf)
-    await sink.send([ev("outbound_failed.json"), ev("optout.json"), ev("batch.json")])
+    await sink.send([sample_event("outbound_failed.json"), sample_event("optout.json"),
+                     sample_event("batch.json")])
     lines = buf.getvalue().splitlines()
     assert len(lines) == 3
     assert "DeliveryFailed" in lines[0]
@@ -187,7 +180,7 @@ async def test_file_sink_interval_fsync_runs_beside_the_writes(
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
     sink = file_sink(tmp_path, fsync="interval", fsync_interval=0.001, path="all.jsonl")
     sink._last_fsync -= 1  # the interval has passed
-    await sink.send([ev("outbound.json")])
+    await sink.send([sample_event("outbound.json")])
     await sink.aclose()
     assert len(calls) == 1
     assert len((tmp_path / "out" / "all.jsonl").read_text().splitlines()) == 1
@@ -198,10 +191,10 @@ async def test_file_sink_interval_fsync_runs_beside_the_writes(
     monkeypatch.setattr(os, "fsync", broken)
     failing = file_sink(tmp_path, fsync="interval", fsync_interval=0.001, path="all.jsonl")
     failing._last_fsync -= 1
-    await failing.send([ev("outbound.json")])
-    failing._join_background()
+    await failing.send([sample_event("outbound.json")])
+    failing.wait_fsync()
     with pytest.raises(SinkError):
-        await failing.send([ev("outbound.json")])
+        await failing.send([sample_event("outbound.json")])
     await failing.aclose()
 
 
@@ -215,12 +208,12 @@ async def test_file_sink_mends_a_tail_torn_by_a_crash(tmp_path: Path, tail: byte
     """A crash in the middle of a write can leave part of a record at the end of a file (the
     kernel writes a large batch page by page). The batch was never acknowledged, so it is
     written again: every line stays one whole record, whatever the fragment was."""
-    whole = events.record_json(ev("inbound.json")) + b"\n"
+    whole = events.record_json(sample_event("inbound.json")) + b"\n"
     out = tmp_path / "out"
     out.mkdir()
     (out / "events.jsonl").write_bytes(whole + tail)
     sink = file_sink(tmp_path, path="events.jsonl")
-    again = ev("outbound.json")
+    again = sample_event("outbound.json")
     await sink.send([again])
     await sink.aclose()
     assert (out / "events.jsonl").read_bytes() == whole + kept + events.record_json(again) + b"\n"

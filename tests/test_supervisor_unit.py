@@ -29,8 +29,8 @@ from a2pd.errors import (
 )
 from a2pd.session import SessionState
 from a2pd.supervisor import Supervisor
+from tests.harness import TIMEOUT
 
-TIMEOUT = 15.0
 STOP = FatalPlatformError("the script ends here")
 
 

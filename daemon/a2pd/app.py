@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from a2pd import config, counts, ops, parts, reload, snapshot
+from a2pd import counts, ops, parts, reload, snapshot
 from a2pd.auth import TokenManager
 from a2pd.backfill import Backfill
 from a2pd.config import Settings
@@ -185,7 +185,8 @@ class Daemon:
         workers = anyio.CancelScope()
         await tg.start(self._run_pipeline, built.pipeline, workers)
         await self._start_ops(tg)
-        tg.start_soon(self._systemd_loops)
+        tg.start_soon(self.notifier.keep_informed, self.status_line,
+                      min(self.settings.ops.status_interval, 5.0), self._sample_rate)
         saver = anyio.CancelScope()
         if built.keeper is not None:
             tg.start_soon(_in_scope, saver, built.keeper.keep)
@@ -280,23 +281,6 @@ class Daemon:
                 f"{exc.strerror or exc}")]) from None
         write_ops_file(self.state_dir, host, self.ops_port)
 
-    async def _systemd_loops(self) -> None:
-        """WATCHDOG=1 from the event loop (a stuck loop stops the pings and systemd restarts
-        the daemon), STATUS= lines, and the samples the event rate is computed from."""
-        async with anyio.create_task_group() as tg:
-            interval = self.notifier.watchdog_interval
-            if interval:
-                tg.start_soon(self._watchdog, interval)
-            while True:
-                self._rates.sample(anyio.current_time(), self._received_total())
-                self.notifier.status(self.status_line())
-                await anyio.sleep(min(self.settings.ops.status_interval, 5.0))
-
-    async def _watchdog(self, interval: float) -> None:
-        while True:
-            self.notifier.watchdog()
-            await anyio.sleep(interval)
-
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -310,6 +294,9 @@ class Daemon:
 
     def _received_total(self) -> int:
         return snapshot.received_total(self._parts.pipeline.counters) if self._parts else 0
+
+    def _sample_rate(self) -> None:
+        self._rates.sample(anyio.current_time(), self._received_total())
 
     def event_rate(self) -> float:
         """Events received per second over the last minute or so."""
@@ -343,28 +330,14 @@ class Daemon:
             log.warning("reload_ignored", reason="the daemon is stopping")
             return False
         self.notifier.reloading()
-        if built.backfill is not None:
-            built.backfill.resume()  # a refused backfill tries again (permissions fixed?)
         try:
-            if settings is None:
-                if self.config_path is None:
-                    await self.reopen_sinks()
-                    return False
-                settings = config.load(self.config_path)
-            self.settings = await reload.apply(built, self.settings, settings, self.state_dir)
-        except ConfigError as exc:
-            built.pipeline.counters.inc(counts.RELOADS_REFUSED)
-            log.error("reload_refused", source=exc.source,
-                      problems=[str(p) for p in exc.problems],
-                      note="the running configuration is kept")
-            return False
-        except Exception as exc:  # noqa: BLE001 - e.g. a sink that cannot be built
-            built.pipeline.counters.inc(counts.RELOADS_REFUSED)
-            log.error("reload_refused", error=f"{type(exc).__name__}: {exc}",
-                      note="the running configuration is kept")
-            return False
+            applied = await reload.reload(built, self.settings, settings, self.config_path,
+                                          self.state_dir)
         finally:
             self.notifier.ready(self.status_line())
+        if applied is None:
+            return False
+        self.settings = applied
         return True
 
     async def reopen_sinks(self) -> None:

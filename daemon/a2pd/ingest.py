@@ -49,9 +49,7 @@ class Ingest:
 
     async def ingest(self, notification: ServerNotification) -> None:
         """Decode, route and journal one notification."""
-        decoded: events.Event | events.EventError | None = notification.event
-        if decoded is None:
-            decoded = events.decode_notification(notification.body, notification.raw)
+        decoded = notification.decoded()
         if isinstance(decoded, events.EventError):
             held = self._undecodable_log.allow()
             if held is not None:

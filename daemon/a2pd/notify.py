@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+import anyio
 
 from a2pd.logging import get_logger
 
@@ -83,6 +85,24 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send(STOPPING=1)
+
+    async def keep_informed(self, status: Callable[[], str], every: float,
+                            tick: Callable[[], None]) -> None:
+        """For ever: WATCHDOG=1 from the event loop (a stuck loop stops the pings and
+        systemd restarts the daemon), and every ``every`` seconds ``tick()`` then STATUS=
+        ``status()``."""
+        async with anyio.create_task_group() as tg:
+            if self.watchdog_interval:
+                tg.start_soon(self._ping, self.watchdog_interval)
+            while True:
+                tick()
+                self.status(status())
+                await anyio.sleep(every)
+
+    async def _ping(self, interval: float) -> None:
+        while True:
+            self.watchdog()
+            await anyio.sleep(interval)
 
     def close(self) -> None:
         if self._socket is not None:

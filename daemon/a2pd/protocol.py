@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from a2pd.events import (
     BatchEvent,
     Event,
+    EventError,
     MessageEvent,
     OptOutEvent,
     OtherEvent,
     cached_model_for,
+    decode_notification,
     describe,
-    encode_record,
     model_in,
 )
 from a2pd.vocab import error_code
@@ -152,18 +153,29 @@ class ClientResponse:
 
 @dataclass(frozen=True, slots=True)
 class ServerNotification:
-    """A notification frame; ``body`` is the event envelope (uuid, event, body, …), and
-    ``event`` the envelope already decoded when the frame took the fast path."""
+    """A notification frame: its header, the frame as it arrived (``raw``), the envelope
+    (``body``: uuid, event, body, …) and its event (``decoded()``). A well-formed frame was
+    decoded into its event in one pass (the fast path, ``_notification``); any other is
+    decoded by ``events.decode_notification`` when asked: the same event either way
+    (tests/test_protocol.py checks that)."""
 
     header: Header
-    _body: Any
     raw: bytes
-    event: Event | None = None
+    #: the envelope, when the general path parsed it
+    _body: Any = None
+    #: the event, when the fast path decoded it
+    _event: Event | None = None
 
     @property
     def body(self) -> Any:
         """The envelope as parsed JSON (parsed on demand after the fast path)."""
         return self._body if self._body is not None else json.loads(self.raw)[1]
+
+    def decoded(self) -> Event | EventError:
+        """The notification's event, or why it does not decode (for the dead letters)."""
+        if self._event is not None:
+            return self._event
+        return decode_notification(self.body, self.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +263,7 @@ def decode(data: str | bytes) -> Message | FrameError:
     if kind == SERVER_NOTIFICATION:
         if not isinstance(body, dict):
             return FrameError("ServerNotification without an object body", raw)
-        return ServerNotification(header, body, raw)
+        return ServerNotification(header, raw, _body=body)
     if kind == CLIENT_REQUEST:
         return ClientResponse(header, body)
     if kind == CONNECTION_DETAILS:
@@ -303,8 +315,7 @@ def _notification(raw: bytes) -> ServerNotification | None:
     # the "event" key found first must have been the envelope's (not one in the header)
     if header.type != SERVER_NOTIFICATION or type(event) is not cached_model_for(event.event):
         return None
-    encode_record(event)
-    return ServerNotification(header, None, raw, event)
+    return ServerNotification(header, raw, _event=event)
 
 
 def _dumps(frame: list[Any]) -> str:

@@ -7,26 +7,59 @@ its config says (``sinkset.settle_removed_sinks``). The journal and cursors stay
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from a2pd import counts
+from a2pd import config, counts
 from a2pd.config import Settings, SinkSpec
+from a2pd.errors import ConfigError
 from a2pd.logging import get_logger
 from a2pd.parts import Parts
 from a2pd.pipeline import Pipeline
 from a2pd.sinks import RetryPolicy, Sink, SinkContext, sink_class
 from a2pd.sinkset import close_sinks, reopen_sinks, settle_removed_sinks
 
-__all__ = ["RESTART_SECTIONS", "apply", "settle_reloaded_sinks"]
+__all__ = ["RESTART_SECTIONS", "apply", "reload", "settle_reloaded_sinks"]
 
 log = get_logger("daemon")
 
 #: settings sections a reload cannot change (they apply at the next start)
 RESTART_SECTIONS = ("platform", "subscription", "connection", "state", "journal", "log",
                     "ops", "backfill")
+
+
+async def reload(parts: Parts, old: Settings, new: Settings | None,
+                 config_path: str | os.PathLike[str] | None, state_dir: Path
+                 ) -> Settings | None:
+    """A reload of ``parts``, running with ``old``: to ``new``, or to the config file at
+    ``config_path`` read anew (neither: the sinks reopen their files). The settings now in
+    force, or None when nothing was applied (refused ones are logged and counted; the
+    running configuration is kept). A backfill the
+    platform refused tries again (the operator may have fixed the app's permissions)."""
+    if parts.backfill is not None:
+        parts.backfill.resume()
+    if new is None and config_path is None:
+        # nothing to read anew: a SIGHUP only reopens the files (logrotate)
+        await reopen_sinks(parts.sinks.values())
+        log.info("sinks_reopened", sinks=sorted(parts.sinks))
+        return None
+    try:
+        if new is None:
+            assert config_path is not None
+            new = config.load(config_path)
+        return await apply(parts, old, new, state_dir)
+    except ConfigError as exc:
+        parts.pipeline.counters.inc(counts.RELOADS_REFUSED)
+        log.error("reload_refused", source=exc.source, problems=[str(p) for p in exc.problems],
+                  note="the running configuration is kept")
+    except Exception as exc:  # noqa: BLE001 - e.g. a sink that cannot be built
+        parts.pipeline.counters.inc(counts.RELOADS_REFUSED)
+        log.error("reload_refused", error=f"{type(exc).__name__}: {exc}",
+                  note="the running configuration is kept")
+    return None
 
 
 async def apply(parts: Parts, old: Settings, new: Settings, state_dir: Path) -> Settings:

@@ -4,7 +4,8 @@ that ``takes_over`` it, dropped on purpose, or the start or reload is refused)."
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from operator import methodcaller
 
 from a2pd import counts
 from a2pd.config import Settings, SinkSpec
@@ -32,20 +33,21 @@ def build_sinks(settings: Settings, context: SinkContext) -> dict[str, Sink]:
 
 async def close_sinks(sinks: Iterable[Sink]) -> None:
     """Close each sink; one that fails to close is logged and the rest still close."""
-    for sink in sinks:
-        try:
-            await sink.aclose()
-        except Exception as exc:  # noqa: BLE001 - one sink must not block the rest
-            log.error("sink_close_failed", sink=sink.name, error=repr(exc))
+    await _each(sinks, methodcaller("aclose"), "sink_close_failed")
 
 
 async def reopen_sinks(sinks: Iterable[Sink]) -> None:
     """Reopen each sink's files (logrotate's create/move); failures are logged."""
+    await _each(sinks, methodcaller("reopen"), "sink_reopen_failed")
+
+
+async def _each(sinks: Iterable[Sink], action: Callable[[Sink], Awaitable[None]],
+                failed: str) -> None:
     for sink in sinks:
         try:
-            await sink.reopen()
+            await action(sink)
         except Exception as exc:  # noqa: BLE001 - one sink must not block the rest
-            log.error("sink_reopen_failed", sink=sink.name, error=repr(exc))
+            log.error(failed, sink=sink.name, error=repr(exc))
 
 
 async def settle_removed_sinks(journal: Journal, specs: dict[str, SinkSpec],

@@ -21,7 +21,6 @@ Tokens never reach a log line.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,11 +31,20 @@ import anyio
 import httpx
 
 from a2pd import counts
+from a2pd.auth.rest import (
+    DEFAULT_RETRY_AFTER,
+    MAX_RETRY_AFTER,
+    PERMISSION_CODES,
+    PlatformRest,
+    Refusal,
+    refusal,
+    retry_after_of,
+)
+from a2pd.auth.tokens import Tokens, expiry_margin
 from a2pd.config import ConnectionConfig, PlatformConfig
 from a2pd.errors import FatalPlatformError, PlatformError, RateLimited
 from a2pd.logging import get_logger, register_secret
 from a2pd.observe import Counters
-from a2pd.vocab import error_code, parse_retry_after
 
 __all__ = [
     "DEFAULT_RETRY_AFTER",
@@ -61,10 +69,6 @@ WSTOKEN_PATH = "/restapi/oauth/wstoken"
 REVOKE_PATH = "/restapi/oauth/revoke"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SUBSCRIPTION_PATH = "/restapi/v1.0/subscription/"
-DEFAULT_RETRY_AFTER = 30.0  # docs: without Retry-After wait at least 30 s (PROTOCOL.md §6)
-#: a Retry-After longer than this is read as this (a clock far off, a typo on their side)
-MAX_RETRY_AFTER = 3600.0
-PERMISSION_CODES = frozenset({"SUB-528", "CMN-401", "InsufficientPermissions", "OAU-151"})
 #: what to do about a missing refresh token (the warning below, and ``a2pd check``)
 NO_REFRESH_FIX = ("turn on 'Issue refresh tokens' in the app's settings (RingCentral "
                   "Developer Console → your app → Settings → Auth)")
@@ -87,62 +91,6 @@ class WsToken:
         return f"WsToken(uri={self.uri!r}, expires_in={self.expires_in})"
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """What the platform said when it refused a call, as it said it (``a2pd check`` shows it;
-    nothing here is a secret: the platform's error bodies name codes and permissions)."""
-
-    path: str
-    status: int
-    #: ``errorCode``, else OAuth's ``error`` (vocab.error_code)
-    code: str | None
-    #: every error code in the body: the top-level one and each ``errors[].errorCode``
-    codes: tuple[str, ...]
-    message: str | None
-    #: the ``permissionName`` of an InsufficientPermissions answer
-    permission: str | None
-
-
-def refusal(path: str, status: int, body: Any) -> Refusal:
-    """Read a RingCentral error body (REST, OAuth, or a ClientRequest reply) into a Refusal."""
-    doc = body if isinstance(body, dict) else {}
-    errors = doc.get("errors")
-    inner = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
-    codes = [c for c in (doc.get("errorCode"), doc.get("error"),
-                         *(e.get("errorCode") for e in inner)) if isinstance(c, str)]
-
-    def first(key: str) -> str | None:
-        for item in (doc, *inner):
-            value = item.get(key)
-            if isinstance(value, str) and value:
-                return value
-        return None
-
-    return Refusal(path, status, error_code(doc), tuple(dict.fromkeys(codes)),
-                   first("error_description") or first("message"), first("permissionName"))
-
-
-class _Tokens:
-    __slots__ = ("access", "access_expires", "issued", "owner_id", "refresh", "refresh_expires",
-                 "session_id")
-
-    def __init__(self, data: dict[str, Any], now: float, previous: _Tokens | None = None) -> None:
-        self.access: str = str(data["access_token"])
-        lifetime = float(data.get("expires_in") or 3600)
-        self.issued = now
-        self.access_expires = now + lifetime
-        refresh = data.get("refresh_token")
-        self.refresh: str | None = str(refresh) if refresh else None
-        refresh_lifetime = data.get("refresh_token_expires_in")
-        # no stated lifetime: assume the documented default (7 days) rather than "expired"
-        self.refresh_expires = now + float(refresh_lifetime or 604800)
-        # a refresh keeps the OAuth session; a reply that omits the id does not change it
-        self.session_id: str | None = data.get("session_id") or (
-            previous.session_id if previous else None)
-        self.owner_id: str | None = data.get("owner_id") or (
-            previous.owner_id if previous else None)
-
-
 class TokenManager:
     """The single owner of OAuth and WebSocket tokens."""
 
@@ -162,17 +110,15 @@ class TokenManager:
         self._client = client
         self._clock = clock
         self._lock = anyio.Lock()
-        self._tokens: _Tokens | None = None
-        self._blocked_until = 0.0
+        self._tokens: Tokens | None = None
         self._last_wstoken: float | None = None
         #: "no refresh token" is said once per process (every grant would repeat it)
         self._warned_no_refresh = False
         #: grants (new OAuth sessions), refreshes, wstokens, rate_limited
         self.counters = Counters()
+        self._rest = PlatformRest(platform, client_secret, client, self.counters, clock)
         #: called whenever the tokens change (the daemon saves them, daemon/a2pd/persist.py)
         self.on_change: Callable[[], None] | None = None
-        #: the platform's latest refusal (non-2xx answer), for ``a2pd check``'s report
-        self.last_refusal: Refusal | None = None
         register_secret(client_secret, permanent=True)
         register_secret(jwt, permanent=True)
 
@@ -202,7 +148,7 @@ class TokenManager:
         if tokens is None:
             return 0.0
         if tokens.refresh is None:
-            due = tokens.access_expires - _expiry_margin(tokens)
+            due = tokens.access_expires - expiry_margin(tokens)
         else:
             lifetime = tokens.access_expires - tokens.issued
             due = tokens.issued + lifetime * self._platform.refresh_at
@@ -236,7 +182,7 @@ class TokenManager:
             issued = float(doc["issued"]) - offset
         except (KeyError, TypeError, ValueError):
             return False
-        tokens = _Tokens(data, issued)
+        tokens = Tokens(data, issued)
         if tokens.refresh is None or self._clock() >= tokens.refresh_expires - 60:
             return False  # nothing left to keep the OAuth session with: grant afresh
         register_secret(tokens.access)
@@ -262,7 +208,7 @@ class TokenManager:
         if tokens is None:
             tokens = await self._grant()
         else:
-            if self._clock() >= tokens.access_expires - _expiry_margin(tokens):
+            if self._clock() >= tokens.access_expires - expiry_margin(tokens):
                 tokens = await self._refresh_or_grant()
         return tokens.access
 
@@ -310,7 +256,7 @@ class TokenManager:
             access = await self._valid_access()
             self._last_wstoken = self._clock()
             try:
-                data = await self._post(WSTOKEN_PATH, bearer=access)
+                data = await self._rest.post(WSTOKEN_PATH, bearer=access)
             except PlatformError as exc:
                 if exc.status != 401:
                     raise
@@ -318,7 +264,7 @@ class TokenManager:
                 # recovery); it falls back to a new grant when the session itself is gone
                 log.warning("access_token_refused", path=WSTOKEN_PATH)
                 access = (await self._refresh_or_grant()).access
-                data = await self._post(WSTOKEN_PATH, bearer=access)
+                data = await self._rest.post(WSTOKEN_PATH, bearer=access)
         try:
             token = WsToken(str(data["ws_access_token"]), str(data["uri"]),
                             float(data.get("expires_in") or 600))
@@ -354,7 +300,7 @@ class TokenManager:
             return True
         revoked = True
         try:
-            await self._post(REVOKE_PATH, form={"token": tokens.access}, basic=True)
+            await self._rest.post(REVOKE_PATH, form={"token": tokens.access}, basic=True)
         except PlatformError as exc:
             log.info("revoke_failed", status=exc.status)
             revoked = False
@@ -367,26 +313,23 @@ class TokenManager:
         the JSON object of a 2xx answer. Otherwise raises ``PlatformError`` (``RateLimited``
         for 429) with the status and code, ``last_refusal`` saying what the platform said;
         unlike the Auth calls, a 429 here holds nothing back (another rate group)."""
-        access = await self.access_token()
-        headers = {"Accept": "application/json", "Authorization": f"Bearer {access}"}
-        response = await self._request("GET", path, params=params, headers=headers)
-        body = _json_object(response)
-        status = response.status_code
-        if 200 <= status < 300:
-            return body
-        self.last_refusal = refusal(path, status, body)
-        if status == 429:
-            retry_after = retry_after_of(response)
-            raise RateLimited(f"{path} rate limited", retry_after=retry_after,
-                              code=error_code(body))
-        raise PlatformError(f"{path} failed", status=status, code=error_code(body))
+        return await self._rest.get(path, params, await self.access_token())
+
+    @property
+    def last_refusal(self) -> Refusal | None:
+        """The platform's latest refusal (non-2xx answer), for ``a2pd check``'s report."""
+        return self._rest.last_refusal
+
+    @last_refusal.setter
+    def last_refusal(self, value: Refusal | None) -> None:
+        self._rest.last_refusal = value
 
     # -- internals (call with the lock held) -------------------------------------------------
 
-    async def _grant(self) -> _Tokens:
+    async def _grant(self) -> Tokens:
         form = {"grant_type": JWT_GRANT, "assertion": self._jwt}
         try:
-            data = await self._post(TOKEN_PATH, form=form, basic=True)
+            data = await self._rest.post(TOKEN_PATH, form=form, basic=True)
         except PlatformError as exc:
             if exc.status in (400, 401, 403) and not isinstance(exc, RateLimited):
                 what = "client id/secret" if exc.code in ("invalid_client", "OAU-123") or \
@@ -403,13 +346,13 @@ class TokenManager:
             log.warning("no_refresh_token", fix=NO_REFRESH_FIX, note=NO_REFRESH_NOTE)
         return tokens
 
-    async def _refresh_or_grant(self) -> _Tokens:
+    async def _refresh_or_grant(self) -> Tokens:
         tokens = self._tokens
         if tokens is None or tokens.refresh is None or self._clock() >= tokens.refresh_expires:
             return await self._grant()
         form = {"grant_type": "refresh_token", "refresh_token": tokens.refresh}
         try:
-            data = await self._post(TOKEN_PATH, form=form, basic=True)
+            data = await self._rest.post(TOKEN_PATH, form=form, basic=True)
         except PlatformError as exc:
             if exc.status in (400, 401) and not isinstance(exc, RateLimited):
                 log.warning("refresh_refused_new_grant", status=exc.status, code=exc.code)
@@ -421,9 +364,9 @@ class TokenManager:
         log.debug("access_token_refreshed")
         return refreshed
 
-    def _store(self, data: dict[str, Any], previous: _Tokens | None = None) -> _Tokens:
+    def _store(self, data: dict[str, Any], previous: Tokens | None = None) -> Tokens:
         try:
-            tokens = _Tokens(data, self._clock(), previous)
+            tokens = Tokens(data, self._clock(), previous)
         except (KeyError, TypeError, ValueError) as exc:
             raise PlatformError("token reply lacks access_token/expires_in") from exc
         register_secret(tokens.access)
@@ -432,67 +375,3 @@ class TokenManager:
         self._changed()
         return tokens
 
-    async def _post(self, path: str, *, form: dict[str, str] | None = None,
-                    bearer: str | None = None, basic: bool = False) -> dict[str, Any]:
-        wait = self._blocked_until - self._clock()
-        if wait > 0:
-            await anyio.sleep(wait)
-        headers = {"Accept": "application/json"}
-        if basic:
-            pair = f"{self._platform.client_id}:{self._client_secret}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        if bearer is not None:
-            headers["Authorization"] = f"Bearer {bearer}"
-        return self._check(path, await self._request("POST", path, data=form, headers=headers))
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One call to the platform; a network failure or timeout is a ``PlatformError``."""
-        try:
-            return await self._client.request(method, self._platform.server + path,
-                                              timeout=self._platform.http_timeout, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise PlatformError(f"timed out calling {path}") from exc
-        except httpx.HTTPError as exc:
-            raise PlatformError(f"cannot reach the platform for {path}: {type(exc).__name__}") \
-                from exc
-
-    def _check(self, path: str, response: httpx.Response) -> dict[str, Any]:
-        status = response.status_code
-        body = _json_object(response)
-        if 200 <= status < 300:
-            return body
-        self.last_refusal = refusal(path, status, body)
-        code = error_code(body)
-        if status == 429:
-            retry_after = retry_after_of(response)
-            self._blocked_until = self._clock() + retry_after
-            self.counters.inc(counts.RATE_LIMITED)
-            log.warning("rate_limited", path=path, retry_after=retry_after, code=code)
-            raise RateLimited(f"{path} rate limited", retry_after=retry_after, code=code)
-        if status == 403 or code in PERMISSION_CODES:
-            raise FatalPlatformError(f"{path}: permission denied (does the app have the "
-                                     "WebSocket Subscriptions and A2P SMS permissions?)",
-                                     status=status, code=code)
-        raise PlatformError(f"{path} failed", status=status, code=code)
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    """The response's JSON object ({} for an empty, non-JSON or non-object body)."""
-    try:
-        body = response.json() if response.content else {}
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _expiry_margin(tokens: _Tokens) -> float:
-    """How early an access token is treated as expired: 5 s, or a tenth of a short
-    lifetime."""
-    return min(5.0, 0.1 * (tokens.access_expires - tokens.issued))
-
-
-def retry_after_of(response: httpx.Response) -> float:
-    """Seconds a platform's 429 says to wait: its Retry-After (delta-seconds or an HTTP-date,
-    at most an hour), else ``DEFAULT_RETRY_AFTER``."""
-    found = parse_retry_after(response.headers.get("Retry-After"), time.time())
-    return DEFAULT_RETRY_AFTER if found is None else min(MAX_RETRY_AFTER, found)
