@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +128,34 @@ def test_a_busy_database_is_a_transient_lock(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+async def test_a_burst_wal_is_cut_back_only_when_no_commit_came(tmp_path: Path) -> None:
+    """After the passive checkpoint, the WAL a burst grew is truncated only if the last
+    commit (read then, not before the checkpoint began: copying a burst's WAL takes a
+    while, and traffic may have resumed) is older than TRUNCATE_IDLE."""
+    path = tmp_path / "journal.db"
+    conn = db.connect(path, fsync=False)
+    wal = path.with_name(path.name + "-wal")
+    try:
+        conn.execute("CREATE TABLE burst (x)")
+        with conn:
+            conn.executemany("INSERT INTO burst VALUES (zeroblob(65536))", [()] * 100)
+        assert wal.stat().st_size > db.WAL_SIZE_LIMIT
+        checkpointer = db.Checkpointer(path, fsync=False)
+        asked: list[float] = []
+
+        def committing() -> float:  # a commit came while the checkpoint copied the WAL
+            asked.append(time.monotonic())
+            return time.monotonic()
+
+        before = time.monotonic()
+        await checkpointer.checkpoint(committing)
+        assert len(asked) == 1
+        assert asked[0] >= before
+        assert wal.stat().st_size > db.WAL_SIZE_LIMIT  # traffic: not cut back
+        await checkpointer.checkpoint(lambda: time.monotonic() - 2 * db.TRUNCATE_IDLE)
+        assert wal.stat().st_size <= db.WAL_SIZE_LIMIT  # quiet: cut back
+        await checkpointer.close()
+    finally:
+        conn.close()

@@ -4,6 +4,8 @@ delivers these rather than decoding its rows again (a fast path with the slow pa
 
 from __future__ import annotations
 
+from collections import deque
+
 from a2pd import events
 from a2pd.journal import Row
 
@@ -32,17 +34,21 @@ class Decoded:
 
     def __init__(self) -> None:
         self._kept: dict[str, tuple[events.Event, bytes]] = {}
+        #: the uuids kept, oldest first (a deque: a dict's oldest key costs a scan over the
+        #: slots its removed keys left, once per event)
+        self._order: deque[str] = deque()
         self._bytes = 0
 
     def add(self, event: events.Event, record: bytes) -> None:
         kept = self._kept
-        if event.uuid in kept:
+        uuid = event.uuid
+        if uuid in kept:
             return  # the first is the one journaled: a later one is a duplicate
-        kept[event.uuid] = (event, record)
+        kept[uuid] = (event, record)
+        self._order.append(uuid)
         self._bytes += len(record)
         while len(kept) > DECODED_KEPT or self._bytes > DECODED_BYTES:
-            _, old = kept.pop(next(iter(kept)))
-            self._bytes -= len(old)
+            self._bytes -= len(kept.pop(self._order.popleft())[1])
 
     def get(self, row: Row) -> events.Event | None:
         found = self._kept.get(row.uuid)

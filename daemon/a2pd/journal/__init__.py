@@ -76,6 +76,11 @@ class Journal:
         self._state = state
         self._recent = RecentRows()
         self._committer = Committer(db, options, state, self._recent, counters, clock)
+        # the per-event calls, bound straight to the committer (no facade frame per event):
+        # ``append`` queues an event for the next group commit, ``room`` waits until an
+        # append would not (see Committer.append and Committer.room)
+        self.append = self._committer.append
+        self.room = self._committer.room
         self._checkpointer = Checkpointer(db.path, fsync=options.fsync)
         self.letters = DeadLetters(db, counters, max_raw_bytes=options.max_raw_bytes,
                                    clock=clock)
@@ -130,27 +135,6 @@ class Journal:
         return self.database.size_bytes()
 
     # -- appending (the committer's) --------------------------------------------------------
-
-    async def append(self, uuid: str, kind: str, sinks: Sequence[str], record: bytes, *,
-                     key: str | None = None, drop: tuple[str, ...] = (),
-                     backfilled: bool = False,
-                     track: tuple[str, str | None, float, bool] | None = None,
-                     pair: tuple[str, float] | None = None) -> None:
-        """Queue an event for the next group commit; waits when the journal is full
-        (``block``) or too many appends are waiting. ``key``/``drop``/``backfilled``: content
-        deduplication against the backfill (``model.repeats_content``). ``track``: the
-        object the event opens or closes (``gaps.open_objects``); ``pair``: an opt-out
-        pair and its state's time (a rebuilt state older than the pair's newest is
-        stale)."""
-        await self._committer.append(uuid, kind, sinks, record, key=key, drop=drop,
-                                     backfilled=backfilled, track=track, pair=pair)
-
-    async def room(self) -> None:
-        """Return once an append would not wait: the journal has room (``block``), commits
-        succeed and not too many appends wait. An append right after it (with no await in
-        between) takes effect without yielding: the pipeline routes an event only then, so
-        a reload's new routes apply to every event appended after the swap."""
-        await self._committer.room()
 
     async def queue_dead_letter(self, sink: str, reason: str, raw: bytes, *,
                                 uuid: str | None = None) -> None:
@@ -292,7 +276,8 @@ class Journal:
 
     async def checkpoint(self) -> None:
         """Copy committed WAL frames into the database file (``db.Checkpointer``)."""
-        await self._checkpointer.checkpoint(self._state.last_commit)
+        state = self._state
+        await self._checkpointer.checkpoint(lambda: state.last_commit)
 
     async def stats(self) -> JournalStats:
         """What ``a2pd journal stats`` shows."""

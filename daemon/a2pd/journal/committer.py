@@ -27,6 +27,8 @@ from a2pd.errors import JournalError
 from a2pd.journal import store
 from a2pd.journal.db import Database
 from a2pd.journal.model import (
+    BACKFILLED,
+    LIVE,
     JournalOptions,
     JournalState,
     Pending,
@@ -81,7 +83,12 @@ class Committer:
                      backfilled: bool = False,
                      track: tuple[str, str | None, float, bool] | None = None,
                      pair: tuple[str, float] | None = None) -> None:
-        """See ``Journal.append``."""
+        """Queue an event for the next group commit; waits when the journal is full
+        (``block``) or too many appends are waiting. ``key``/``drop``/``backfilled``: content
+        deduplication against the backfill (``model.repeats_content``). ``track``: the
+        object the event opens or closes (``gaps.open_objects``); ``pair``: an opt-out
+        pair and its state's time (a rebuilt state older than the pair's newest is
+        stale)."""
         if uuid in self._pending_keys:
             self._counters.inc(counts.DUPLICATES)
             return
@@ -92,7 +99,11 @@ class Committer:
             self._counters.inc(counts.BACKFILL_DUPLICATES)
             return
         await self.room()
-        self._take(item)
+        self._pending.append(item)
+        keys = self._pending_keys
+        keys.add(uuid)
+        if key is not None:
+            keys.add((BACKFILLED if backfilled else LIVE) + key)
         self._appended += 1
         self._wake.set()
         if len(self._pending) >= self._options.commit_max:
@@ -106,7 +117,10 @@ class Committer:
             self._pending_keys.add(content)
 
     async def room(self) -> None:
-        """Return once an append would not wait (see ``Journal.room``)."""
+        """Return once an append would not wait: the journal has room (``block``), commits
+        succeed and not too many appends wait. An append right after it (with no await in
+        between) takes effect without yielding: the pipeline routes an event only then, so
+        a reload's new routes apply to every event appended after the swap."""
         options = self._options
         while options.full_policy == "block" and options.max_events and \
                 self._state.count + len(self._pending) >= options.max_events:

@@ -243,15 +243,18 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._closed = False
 
-    async def checkpoint(self, last_commit: float) -> None:
+    async def checkpoint(self, last_commit: Callable[[], float]) -> None:
         """A passive checkpoint; a WAL a burst grew is cut back once no commit came for
-        ``TRUNCATE_IDLE`` (``last_commit``: monotonic time of the last one)."""
+        ``TRUNCATE_IDLE`` (``last_commit()``: monotonic time of the last one, read once the
+        passive checkpoint is done: copying a burst's WAL can take a second, and commits
+        that came meanwhile must hold the cut back, or it runs beside traffic and a commit
+        waits for it on the event loop's thread)."""
         try:
             await anyio.to_thread.run_sync(self._checkpoint, last_commit)
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
 
-    def _checkpoint(self, last_commit: float) -> None:
+    def _checkpoint(self, last_commit: Callable[[], float]) -> None:
         with self._lock:
             if self._closed:
                 return
@@ -265,7 +268,7 @@ class Checkpointer:
                 size = wal.stat().st_size
             except FileNotFoundError:
                 return
-            if size > WAL_SIZE_LIMIT and time.monotonic() - last_commit >= TRUNCATE_IDLE:
+            if size > WAL_SIZE_LIMIT and time.monotonic() - last_commit() >= TRUNCATE_IDLE:
                 # a burst grew the WAL and no commit came since: nothing would rewind it
                 # (which cuts it to journal_size_limit), so cut it here. Only when quiet,
                 # and without waiting: a TRUNCATE holds writers off while it waits for
