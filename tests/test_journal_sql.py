@@ -52,9 +52,16 @@ def test_cursors_compaction_and_hand_over(conn: sqlite3.Connection) -> None:
     store.advance(conn, "s", 3)
     store.advance(conn, "s", 2)  # never back
     assert store.cursor(conn, "s") == 3
-    assert store.compact_chunk(conn, ["s"], 200.0, newest=5, max_age=None,
-                               dedup_window=3600.0) == (3, 0, False)
+    first = store.oldest(conn)
+    compacted = store.compact_chunk(conn, ["s"], 200.0, newest=5, max_age=None,
+                                    dedup_window=3600.0)
+    # recounted in the same transaction, since events went
+    assert compacted == (3, 0, False, 2, first)
     assert store.count(conn) == 2
+    assert store.compact_chunk(conn, ["s"], 200.0, newest=5, max_age=None,
+                               dedup_window=3600.0) == (0, 0, False, None, None)
+    assert store.compact_chunk(conn, ["s"], 200.0, newest=5, max_age=None,
+                               dedup_window=3600.0, recount=True) == (0, 0, False, 2, first)
     assert store.known_uuids(conn, ["u0"]) == {"u0"}  # remembered in seen
     assert store.backlogs(conn, []) == {"s": 2}
     assert store.hand_over(conn, "s", "t", None) == (2, 0)

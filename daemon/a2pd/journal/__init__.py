@@ -254,16 +254,17 @@ class Journal:
         options, state = self.options, self._state
         more = True
         while more:
-            chunk_removed, chunk_expired, more = await self.database.run(
-                store.compact_chunk, list(sinks), self._clock(), newest=state.last_seq,
-                max_age=options.max_age, dedup_window=options.dedup_window)
-            removed += chunk_removed
-            expired += chunk_expired
             self._compactions += 1
-            if chunk_removed or chunk_expired or self._compactions % RECOUNT_EVERY == 0:
+            chunk = await self.database.run(
+                store.compact_chunk, list(sinks), self._clock(), newest=state.last_seq,
+                max_age=options.max_age, dedup_window=options.dedup_window,
+                recount=self._compactions % RECOUNT_EVERY == 0)
+            removed += chunk.removed
+            expired += chunk.expired
+            more = chunk.more
+            if chunk.journaled is not None:
                 # recounted: rows another process added (replays) are included
-                state.count = await self.database.run(store.count)
-                state.oldest_received = await self.database.run(store.oldest)
+                state.count, state.oldest_received = chunk.journaled, chunk.oldest
         if expired:
             self._recent.clear()
             self.counters.inc(counts.EXPIRED, expired)
