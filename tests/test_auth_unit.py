@@ -251,3 +251,34 @@ async def test_revoke_ends_the_oauth_session_once(monkeypatch: pytest.MonkeyPatc
         assert calls(emu, REVOKE_PATH) == [200]
         await manager.access_token()
         assert manager.counters[counts.GRANTS] == 2
+
+
+async def test_exported_tokens_resume_the_oauth_session_after_a_restart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens exported by one process are taken by the next (another monotonic clock): the
+    same session, the same refresh time; unusable documents are refused, not half taken."""
+    async with platform(monkeypatch, refresh_at=0.5, access_token_ttl=100) as (
+            emu, manager, clock):
+        access = await manager.access_token()
+        clock.now += 20
+        doc = manager.export()
+        assert doc is not None
+        assert manager.export() == doc  # unchanged tokens export unchanged
+        later = VirtualTime()
+        later.now = 5.0  # the next process's monotonic clock starts elsewhere
+        async with httpx.AsyncClient() as http:
+            resumed = TokenManager(
+                PlatformConfig(server=emu.base_url, client_id=emu.config.client_id,
+                               refresh_at=0.5),
+                emu.config.client_secret, emu.config.jwt, ConnectionConfig(), http,
+                clock=later)
+            for broken in ({}, {**doc, "issued": "soon"}, {**doc, "refresh": None},
+                           {**doc, "refresh_expires": doc["issued"]}):
+                assert not resumed.restore(broken)
+                assert resumed.session_id is None
+            assert resumed.restore(doc)
+            assert resumed.session_id == manager.session_id
+            assert await resumed.access_token() == access  # no grant: still valid
+            # 20 of its 100 s had passed: a refresh falls due 30 s on (at whole seconds)
+            assert abs(resumed.refresh_due_in() - 30.0) <= 1.0
+            assert resumed.counters[counts.GRANTS] == 0

@@ -12,7 +12,7 @@ import pytest
 
 from a2pd import config, events
 from a2pd.app import Daemon
-from a2pd.backfill import parse_filters, synthetic
+from a2pd.backfill import OpenObjects, parse_filters, synthetic, window_query
 from a2pd.errors import ConfigError
 from a2pd.parts import open_journal
 from tests.harness import (
@@ -283,7 +283,7 @@ async def test_a_permanent_refusal_is_reported_once_and_retried_after_a_reload(
             lost = await publish_while_away(emu, 3)
             await counted(daemon, "backfill_refused", 1)
             calls = len(emu.a2p.calls)
-            snapshot = daemon.snapshot()
+            snapshot = daemon.report.snapshot()
             assert "CMN-408" in snapshot["backfill"]["refused"]
             await emu.publish("message", plain("after-0"))  # the daemon goes on meanwhile
             await delivered(daemon, "archive", live + 1)
@@ -292,7 +292,7 @@ async def test_a_permanent_refusal_is_reported_once_and_retried_after_a_reload(
             assert await daemon.reload(settings)
             await backfilled(daemon)
             await delivered(daemon, "archive", live + 1 + lost)
-            assert daemon.snapshot()["backfill"]["refused"] is None
+            assert daemon.report.snapshot()["backfill"]["refused"] is None
             assert daemon.pipeline.counters["backfill_refused"] == 1
     check_once(tmp_path, live + 1, lost)
     out = capsys.readouterr().out
@@ -453,3 +453,23 @@ async def test_bad_backfill_config_names_the_key(tmp_path: Path) -> None:
             with pytest.raises(ConfigError) as info:
                 config.loads(text, source="test", env={})
             assert [p.key for p in info.value.problems] == [key]
+
+
+def test_open_objects_are_read_by_id_by_batch_or_by_one_wide_listing() -> None:
+    """Open objects created before the window: batches by id, a batch's messages by
+    batchId from the oldest creation among them, a batch-less message by id; how many
+    calls that takes decides against one wide listing."""
+    objects = OpenObjects.of([("batch:B1", "B1", 90.0), ("message:M1", "B1", 80.0),
+                              ("message:M2", "B2", 95.0), ("message:M3", None, 70.0)],
+                             start=100.0)
+    assert objects.batches == ["B1"]
+    assert objects.singles == ["M3"]
+    assert objects.by_batch == {"B1": 80.0, "B2": 95.0}
+    assert objects.oldest == 70.0
+    assert objects.reads(batches=True, messages=True) == 1 + 2 + 1
+    assert objects.reads(batches=False, messages=True) == 3
+    assert objects.reads(batches=True, messages=False) == 1
+    assert OpenObjects.of([], start=100.0).oldest == 100.0
+    assert window_query("opt-outs", 0.0, 1.0) == {"optStatus": ["OptOut", "OptIn"]}
+    assert window_query("messages", 0.0, 1.0)["view"] == "Detailed"
+    assert "view" not in window_query("batches", 0.0, 1.0)

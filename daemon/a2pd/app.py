@@ -36,11 +36,10 @@ from a2pd import counts, ops, parts, reload, snapshot
 from a2pd.auth import TokenManager
 from a2pd.backfill import Backfill
 from a2pd.config import Settings
-from a2pd.errors import A2pdError, ConfigError, ConfigProblem
+from a2pd.errors import A2pdError
 from a2pd.journal import Journal
 from a2pd.logging import get_logger
 from a2pd.notify import Notifier
-from a2pd.observe import Histogram
 from a2pd.parts import Parts
 from a2pd.pipeline import Pipeline
 from a2pd.sinks import Sink
@@ -79,11 +78,12 @@ class Daemon:
         self.stopping = False
         self.ops_port: int | None = None
         self.subscribed = anyio.Event()
+        #: what it says about itself (/status, /metrics, systemd's STATUS=)
+        self.report = snapshot.Reporter(self)
         #: what /metrics exposes (a registry of this daemon's own)
-        self.metrics = ops.Metrics(self.snapshot, self.delivery_latency)
+        self.metrics = ops.Metrics(self.report.snapshot, self.report.delivery_latency)
         self._on_subscribed = on_subscribed
         self._parts: Parts | None = None
-        self._rates = snapshot.Rates()
         self._stop = anyio.Event()
         self._force = False
         self._fatal: BaseException | None = None
@@ -96,6 +96,11 @@ class Daemon:
     def parts(self) -> Parts:
         if self._parts is None:
             raise RuntimeError("the daemon has not started")
+        return self._parts
+
+    @property
+    def built(self) -> Parts | None:
+        """The parts, or None before ``run`` built them."""
         return self._parts
 
     @property
@@ -144,7 +149,7 @@ class Daemon:
         first = not self.subscribed.is_set()
         self.subscribed.set()
         if first:
-            self.notifier.ready(self.status_line())
+            self.notifier.ready(self.report.status_line())
         if self._on_subscribed is not None:
             self._on_subscribed()
 
@@ -185,8 +190,8 @@ class Daemon:
         workers = anyio.CancelScope()
         await tg.start(self._run_pipeline, built.pipeline, workers)
         await self._start_ops(tg)
-        tg.start_soon(self.notifier.keep_informed, self.status_line,
-                      min(self.settings.ops.status_interval, 5.0), self._sample_rate)
+        tg.start_soon(self.notifier.keep_informed, self.report.status_line,
+                      min(self.settings.ops.status_interval, 5.0), self.report.sample_rate)
         saver = anyio.CancelScope()
         if built.keeper is not None:
             tg.start_soon(_in_scope, saver, built.keeper.keep)
@@ -269,17 +274,10 @@ class Daemon:
 
     async def _start_ops(self, tg: TaskGroup) -> None:
         address = self.settings.ops.address
-        if address is None:
-            return
-        host, port = address
-        try:
-            self.ops_port = await tg.start(partial(ops.serve, host, port, self.snapshot,
+        if address is not None:
+            self.ops_port = await tg.start(partial(ops.serve, *address, self.report.snapshot,
                                                    self.metrics))
-        except OSError as exc:
-            raise ConfigError([ConfigProblem(
-                "ops.listen", f"cannot listen on {self.settings.ops.listen}: "
-                f"{exc.strerror or exc}")]) from None
-        write_ops_file(self.state_dir, host, self.ops_port)
+            write_ops_file(self.state_dir, address[0], self.ops_port)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -289,35 +287,6 @@ class Daemon:
                     await self.reload()
                 else:
                     self.request_stop()
-
-    # -- what it says about itself (snapshot.py) --------------------------------------------
-
-    def _received_total(self) -> int:
-        return snapshot.received_total(self._parts.pipeline.counters) if self._parts else 0
-
-    def _sample_rate(self) -> None:
-        self._rates.sample(anyio.current_time(), self._received_total())
-
-    def event_rate(self) -> float:
-        """Events received per second over the last minute or so."""
-        return self._rates.rate(anyio.current_time(), self._received_total())
-
-    def status_line(self) -> str:
-        """One line for `systemctl status`."""
-        session = self._parts.supervisor.state if self._parts else None
-        backlog = sum(self._parts.pipeline.backlog().values()) if self._parts else 0
-        return snapshot.status_line(snapshot.state_of(self.stopping, session),
-                                    self.event_rate(), backlog)
-
-    def delivery_latency(self) -> dict[str, Histogram]:
-        """Per sink, the delivery latency so far (/metrics)."""
-        return self._parts.pipeline.delivery_latency if self._parts is not None else {}
-
-    def snapshot(self) -> dict[str, Any]:
-        """Everything /status, /metrics and /readyz report."""
-        return snapshot.build(self.settings, self._parts, now=anyio.current_time(),
-                              started_at=self.started_at, stopping=self.stopping,
-                              rate=self.event_rate())
 
     # -- reload (reload.py) -----------------------------------------------------------------
 
@@ -334,7 +303,7 @@ class Daemon:
             applied = await reload.reload(built, self.settings, settings, self.config_path,
                                           self.state_dir)
         finally:
-            self.notifier.ready(self.status_line())
+            self.notifier.ready(self.report.status_line())
         if applied is None:
             return False
         self.settings = applied

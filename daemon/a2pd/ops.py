@@ -40,6 +40,7 @@ from prometheus_client.metrics_core import (
 )
 
 from a2pd import counts
+from a2pd.errors import ConfigError, ConfigProblem
 from a2pd.logging import get_logger
 from a2pd.names import BUILTIN_SINK_TYPES, DEAD_LETTER_SOURCES
 from a2pd.observe import (
@@ -79,9 +80,15 @@ Latency = Callable[[], Mapping[str, Histogram]]
 
 async def serve(host: str, port: int, snapshot: Snapshot, metrics: Metrics, *,
                 task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-    """Serve until cancelled; ``task_status.started`` gets the bound port."""
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port,
-                                               reuse_port=False)
+    """Serve until cancelled; ``task_status.started`` gets the bound port. An address it
+    cannot listen on is the configuration's ``ops.listen`` at fault (``ConfigError``)."""
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port,
+                                                   reuse_port=False)
+    except OSError as exc:
+        shown = f"[{host}]" if ":" in host else host
+        raise ConfigError([ConfigProblem(
+            "ops.listen", f"cannot listen on {shown}:{port}: {exc.strerror or exc}")]) from None
     bound = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610
     log.info("ops_listening", host=host, port=bound,
              paths=["/metrics", "/healthz", "/readyz", "/status"])

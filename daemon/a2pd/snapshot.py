@@ -7,16 +7,19 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
+
+import anyio
 
 from a2pd import __version__, counts
 from a2pd.config import Settings
 from a2pd.logging import recent_problems
-from a2pd.observe import Counters
+from a2pd.observe import Counters, Histogram
 from a2pd.parts import Parts
 from a2pd.session import SessionState
 
-__all__ = ["Rates", "build", "received_total", "state_of", "status_line"]
+__all__ = ["Rates", "Reported", "Reporter", "build", "received_total", "state_of",
+           "status_line"]
 
 
 def received_total(counters: Counters) -> int:
@@ -39,6 +42,57 @@ class Rates:
         if not older or now - older[0][0] <= 0:
             return 0.0
         return (total - older[0][1]) / (now - older[0][0])
+
+
+class Reported(Protocol):
+    """What a ``Reporter`` reads of its daemon, each time it is asked."""
+
+    settings: Settings
+    stopping: bool
+    started_at: float
+
+    @property
+    def built(self) -> Parts | None: ...
+
+
+class Reporter:
+    """What one daemon says about itself: the /status document, the STATUS= line, the
+    event rate and the delivery latency histograms, read from the daemon when asked."""
+
+    def __init__(self, daemon: Reported) -> None:
+        self._daemon = daemon
+        self._rates = Rates()
+
+    def _received(self) -> int:
+        parts = self._daemon.built
+        return received_total(parts.pipeline.counters) if parts is not None else 0
+
+    def sample_rate(self) -> None:
+        """Note the received total now (called every few seconds)."""
+        self._rates.sample(anyio.current_time(), self._received())
+
+    def event_rate(self) -> float:
+        """Events received per second over the last minute or so."""
+        return self._rates.rate(anyio.current_time(), self._received())
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`."""
+        daemon, parts = self._daemon, self._daemon.built
+        session = parts.supervisor.state if parts is not None else None
+        backlog = sum(parts.pipeline.backlog().values()) if parts is not None else 0
+        return status_line(state_of(daemon.stopping, session), self.event_rate(), backlog)
+
+    def delivery_latency(self) -> dict[str, Histogram]:
+        """Per sink, the delivery latency so far (/metrics)."""
+        parts = self._daemon.built
+        return parts.pipeline.delivery_latency if parts is not None else {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything /status, /metrics and /readyz report."""
+        daemon = self._daemon
+        return build(daemon.settings, daemon.built, now=anyio.current_time(),
+                     started_at=daemon.started_at, stopping=daemon.stopping,
+                     rate=self.event_rate())
 
 
 def state_of(stopping: bool, session: SessionState | None) -> str:

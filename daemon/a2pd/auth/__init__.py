@@ -40,7 +40,7 @@ from a2pd.auth.rest import (
     refusal,
     retry_after_of,
 )
-from a2pd.auth.tokens import Tokens, expiry_margin
+from a2pd.auth.tokens import Tokens, expiry_margin, exported, refresh_due, restored
 from a2pd.config import ConnectionConfig, PlatformConfig
 from a2pd.errors import FatalPlatformError, PlatformError, RateLimited
 from a2pd.logging import get_logger, register_secret
@@ -140,50 +140,25 @@ class TokenManager:
         return self._tokens is not None and self._tokens.refresh is not None
 
     def refresh_due_in(self) -> float:
-        """Seconds until the access token should be refreshed (0 when it should be now):
-        at ``refresh_at`` of its lifetime; without a refresh token only when it is about to
-        expire (``_expiry_margin``): all that can be done then is a new JWT grant, a new
-        OAuth session, and a session dropped after it cannot be recovered."""
+        """Seconds until the access token should be refreshed (0 when it should be now;
+        ``tokens.refresh_due``)."""
         tokens = self._tokens
         if tokens is None:
             return 0.0
-        if tokens.refresh is None:
-            due = tokens.access_expires - expiry_margin(tokens)
-        else:
-            lifetime = tokens.access_expires - tokens.issued
-            due = tokens.issued + lifetime * self._platform.refresh_at
-        return max(0.0, due - self._clock())
+        return max(0.0, refresh_due(tokens, self._platform.refresh_at) - self._clock())
 
     # -- persistence (wall-clock times: a restart changes the monotonic clock) ---------------
 
     def export(self) -> dict[str, Any] | None:
         """The tokens as a JSON-able document (secrets: only ever stored encrypted)."""
         tokens = self._tokens
-        if tokens is None:
-            return None
-        # whole seconds: the two clocks' offset jitters by microseconds from call to call,
-        # and an unchanged token must export unchanged (the daemon saves on change)
-        offset = time.time() - self._clock()
-        return {"access": tokens.access, "refresh": tokens.refresh,
-                "issued": round(tokens.issued + offset),
-                "access_expires": round(tokens.access_expires + offset),
-                "refresh_expires": round(tokens.refresh_expires + offset),
-                "session_id": tokens.session_id, "owner_id": tokens.owner_id}
+        return None if tokens is None else exported(tokens, time.time() - self._clock())
 
     def restore(self, doc: dict[str, Any]) -> bool:
         """Take tokens saved by ``export`` (before the first call); False if unusable."""
-        offset = time.time() - self._clock()
-        try:
-            data = {"access_token": str(doc["access"]), "refresh_token": doc.get("refresh"),
-                    "session_id": doc.get("session_id"), "owner_id": doc.get("owner_id"),
-                    "expires_in": float(doc["access_expires"]) - float(doc["issued"]),
-                    "refresh_token_expires_in":
-                        float(doc["refresh_expires"]) - float(doc["issued"])}
-            issued = float(doc["issued"]) - offset
-        except (KeyError, TypeError, ValueError):
-            return False
-        tokens = Tokens(data, issued)
-        if tokens.refresh is None or self._clock() >= tokens.refresh_expires - 60:
+        tokens = restored(doc, time.time() - self._clock())
+        if tokens is None or tokens.refresh is None or \
+                self._clock() >= tokens.refresh_expires - 60:
             return False  # nothing left to keep the OAuth session with: grant afresh
         register_secret(tokens.access)
         register_secret(tokens.refresh)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Tokens", "expiry_margin"]
+__all__ = ["Tokens", "expiry_margin", "exported", "refresh_due", "restored"]
 
 
 class Tokens:
@@ -34,3 +34,43 @@ def expiry_margin(tokens: Tokens) -> float:
     """How early an access token is treated as expired: 5 s, or a tenth of a short
     lifetime."""
     return min(5.0, 0.1 * (tokens.access_expires - tokens.issued))
+
+
+def refresh_due(tokens: Tokens, refresh_at: float) -> float:
+    """When (monotonic) the access token should be refreshed: at ``refresh_at`` of its
+    lifetime; without a refresh token only when it is about to expire (``expiry_margin``):
+    all that can be done then is a new JWT grant, a new OAuth session, and a session
+    dropped after it cannot be recovered."""
+    if tokens.refresh is None:
+        return tokens.access_expires - expiry_margin(tokens)
+    return tokens.issued + (tokens.access_expires - tokens.issued) * refresh_at
+
+
+# -- persistence (wall-clock times: a restart changes the monotonic clock) -------------------
+
+def exported(tokens: Tokens, offset: float) -> dict[str, Any]:
+    """``tokens`` as a JSON-able document, ``offset`` (wall clock minus monotonic clock) added
+    to its times (secrets: the caller only ever stores it encrypted). Whole seconds: the two
+    clocks' offset jitters by microseconds from call to call, and unchanged tokens must
+    export unchanged (the daemon saves on change)."""
+    return {"access": tokens.access, "refresh": tokens.refresh,
+            "issued": round(tokens.issued + offset),
+            "access_expires": round(tokens.access_expires + offset),
+            "refresh_expires": round(tokens.refresh_expires + offset),
+            "session_id": tokens.session_id, "owner_id": tokens.owner_id}
+
+
+def restored(doc: dict[str, Any], offset: float) -> Tokens | None:
+    """The tokens ``exported`` wrote (``offset`` as now); None if the document is unusable."""
+    try:
+        data = {"access_token": str(doc["access"]), "refresh_token": doc.get("refresh"),
+                "session_id": doc.get("session_id"), "owner_id": doc.get("owner_id")}
+        issued, access_expires, refresh_expires = (
+            float(doc[key]) - offset for key in ("issued", "access_expires", "refresh_expires"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    tokens = Tokens(data, issued)
+    # the times as saved: a lifetime of 0 is an expired token here, where in a platform's
+    # reply a missing lifetime means the documented default
+    tokens.access_expires, tokens.refresh_expires = access_expires, refresh_expires
+    return tokens

@@ -59,10 +59,12 @@ from a2pd.backfill.records import (
     CONSENTS_PATH,
     LIST_PATH,
     Filter,
+    OpenObjects,
     iso,
     parse_filters,
     synthetic,
     wall,
+    window_query,
 )
 from a2pd.config import BackfillConfig
 from a2pd.errors import FatalPlatformError
@@ -77,9 +79,11 @@ __all__ = [
     "TARGETED_READS",
     "Backfill",
     "Filter",
+    "OpenObjects",
     "iso",
     "parse_filters",
     "synthetic",
+    "window_query",
 ]
 
 log = get_logger("backfill")
@@ -250,7 +254,7 @@ class Backfill:
         """One list of the window, from ``token``, progress saved after each page."""
         chosen = [f for f in self.filters if f.resource == step]
         listed = 0
-        async for records, following in self.lists.pages(step, self._window(step, start, end),
+        async for records, following in self.lists.pages(step, window_query(step, start, end),
                                                     token):
             for record in records:
                 listed += 1
@@ -267,15 +271,6 @@ class Backfill:
             {"gaps": [[gap.id, gap.start] for gap in gaps], "start": start, "end": end,
              "step": step, "token": token}))
 
-    def _window(self, resource: str, start: float, end: float) -> dict[str, Any]:
-        """A list's query for the window (the consents list has no date filter)."""
-        if resource == "opt-outs":
-            return {"optStatus": ["OptOut", "OptIn"]}
-        params: dict[str, Any] = {"dateFrom": iso(start), "dateTo": iso(end)}
-        if resource == "messages":
-            params["view"] = "Detailed"
-        return params
-
     async def _open_objects(self, start: float, end: float) -> int:
         """Read the later states of the objects still open that were created before the
         window (the lists would not show them); how many records were read. An open batch's
@@ -285,31 +280,18 @@ class Backfill:
         object's creation on instead (fewer calls when many small batches are open)."""
         chosen = {resource: [f for f in self.filters if f.resource == resource]
                   for resource in ("batches", "messages")}
-        batches: list[str] = []
-        singles: list[str] = []
-        by_batch: dict[str, float] = {}
-        oldest = start
-        for obj, batch, created in await self.journal.gaps.open_objects(start):
-            oldest = min(oldest, created)
-            kind, _, ident = obj.partition(":")
-            if kind == "batch":
-                batches.append(ident)
-            if batch is None:
-                singles.append(ident)
-            else:
-                by_batch[batch] = min(created, by_batch.get(batch, created))
-        targeted = len(batches) * bool(chosen["batches"]) + \
-            (len(by_batch) + len(singles)) * bool(chosen["messages"])
-        if targeted > TARGETED_READS:
+        objects = OpenObjects.of(await self.journal.gaps.open_objects(start), start)
+        if objects.reads(batches=bool(chosen["batches"]),
+                         messages=bool(chosen["messages"])) > TARGETED_READS:
             # a second early: creation times have microseconds
             read = 0
             for resource in ("batches", "messages"):
                 if chosen[resource]:
-                    read += await self._list_step([], oldest - 1.0, end, resource, None,
-                                                  save=False)
+                    read += await self._list_step([], objects.oldest - 1.0, end, resource,
+                                                  None, save=False)
             return read
         read, gone = 0, []
-        for resource, idents in (("batches", batches), ("messages", singles)):
+        for resource, idents in (("batches", objects.batches), ("messages", objects.singles)):
             for ident in idents if chosen[resource] else ():
                 try:
                     record = await self.lists.call(f"{resource}/{quote(ident, safe='')}", {})
@@ -321,7 +303,7 @@ class Backfill:
                 self.counters.inc(counts.BACKFILL_READS)
                 read += 1
                 await self._ingest(resource, record, chosen[resource], start, end)
-        for batch, created in by_batch.items() if chosen["messages"] else ():
+        for batch, created in objects.by_batch.items() if chosen["messages"] else ():
             # dateFrom defaults to dateTo - 24 h, batchId or not: from the oldest open
             # object's creation on
             params = {"batchId": batch, "dateFrom": iso(created - 1.0), "dateTo": iso(end),

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import unquote
 
-__all__ = ["CONSENTS_PATH", "LIST_PATH", "Filter", "iso", "parse_filters", "synthetic", "wall"]
+__all__ = ["CONSENTS_PATH", "LIST_PATH", "Filter", "OpenObjects", "iso", "parse_filters",
+           "synthetic", "wall", "window_query"]
 
 _FILTER = re.compile(
     r"^/restapi/v1\.0/account/[^/?]+/a2p-sms/(batches|messages|opt-outs)(?:\?(.*))?$")
@@ -99,3 +100,48 @@ def synthetic(resource: str, record: dict[str, Any], event_path: str,
     if owner_id:
         envelope["ownerId"] = owner_id
     return envelope
+
+
+def window_query(resource: str, start: float, end: float) -> dict[str, Any]:
+    """A list's query for the window [start, end] (the consents list has no date filter)."""
+    if resource == "opt-outs":
+        return {"optStatus": ["OptOut", "OptIn"]}
+    params: dict[str, Any] = {"dateFrom": iso(start), "dateTo": iso(end)}
+    if resource == "messages":
+        params["view"] = "Detailed"
+    return params
+
+
+@dataclass(slots=True)
+class OpenObjects:
+    """The objects still open that were created before a window, as the backfill reads
+    them: each batch by id, a batch's messages by ``batchId`` from the oldest creation
+    among them, a message with no batch by id."""
+
+    batches: list[str]
+    #: messages with no batch
+    singles: list[str]
+    #: batch id → the oldest creation time among its open objects
+    by_batch: dict[str, float]
+    #: the oldest creation time of all (at most the window's start)
+    oldest: float
+
+    @classmethod
+    def of(cls, rows: list[tuple[str, str | None, float]], start: float) -> OpenObjects:
+        """From the journal's open objects (``kind:id``, batch, created)."""
+        found = cls([], [], {}, start)
+        for obj, batch, created in rows:
+            found.oldest = min(found.oldest, created)
+            kind, _, ident = obj.partition(":")
+            if kind == "batch":
+                found.batches.append(ident)
+            if batch is None:
+                found.singles.append(ident)
+            else:
+                found.by_batch[batch] = min(created, found.by_batch.get(batch, created))
+        return found
+
+    def reads(self, *, batches: bool, messages: bool) -> int:
+        """The calls reading them one by one takes (``batches``/``messages``: whether that
+        resource is subscribed)."""
+        return len(self.batches) * batches + (len(self.by_batch) + len(self.singles)) * messages
