@@ -18,7 +18,7 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -90,10 +90,12 @@ async def read_until(stream: BufferedByteReceiveStream, event: str, lines: list[
 
 async def run_then_kill(config: Path, emu: Emulator, rng: random.Random,
                         body: dict[str, Any], published: int,
-                        lines: list[str] | None = None) -> int:
+                        lines: list[str] | None = None,
+                        make: Callable[[int], dict[str, Any]] | None = None) -> int:
     """Start ``a2pd run`` (``config``: a ``crash_config``), publish a burst of 200-400
-    messages (ids from ``published`` on) and SIGKILL it while batches are being committed
-    and delivered; the new ``published``. Its stderr lines go to ``lines``."""
+    messages (ids from ``published`` on; ``make(n)``, when given, is the n-th message's
+    body instead) and SIGKILL it while batches are being committed and delivered; the new
+    ``published``. Its stderr lines go to ``lines``."""
     lines = [] if lines is None else lines
     async with started(config, emu.config.jwt) as process:
         stream = stderr_lines(process)
@@ -102,7 +104,8 @@ async def run_then_kill(config: Path, emu: Emulator, rng: random.Random,
                 await read_until(stream, "subscribed", lines)
                 burst = rng.randint(200, 400)
                 for _ in range(burst):
-                    await emu.publish("message", {**body, "id": f"m{published}"})
+                    await emu.publish("message", make(published) if make else
+                                      {**body, "id": f"m{published}"})
                     published += 1
                 # a batch holds at most BATCH_MAX events, so the burst alone makes at least
                 # ceil(burst / BATCH_MAX) "delivered" lines: wait for fewer, then kill

@@ -37,9 +37,11 @@ LAYERS: dict[str, float] = {
     "a2pd.persist": 2, "a2pd.protocol": 2, "a2pd.router": 2, "a2pd.statedir": 2,
     # the sink interface, then the sinks
     "a2pd.sinks": 3, "a2pd.sinks.templates": 3, "a2pd.sinks.files": 3,
-    "a2pd.sinks.http_options": 3.5, "a2pd.sinks.redis_options": 3.5, "a2pd.testing": 4,
+    "a2pd.sinks.credentials": 3.2, "a2pd.sinks.postgres_schema": 3.2,
+    "a2pd.sinks.http_options": 3.5, "a2pd.sinks.redis_options": 3.5,
+    "a2pd.sinks.postgres_options": 3.5, "a2pd.testing": 4,
     "a2pd.sinks.stdout": 4, "a2pd.sinks.file": 4, "a2pd.sinks.http": 4,
-    "a2pd.sinks.redis": 4,
+    "a2pd.sinks.redis": 4, "a2pd.sinks.postgres": 4,
     # configuration: knows the sinks' options, never the other way round
     "a2pd.config.sections": 4.5, "a2pd.config.problems": 4.5, "a2pd.config": 5,
     # the platform; the journal, a package behind its facade (a2pd.journal)
@@ -69,6 +71,8 @@ OWNERS: dict[str, set[str]] = {
     "websockets": {"a2pd.session.connection"},
     "sqlite3": {name for name in LAYERS if name.startswith("a2pd.journal")},
     "redis": {"a2pd.sinks.redis"},
+    "psycopg": {"a2pd.sinks.postgres"},
+    "psycopg_pool": {"a2pd.sinks.postgres"},
     # the platform (auth, backfill, check; parts opens the client they share), webhook
     # receivers (the http sink), a2pd's own ops endpoint (status, cli)
     "httpx": {"a2pd.auth", "a2pd.auth.rest", "a2pd.backfill", "a2pd.backfill.lists",
@@ -187,7 +191,8 @@ def test_the_vocabulary_imports_nothing_of_the_daemon() -> None:
 def test_sinks_reach_neither_sideways_nor_up() -> None:
     sinks = {name for name in LAYERS if name.startswith("a2pd.sinks.")} - \
         {"a2pd.sinks.templates", "a2pd.sinks.files", "a2pd.sinks.http_options",
-         "a2pd.sinks.redis_options"}
+         "a2pd.sinks.redis_options", "a2pd.sinks.credentials", "a2pd.sinks.postgres_options",
+         "a2pd.sinks.postgres_schema"}
     wrong = sorted(f"{imp.module}:{imp.line} imports {imp.target}" for imp in all_imports()
                    if imp.module in sinks and imp.target in sinks)
     assert wrong == []

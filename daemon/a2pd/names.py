@@ -26,4 +26,4 @@ DEAD_LETTER_SOURCES: Final = ("frame", "notification", "backfill")
 RESERVED_SINK_NAMES: Final = frozenset(DEAD_LETTER_SOURCES)
 #: the sink types a2pd ships (sinks/__init__.py registers them; observe.py declares their
 #: counters)
-BUILTIN_SINK_TYPES: Final = frozenset({"stdout", "file", "http", "redis"})
+BUILTIN_SINK_TYPES: Final = frozenset({"stdout", "file", "http", "redis", "postgres"})

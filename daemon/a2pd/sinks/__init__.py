@@ -47,6 +47,7 @@ _BUILTINS = {
     "file": "a2pd.sinks.file:FileSink",
     "http": "a2pd.sinks.http:HttpSink",
     "redis": "a2pd.sinks.redis:RedisSink",
+    "postgres": "a2pd.sinks.postgres:PostgresSink",
 }
 
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -23,15 +23,9 @@ from pydantic import (
 )
 
 from a2pd.sinks import SinkOptions
+from a2pd.sinks.credentials import resolve_credentials
 from a2pd.sinks.templates import check_template
-from a2pd.vocab import (
-    Duration,
-    DurationOrOff,
-    SecretUnreadable,
-    find_secret,
-    redact_url,
-    secrets_wanted,
-)
+from a2pd.vocab import Duration, DurationOrOff, redact_url
 
 __all__ = ["RedisOptions"]
 
@@ -118,20 +112,8 @@ class RedisOptions(SinkOptions):
             raise ValueError("tls_key_file needs tls_cert_file")
         context = info.context if isinstance(info.context, Mapping) else {}
         env = context.get("env")
-        if not isinstance(env, Mapping):
-            env = os.environ
-        url_user = unquote(parts.username) if parts.username else None
-        url_password = unquote(parts.password) if parts.password else None
-        if not secrets_wanted(info):
-            for name in ("username", "password"):
-                if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
-                    raise ValueError(f"set either {name} or {name}_file, not both")
-            self._username, self._password = url_user, None
-            return self
-        username = _resolve_secret(self, "username", env, url_user)
-        password = _resolve_secret(self, "password", env, url_password)
-        self._username = username.get_secret_value() if username is not None else None
-        self._password = password
+        self._username, self._password = resolve_credentials(
+            self, info, env if isinstance(env, Mapping) else os.environ)
         return self
 
     @property
@@ -154,25 +136,3 @@ class RedisOptions(SinkOptions):
         """The URL without its credentials, for logs and errors."""
         return redact_url(self.url)
 
-
-def _resolve_secret(options: RedisOptions, name: str, env: Mapping[str, str],
-                    from_url: str | None) -> SecretStr | None:
-    """``name`` (username or password) from, in order: ``$A2PD_<CREDENTIAL_NAME>_<NAME>``,
-    the systemd credential ``<credential_name>_<name>``, ``<name>_file``, the inline option
-    (vocab.find_secret: the order of the platform's secrets), then the URL. Errors name the
-    option, never the value."""
-    inline = getattr(options, name)
-    try:
-        found = find_secret(
-            name, env, env_var=f"A2PD_{options.credential_name.upper()}_{name.upper()}",
-            credential=f"{options.credential_name}_{name}",
-            file=getattr(options, f"{name}_file"),
-            inline=inline.get_secret_value() if isinstance(inline, SecretStr) else inline)
-    except SecretUnreadable as exc:
-        where = {"credential": f"{name} (systemd credential "
-                               f"{options.credential_name}_{name})",
-                 "file": f"{name}_file", "env": name}.get(exc.source)
-        raise ValueError(f"{where}: {exc}" if where else str(exc)) from None
-    if found is not None:
-        return SecretStr(found.value)
-    return SecretStr(from_url) if from_url else None
