@@ -19,7 +19,13 @@ from a2pd.errors import ConfigError, SinkError
 from a2pd.logging import configure
 from a2pd.pipeline import Pipeline
 from a2pd.sinks import SinkContext, sink_class
-from a2pd.sinks.postgres import PostgresOptions, PostgresSink, batch_rows, is_permanent
+from a2pd.sinks.postgres import (
+    MESSAGE_COLUMNS,
+    PostgresOptions,
+    PostgresSink,
+    batch_rows,
+    is_permanent,
+)
 from a2pd.sinks.postgres_schema import MIGRATIONS
 from tests.harness import (
     TIMEOUT,
@@ -362,24 +368,31 @@ async def test_credentials_never_appear_in_logs_errors_or_reprs(tmp_path: Path) 
 
 
 def test_rows_carry_each_records_bytes_and_the_state_fields() -> None:
-    """The statement's parameters: the events with their records nested as journaled, and
-    one state row per message, merged in order of state."""
-    event = sample_event(uuid="x1")
+    """The statement's parameters: the records as journaled, one per line; the events'
+    other columns; one state row per message, merged in order of state."""
+    event = sample_event(uuid="x1", text="two\nlines")
     older = sample_event(uuid="x0", messageStatus="Sent", cost=0.5, text="first",
                          lastModifiedTime="2021-05-26T04:16:07.000Z")
     newer = sample_event(uuid="x2", cost=None, text=None,
                          lastModifiedTime="2021-05-26T04:16:09.000Z")
     rows = batch_rows([event, newer, older])
-    [record, _, _] = json.loads(rows.events)
-    assert record["record"] == json.loads(events.record_json(event))
-    assert (record["uuid"], record["kind"]) == ("x1", "outbound")
-    [state] = json.loads(rows.messages)
-    assert (state["status"], state["status_rank"], state["event_uuid"]) == \
-        ("Delivered", 3, "x2")
-    assert (state["cost"], state["text"]) == (0.007, "Thank you for the message")
-    assert json.loads(rows.batches) == json.loads(rows.opt_outs) == []
-    [hidden] = json.loads(batch_rows([event], keep_text=False).messages)
-    assert "text" not in hidden
+    assert rows["records"].split("\n") == [events.record_json(e).decode()
+                                           for e in (event, newer, older)]
+    heads = json.loads(rows["events"])
+    assert [h[:2] for h in heads] == [["x1", "outbound"], ["x2", "outbound"],
+                                      ["x0", "outbound"]]
+    assert heads[0][2] == event.time.timestamp() if event.time else False
+    [state] = json.loads(rows["messages"])
+    assert dict(zip(MESSAGE_COLUMNS, state, strict=True)) | {"creation_time": None} == {
+        "id": "7086", "batch_id": None, "direction": "Outbound",
+        "from_number": "+13102375087", "to_numbers": "+14842910071",
+        "status": "Delivered", "status_rank": 3, "error_code": None, "cost": 0.007,
+        "segment_count": 1, "text": "two\nlines", "creation_time": None,
+        "last_modified_time": events.parse_time("2021-05-26T04:16:09.000Z").timestamp(),
+        "event_uuid": "x2"}
+    assert json.loads(rows["batches"]) == json.loads(rows["opt_outs"]) == []
+    [hidden] = json.loads(batch_rows([event], keep_text=False)["messages"])
+    assert hidden[MESSAGE_COLUMNS.index("text")] is None
 
 
 def test_error_classes() -> None:

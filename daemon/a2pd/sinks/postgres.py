@@ -33,8 +33,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -67,7 +66,7 @@ from a2pd.sinks.postgres_schema import (
     lock_key,
 )
 
-__all__ = ["PostgresOptions", "PostgresSink", "Rows", "batch_rows", "is_permanent"]
+__all__ = ["PostgresOptions", "PostgresSink", "batch_rows", "is_permanent"]
 
 log = get_logger("sinks.postgres")
 # the pool logs each failed connection attempt through the standard library (plain lines
@@ -89,85 +88,91 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.DataError)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
+_NEVER: Final = -float("inf")
+
+#: the columns of each JSON row of the statement's parameters (``postgres_schema``)
+EVENT_COLUMNS: Final = ("uuid", "kind", "event_time", "backfilled", "subscription_id")
+MESSAGE_COLUMNS: Final = ("id", "batch_id", "direction", "from_number", "to_numbers",
+                          "status", "status_rank", "error_code", "cost", "segment_count",
+                          "text", "creation_time", "last_modified_time", "event_uuid")
+BATCH_COLUMNS: Final = ("id", "from_number", "status", "status_rank", "batch_size",
+                        "processed_count", "rejected_count", "cost", "creation_time",
+                        "last_modified_time", "event_uuid")
+OPT_OUT_COLUMNS: Final = ("from_number", "to_number", "opted_out", "changed_at",
+                          "event_uuid")
+
+_Updates = dict[Any, list[tuple[Any, list[Any]]]]
 
 
-_NEVER: Final = datetime.min.replace(tzinfo=UTC)
+def _epoch(text: str | None, fallback: float | None = None) -> float | None:
+    """A time field as seconds since the epoch (what the statement's ``to_timestamp``
+    takes: a float is far cheaper to write than an ISO text), ``fallback`` without one."""
+    when = parse_time(text)
+    return fallback if when is None else when.timestamp()
 
 
-class Rows(NamedTuple):
-    """The statement's parameters, each a JSON array: the events (their records nested as
-    the bytes the journal keeps, never parsed and serialised again here) and the state rows,
-    one per message, batch and opt-out pair."""
-
-    events: str
-    messages: str
-    batches: str
-    opt_outs: str
-
-
-def _merge(states: dict[Any, list[tuple[Any, dict[str, Any]]]]) -> str:
-    """One row per key: the batch's events for it applied in order of their state (the
-    newest's status and time; a field the newest lacks from the latest that has it), as one
-    event after the other would be."""
-    merged = []
+def _merge(states: _Updates) -> str:
+    """One row per key, as a JSON array of rows: the batch's events for the key applied in
+    order of their state (the newest's status and time; a field the newest lacks from the
+    latest that has it), as one event after the other would be."""
+    merged: list[list[Any]] = []
     for updates in states.values():
-        updates.sort(key=lambda update: update[0])
-        row: dict[str, Any] = {}
-        for _order, fields in updates:
-            row.update((k, v) for k, v in fields.items() if v is not None)
-        merged.append(row)
+        if len(updates) > 1:
+            updates.sort(key=lambda update: update[0])
+            for _order, fields in updates[1:]:
+                for i, value in enumerate(fields):
+                    if value is not None:
+                        updates[0][1][i] = value
+        merged.append(updates[0][1])
     return json.dumps(merged, separators=(",", ":"))
 
 
-def batch_rows(batch: Sequence[Event], *, keep_text: bool = True) -> Rows:
-    """The parameters of the statement that writes ``batch``."""
-    records = []
-    messages: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}
-    batches: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}
-    opt_outs: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}
+def batch_rows(batch: Sequence[Event], *, keep_text: bool = True) -> dict[str, str]:
+    """The parameters of the statement that writes ``batch``: the events' records as the
+    text the journal keeps, one per line (compact JSON has no raw newline; never parsed and
+    serialised again here), and JSON arrays of rows (``*_COLUMNS``, times as seconds since
+    the epoch): the events' other columns, and one state row per message, batch and
+    opt-out pair."""
+    heads: list[list[Any]] = []
+    records: list[str] = []
+    messages: _Updates = {}
+    batches: _Updates = {}
+    opt_outs: _Updates = {}
     for event in batch:
-        when = event.time
-        fields = json.dumps({"uuid": event.uuid, "kind": event.kind, "event_time": _iso(when),
-                             "backfilled": is_backfilled(event),
-                             "subscription_id": event.subscription_id},
-                            separators=(",", ":"))
-        records.append(f'{{"record":{record_json(event).decode()},{fields[1:]}')
+        stamp = _epoch(event.timestamp)
+        heads.append([event.uuid, event.kind, stamp, is_backfilled(event),
+                      event.subscription_id])
+        records.append(record_json(event).decode())
         body = event.body
         if isinstance(body, MessageBody):
             # a state without its own time is as old as the notification that carried it
-            modified = parse_time(body.last_modified_time) or when
+            modified = _epoch(body.last_modified_time, stamp)
             rank = MESSAGE_RANK.get(body.message_status, 0)
-            messages.setdefault(body.id, []).append(((modified or _NEVER, rank), {
-                "id": body.id, "batch_id": body.batch_id, "direction": body.direction,
-                "from_number": body.from_, "to_numbers": list(body.to),
-                "status": body.message_status, "status_rank": rank,
-                "error_code": body.error_code, "cost": body.cost,
-                "segment_count": body.segment_count, "text": body.text if keep_text else None,
-                "creation_time": _iso(parse_time(body.creation_time)),
-                "last_modified_time": _iso(modified), "event_uuid": event.uuid}))
+            messages.setdefault(body.id, []).append(((_NEVER if modified is None else
+                                                      modified, rank), [
+                body.id, body.batch_id, body.direction, body.from_, ",".join(body.to),
+                body.message_status, rank, body.error_code, body.cost, body.segment_count,
+                body.text if keep_text else None, _epoch(body.creation_time), modified,
+                event.uuid]))
         elif isinstance(body, BatchBody):
-            modified = parse_time(body.last_modified_time) or when
+            modified = _epoch(body.last_modified_time, stamp)
             rank = BATCH_RANK.get(body.status, 0)
             processed = body.processed_count
             batches.setdefault(body.id, []).append((
-                (modified or _NEVER, rank, -1 if processed is None else processed), {
-                    "id": body.id, "from_number": body.from_, "status": body.status,
-                    "status_rank": rank, "batch_size": body.batch_size,
-                    "processed_count": processed,
-                    "rejected_count": None if body.rejected is None else len(body.rejected),
-                    "cost": body.cost, "creation_time": _iso(parse_time(body.creation_time)),
-                    "last_modified_time": _iso(modified), "event_uuid": event.uuid}))
+                (_NEVER if modified is None else modified, rank,
+                 -1 if processed is None else processed), [
+                    body.id, body.from_, body.status, rank, body.batch_size, processed,
+                    None if body.rejected is None else len(body.rejected), body.cost,
+                    _epoch(body.creation_time), modified, event.uuid]))
         elif isinstance(body, OptOutBody):
             pair = pair_time(event)
             if pair is None:
                 continue  # no time to order it by: the event is kept, the state is not
-            changed = datetime.fromtimestamp(pair[1], UTC)
-            opt_outs.setdefault((body.from_, body.to), []).append(((changed, body.active), {
-                "from_number": body.from_, "to_number": body.to, "opted_out": body.active,
-                "changed_at": _iso(changed), "event_uuid": event.uuid}))
-    return Rows(f"[{','.join(records)}]", _merge(messages), _merge(batches), _merge(opt_outs))
+            opt_outs.setdefault((body.from_, body.to), []).append(((pair[1], body.active), [
+                body.from_, body.to, body.active, pair[1], event.uuid]))
+    return {"events": json.dumps(heads, separators=(",", ":")), "records": "\n".join(records),
+            "messages": _merge(messages), "batches": _merge(batches),
+            "opt_outs": _merge(opt_outs)}
 
 
 class PostgresSink(Sink):
@@ -259,7 +264,7 @@ class PostgresSink(Sink):
                 if not self._migrated:
                     await self._migrate(conn)
                 async with conn.transaction():
-                    cursor = await conn.execute(self._sql, rows._asdict())
+                    cursor = await conn.execute(self._sql, rows)
                     counts = await cursor.fetchone()
         except PoolTimeout as exc:
             cause = self.connect_error

@@ -140,18 +140,21 @@ RECORD_WHOLE: Final = "record"
 RECORD_WITHOUT_TEXT: Final = "record #- '{body,text}'"
 
 #: One statement per delivered batch (``{schema}`` and ``{record}`` filled in). Its
-#: parameters are JSON arrays (``postgres.Rows``): the events, inserted unless their uuid is
-#: stored already, and one state row per message, batch and opt-out pair, each applied only
+#: parameters (``postgres.batch_rows``): ``records``, the events' records one per line;
+#: ``events``, ``messages``, ``batches``, ``opt_outs``, JSON arrays of rows (a row is an
+#: array in the order of the columns named below; times are seconds since the epoch). The
+#: events are inserted unless their uuid is stored already; each state row is applied only
 #: if it is newer than the stored one (so applying one twice changes nothing). Returns how
 #: many events were new and how many state rows moved.
 WRITE_BATCH: Final = """
 WITH inserted AS (
     INSERT INTO {schema}.events AS e (uuid, kind, event_time, backfilled, subscription_id,
                                       record)
-    SELECT uuid, kind, event_time, backfilled, subscription_id, {record}
-    FROM jsonb_to_recordset(%(events)s::jsonb) AS r(
-        uuid text, kind text, event_time timestamptz, backfilled boolean,
-        subscription_id text, record jsonb)
+    SELECT h->>0, h->>1, to_timestamp((h->>2)::float8), (h->>3)::boolean, h->>4, {record}
+    FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS heads(h, n)
+    JOIN unnest(string_to_array(%(records)s, E'\\n')) WITH ORDINALITY AS r(line, n)
+        USING (n)
+    CROSS JOIN LATERAL (SELECT r.line::jsonb AS record) AS parsed
     ON CONFLICT (uuid) DO NOTHING
     RETURNING e.uuid
 ),
@@ -159,13 +162,10 @@ message_rows AS (
     INSERT INTO {schema}.messages AS m (id, batch_id, direction, from_number, to_numbers,
         status, status_rank, error_code, cost, segment_count, text, creation_time,
         last_modified_time, event_uuid)
-    SELECT id, batch_id, direction, from_number, to_numbers, status, status_rank, error_code,
-        cost, segment_count, text, creation_time, last_modified_time, event_uuid
-    FROM jsonb_to_recordset(%(messages)s::jsonb) AS r(
-        id text, batch_id text, direction text, from_number text, to_numbers text[],
-        status text, status_rank smallint, error_code text, cost numeric,
-        segment_count integer, text text, creation_time timestamptz,
-        last_modified_time timestamptz, event_uuid text)
+    SELECT r->>0, r->>1, r->>2, r->>3, string_to_array(r->>4, ','), r->>5,
+        (r->>6)::smallint, r->>7, (r->>8)::numeric, (r->>9)::integer, r->>10,
+        to_timestamp((r->>11)::float8), to_timestamp((r->>12)::float8), r->>13
+    FROM jsonb_array_elements(%(messages)s::jsonb) AS rows(r)
     ON CONFLICT (id) DO UPDATE SET
         batch_id = COALESCE(EXCLUDED.batch_id, m.batch_id),
         direction = EXCLUDED.direction,
@@ -189,12 +189,10 @@ batch_rows AS (
     INSERT INTO {schema}.batches AS b (id, from_number, status, status_rank, batch_size,
         processed_count, rejected_count, cost, creation_time, last_modified_time,
         event_uuid)
-    SELECT id, from_number, status, status_rank, batch_size, processed_count, rejected_count,
-        cost, creation_time, last_modified_time, event_uuid
-    FROM jsonb_to_recordset(%(batches)s::jsonb) AS r(
-        id text, from_number text, status text, status_rank smallint, batch_size integer,
-        processed_count integer, rejected_count integer, cost numeric,
-        creation_time timestamptz, last_modified_time timestamptz, event_uuid text)
+    SELECT r->>0, r->>1, r->>2, (r->>3)::smallint, (r->>4)::integer, (r->>5)::integer,
+        (r->>6)::integer, (r->>7)::numeric, to_timestamp((r->>8)::float8),
+        to_timestamp((r->>9)::float8), r->>10
+    FROM jsonb_array_elements(%(batches)s::jsonb) AS rows(r)
     ON CONFLICT (id) DO UPDATE SET
         from_number = COALESCE(EXCLUDED.from_number, b.from_number),
         status = EXCLUDED.status,
@@ -216,10 +214,8 @@ batch_rows AS (
 opt_out_rows AS (
     INSERT INTO {schema}.opt_outs AS o (from_number, to_number, opted_out, changed_at,
                                         event_uuid)
-    SELECT from_number, to_number, opted_out, changed_at, event_uuid
-    FROM jsonb_to_recordset(%(opt_outs)s::jsonb) AS r(
-        from_number text, to_number text, opted_out boolean, changed_at timestamptz,
-        event_uuid text)
+    SELECT r->>0, r->>1, (r->>2)::boolean, to_timestamp((r->>3)::float8), r->>4
+    FROM jsonb_array_elements(%(opt_outs)s::jsonb) AS rows(r)
     ON CONFLICT (from_number, to_number) DO UPDATE SET
         opted_out = EXCLUDED.opted_out,
         changed_at = EXCLUDED.changed_at,
