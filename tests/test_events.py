@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -177,6 +178,23 @@ def test_bad_time_is_an_error_value() -> None:
     result = events.decode_notification(doc, b"")
     assert isinstance(result, EventError)
     assert "body.lastModifiedTime" in result.reason
+
+
+def test_every_time_the_pattern_accepts_is_read_or_named_unreal() -> None:
+    """A lower-case "z" and a leap second pass the time pattern, so they are read (they
+    were None, and a sink ordering states by time then fell back to another time); a day
+    that does not exist stays None."""
+    upper = events.parse_time("2026-03-01T10:00:01.250Z")
+    assert upper is not None
+    assert events.parse_time("2026-03-01T10:00:01.250z") == upper
+    assert events.parse_time("2026-12-31T23:59:60Z") == \
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert events.parse_time("2026-12-31T23:59:60.5+01:00") == \
+        datetime(2026, 12, 31, 22, 59, 59, 999999, tzinfo=UTC)
+    for unreal in ("2026-02-30T10:00:00Z", "2026-02-30T10:00:00z", "2026-02-30T10:00:60Z"):
+        assert events.parse_time(unreal) is None, unreal
+    for text in ("2026-03-01T10:00:01z", "2026-12-31T23:59:60Z"):
+        assert re.match(events.ISO_TIME_PATTERN, text)
 
 
 def test_record_uses_wire_names() -> None:

@@ -150,6 +150,71 @@ async def test_message_and_batch_states_only_move_forward(tmp_path: Path) -> Non
     assert (sink.written, sink.duplicates) == (13, 1)
 
 
+def _sequences() -> list[list[events.Event]]:
+    """Events for one message or batch in orders that once came out differently in one
+    batch than one by one (a batch's states for a key were merged into one row)."""
+    t1, t2, t3 = (f"2026-03-01T10:00:0{i}.000Z" for i in (1, 2, 3))
+    return [
+        # a tie in time: the first state of the highest rank stays
+        [message("a1", "Delivered", t1), message("a2", "DeliveryFailed", t1,
+                                                 errorCode="E1")],
+        # a stale state's fields never fill in a newer one's
+        [message("b1", "Sent", t2, msg_id="m2", cost=5.0),
+         message("b2", "Queued", t1, msg_id="m2", cost=1.0, errorCode="STALE"),
+         message("b3", "Delivered", t3, msg_id="m2", cost=None)],
+        [message("c1", "Delivered", t3, msg_id="m3", cost=None, text=None),
+         message("c2", "Sent", t1, msg_id="m3", cost=0.5, errorCode="OLD")],
+        # one key twice with the same state: the first one stays
+        [message("d1", "Sent", t1, msg_id="m4", text="first", cost=0.1),
+         message("d2", "Sent", t1, msg_id="m4", text="second", cost=0.2)],
+        # a late state whose time is written "z" (read now) or names no real day
+        [message("e1", "Delivered", t3, msg_id="m5"),
+         sample_event(uuid="e2", id="m5", messageStatus="Sent",
+                      lastModifiedTime="2026-03-01T10:00:01.000z",
+                      envelope={"timestamp": "2026-03-01T10:05:00.000Z"}),
+         sample_event(uuid="e3", id="m5", messageStatus="Queued",
+                      lastModifiedTime="2026-02-30T10:00:01.000Z",
+                      envelope={"timestamp": "2026-03-01T10:06:00.000Z"})],
+        [batch("f1", "Completed", t2, 3, "b9"),
+         sample_event("batch.json", uuid="f2", id="b9", status="Queued",
+                      lastModifiedTime=t1, batchSize=999, cost=9.99),
+         batch("f3", "Completed", t3, 3, "b9")],
+    ]
+
+
+async def test_a_batch_writes_the_states_its_events_would_one_by_one(
+        tmp_path: Path) -> None:
+    """However the journal cuts the events into batches (and the pipeline narrows a refused
+    batch down to single events), the state rows end the same: each state is weighed
+    against the one before it, as if the events came one by one."""
+    query_messages = ("SELECT id, status, error_code, cost, text, event_uuid, "
+                      "last_modified_time FROM {}.messages ORDER BY id")
+    query_batches = ("SELECT id, status, batch_size, cost, event_uuid FROM {}.batches "
+                     "ORDER BY id")
+    async with postgres_server(tmp_path) as server:
+        together = make_sink(server, "together", schema="together")
+        alone = make_sink(server, "alone", schema="alone")
+        try:
+            for sequence in _sequences():
+                await together.send(sequence)
+                for event in sequence:
+                    await alone.send([event])
+        finally:
+            await together.aclose()
+            await alone.aclose()
+        found = {schema: (await rows(server, query_messages.format(schema)),
+                          await rows(server, query_batches.format(schema)))
+                 for schema in ("together", "alone")}
+    assert found["together"] == found["alone"]
+    messages, batches = found["alone"]
+    by_id = {m[0]: m[1:] for m in messages}
+    assert by_id["m1"][:2] == ("Delivered", None)
+    assert by_id["m2"][:2] == ("Delivered", None)
+    assert float(by_id["m2"][2]) == 5.0
+    assert by_id["m5"][4] == "e1"
+    assert batches[0][1:3] == ("Completed", 3)
+
+
 async def test_opt_out_pairs_keep_their_latest_state(tmp_path: Path) -> None:
     """A pair moves to a later state only; at one instant an opt-out beats an opt-in."""
     async with postgres_server(tmp_path) as server:
@@ -187,6 +252,113 @@ async def test_text_is_not_stored_when_turned_off(tmp_path: Path) -> None:
     assert texts == [(None,)]
     assert len(records) == 3
     assert all("1234" not in r[0] and '"text"' not in r[0] for r in records)
+
+
+async def test_an_opt_out_without_a_readable_time_still_suppresses(tmp_path: Path) -> None:
+    """An opt-out whose notification has no usable time is dated when it is stored: it
+    reaches the suppression list (it was kept in the events table only)."""
+    async with postgres_server(tmp_path) as server:
+        sink = make_sink(server)
+        try:
+            await sink.send([opt("p1", True, "2026-02-30T10:00:00.000Z")])
+        finally:
+            await sink.aclose()
+        found = await rows(server, "SELECT opted_out, changed_at > now() - interval '1 hour'"
+                                   " FROM a2pd.opt_outs")
+    assert found == [(True, True)]
+
+
+async def test_turning_text_storage_off_clears_the_text_and_takes_any_text(
+        tmp_path: Path) -> None:
+    """store_text = false after text was stored: the message's next state clears it; a text
+    with a NUL (which PostgreSQL refuses) is dropped before it reaches the server."""
+    async with postgres_server(tmp_path) as server:
+        sink = make_sink(server)
+        try:
+            await sink.send([message("t1", "Sent", "2026-03-01T10:00:01.000Z",
+                                     text="my PIN is 1234")])
+        finally:
+            await sink.aclose()
+        sink = make_sink(server, store_text=False)
+        try:
+            await sink.send([message("t2", "Delivered", "2026-03-01T10:00:02.000Z",
+                                     text="my PIN is 1234"),
+                             message("t3", "Sent", "2026-03-01T10:00:01.000Z", "m2",
+                                     text="a NUL \x00 here")])
+        finally:
+            await sink.aclose()
+        texts = await rows(server, "SELECT id, text FROM a2pd.messages ORDER BY id")
+        stored = await rows(server, "SELECT uuid FROM a2pd.events WHERE record::text "
+                                    "LIKE '%%PIN%%' OR record::text LIKE '%%NUL%%'")
+    assert texts == [("m1", None), ("m2", None)]
+    assert stored == [("t1",)]
+
+
+async def test_a_database_in_another_encoding_dead_letters_what_it_cannot_hold(
+        tmp_path: Path) -> None:
+    """A LATIN1 database: an emoji cannot be stored there (SQLSTATE 22P05, permanent for
+    that event); it was a UnicodeEncodeError that escaped the sink, and with it the text."""
+    async with postgres_server(tmp_path) as server:
+        async with await server.connect() as conn:
+            await conn.execute("CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' "
+                               "LC_CTYPE 'C' TEMPLATE template0")
+        sink = make_sink(server, url=server.url_for("latin"))
+        try:
+            await sink.send([message("l1", "Sent", "2026-03-01T10:00:01.000Z",
+                                     text="caf\u00e9")])
+            with pytest.raises(SinkError) as caught:
+                await sink.send([message("l2", "Sent", "2026-03-01T10:00:01.000Z", "m2",
+                                         text="thumbs \U0001f44d")])
+        finally:
+            await sink.aclose()
+        async with await server.connect("latin") as conn:
+            cursor = await conn.execute("SELECT text FROM a2pd.messages")
+            texts = await cursor.fetchall()
+    assert caught.value.permanent
+    assert "22P05" in caught.value.reason
+    assert "thumbs" not in caught.value.reason
+    assert texts == [("caf\u00e9",)]
+
+
+async def test_a_schema_created_for_a2pd_needs_no_privilege_on_the_database(
+        tmp_path: Path) -> None:
+    """The operator creates the schema and gives it to a2pd's user, who may not create
+    anything in the database: a2pd migrates and writes (it asked for CREATE on the
+    database, and was refused, even with the schema there). A database name in the URL is
+    percent-decoded."""
+    async with postgres_server(tmp_path) as server:
+        url = await server.create_database("sms events")
+        async with await server.connect("sms events") as conn:
+            await conn.execute("CREATE ROLE writer LOGIN PASSWORD 'writer-pw-123'")
+            await conn.execute("REVOKE ALL ON DATABASE \"sms events\" FROM PUBLIC")
+            await conn.execute("GRANT CONNECT ON DATABASE \"sms events\" TO writer")
+            await conn.execute("CREATE SCHEMA sms AUTHORIZATION writer")
+        assert "sms%20events" in url
+        sink = make_sink(server, url=url.replace("a2pd@", "writer@"),
+                         password="writer-pw-123", schema="sms")
+        try:
+            await sink.send(sample_events(3))
+        finally:
+            await sink.aclose()
+        async with await server.connect("sms events") as conn:
+            cursor = await conn.execute("SELECT count(*) FROM sms.events")
+            count = await cursor.fetchone()
+    assert count == (3,)
+
+
+def test_verifying_the_server_without_a_ca_file_uses_the_systems_cas() -> None:
+    """sslmode verify-full or verify-ca without tls_ca_file: the system's CAs, as the
+    example config says (libpq would read ~/.postgresql/root.crt)."""
+    for mode in ("verify-full", "verify-ca"):
+        sink = PostgresSink("pg", PostgresOptions.model_validate(
+            {"url": "postgresql://db.example:5432/sms", "sslmode": mode}, context={"env": {}}),
+            SinkContext(state_dir=Path(".")))
+        root = sink._connection_kwargs()["sslrootcert"]
+        assert root == "system" or Path(root).is_file(), root
+    plain = PostgresSink("pg", PostgresOptions.model_validate(
+        {"url": "postgresql://db.example:5432/sms"}, context={"env": {}}),
+        SinkContext(state_dir=Path(".")))
+    assert "sslrootcert" not in plain._connection_kwargs()
 
 
 async def test_a_value_postgres_refuses_dead_letters_that_event_only(tmp_path: Path) -> None:
@@ -368,31 +540,39 @@ async def test_credentials_never_appear_in_logs_errors_or_reprs(tmp_path: Path) 
 
 
 def test_rows_carry_each_records_bytes_and_the_state_fields() -> None:
-    """The statement's parameters: the records as journaled, one per line; the events'
-    other columns; one state row per message, merged in order of state."""
+    """The statements' parameters: the records as journaled, one per line, in uuid order;
+    the events' other columns; a key's states in rounds, in the batch's order."""
     event = sample_event(uuid="x1", text="two\nlines")
     older = sample_event(uuid="x0", messageStatus="Sent", cost=0.5, text="first",
                          lastModifiedTime="2021-05-26T04:16:07.000Z")
-    newer = sample_event(uuid="x2", cost=None, text=None,
-                         lastModifiedTime="2021-05-26T04:16:09.000Z")
-    rows = batch_rows([event, newer, older])
-    assert rows["records"].split("\n") == [events.record_json(e).decode()
-                                           for e in (event, newer, older)]
-    heads = json.loads(rows["events"])
-    assert [h[:2] for h in heads] == [["x1", "outbound"], ["x2", "outbound"],
-                                      ["x0", "outbound"]]
-    assert heads[0][2] == event.time.timestamp() if event.time else False
-    [state] = json.loads(rows["messages"])
-    assert dict(zip(MESSAGE_COLUMNS, state, strict=True)) | {"creation_time": None} == {
+    other = sample_event(uuid="x2", id="other", cost=float("nan"))
+    rows = batch_rows([event, other, older])
+    assert rows.first["records"].split("\n") == [events.record_json(e).decode()
+                                                 for e in (older, event, other)]
+    heads = json.loads(rows.first["events"])
+    assert [h[:2] for h in heads] == [["x0", "outbound"], ["x1", "outbound"],
+                                      ["x2", "outbound"]]
+    assert event.time is not None
+    assert heads[1][2] == event.time.timestamp()
+    first = [dict(zip(MESSAGE_COLUMNS, row, strict=True))
+             for row in json.loads(rows.first["messages"])]
+    assert [(r["id"], r["event_uuid"]) for r in first] == [("7086", "x1"), ("other", "x2")]
+    assert first[0] | {"creation_time": None} == {
         "id": "7086", "batch_id": None, "direction": "Outbound",
         "from_number": "+13102375087", "to_numbers": "+14842910071",
         "status": "Delivered", "status_rank": 3, "error_code": None, "cost": 0.007,
         "segment_count": 1, "text": "two\nlines", "creation_time": None,
-        "last_modified_time": events.parse_time("2021-05-26T04:16:09.000Z").timestamp(),
-        "event_uuid": "x2"}
-    assert json.loads(rows["batches"]) == json.loads(rows["opt_outs"]) == []
-    [hidden] = json.loads(batch_rows([event], keep_text=False)["messages"])
-    assert hidden[MESSAGE_COLUMNS.index("text")] is None
+        "last_modified_time": events.parse_time("2021-05-26T04:16:08.107007Z")
+        .timestamp(),  # type: ignore[union-attr]
+        "event_uuid": "x1"}
+    assert first[1]["cost"] is None  # NaN: JSON has none
+    [(table, later)] = rows.later
+    assert table == "messages"
+    assert [r[-1] for r in json.loads(later)] == ["x0"]
+    assert json.loads(rows.first["batches"]) == json.loads(rows.first["opt_outs"]) == []
+    hidden = batch_rows([event], keep_text=False).first
+    assert json.loads(hidden["messages"])[0][MESSAGE_COLUMNS.index("text")] is None
+    assert "text" not in json.loads(hidden["records"])["body"]
 
 
 def test_error_classes() -> None:
@@ -421,6 +601,7 @@ def config_text(sink_lines: str) -> str:
     ("url = 'postgresql://127.0.0.1:5432'", "sinks.db.url", "one database"),
     ("schema = 'A2P; DROP'", "sinks.db.schema", "should match pattern"),
     ("pool_size = 0", "sinks.db.pool_size", "greater than or equal"),
+    ("timeout = '30d'", "sinks.db.timeout", "at most 1d"),
     ("sslmode = 'sometimes'", "sinks.db.sslmode", "'disable'"),
     ("sslmode = 'disable'\ntls_ca_file = '/etc/ca.pem'", "sinks.db", "sslmode"),
     ("tls_cert_file = '/etc/c.pem'", "sinks.db", "tls_key_file"),

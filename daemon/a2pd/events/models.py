@@ -69,15 +69,28 @@ ISO_TIME_PATTERN: Final = (
 )
 
 
+_LEAP_SECOND = re.compile(r"(T\d\d:\d\d:)60(?:[.,]\d+)?")
+
+
 def parse_time(value: str | None) -> datetime | None:
     """A validated time field as an aware datetime (UTC when the text had no offset); None
-    when absent, or when the text has the right shape but names no real time (Feb 30)."""
+    when absent, or when the text has the right shape but names no real time (Feb 30).
+    Shapes ``ISO_TIME_PATTERN`` accepts and ``datetime.fromisoformat`` does not are read
+    too: a lower-case ``z``, and a leap second (``:60``, read as the last microsecond of
+    the minute before it)."""
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        return None
+        text = value[:-1] + "Z" if value.endswith("z") else value
+        text = _LEAP_SECOND.sub(r"\g<1>59.999999", text, count=1)
+        if text == value:
+            return None
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 

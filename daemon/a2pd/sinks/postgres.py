@@ -23,8 +23,8 @@ server after a failover (25006), a statement timeout (57014), serialization fail
 deadlocks (class 40), no room (class 53), refused credentials or privileges (class 28,
 42501: an operator can fix them), and any other server error.
 
-The user and password never appear in a log line, an error or a repr: they are registered
-as secrets, the connection is made from parts (never from the URL the operator wrote), and
+The password never appears in a log line, an error or a repr: it is registered as a
+secret, the connection is made from parts (never from the URL the operator wrote), and
 every URL this module prints has its credentials stripped.
 """
 
@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import math
+import ssl
 from collections.abc import Sequence
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -57,16 +60,16 @@ from a2pd.sinks.postgres_schema import (
     APPLIED,
     BATCH_RANK,
     CREATE_LEDGER,
+    CREATE_SCHEMA,
     CURRENT_VERSION,
     MESSAGE_RANK,
     MIGRATIONS,
-    RECORD_WHOLE,
-    RECORD_WITHOUT_TEXT,
-    WRITE_BATCH,
+    SCHEMA_EXISTS,
     lock_key,
+    statements,
 )
 
-__all__ = ["PostgresOptions", "PostgresSink", "batch_rows", "is_permanent"]
+__all__ = ["BatchRows", "PostgresOptions", "PostgresSink", "batch_rows", "is_permanent"]
 
 log = get_logger("sinks.postgres")
 # the pool logs each failed connection attempt through the standard library (plain lines
@@ -88,8 +91,6 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.DataError)
 
 
-_NEVER: Final = -float("inf")
-
 #: the columns of each JSON row of the statement's parameters (``postgres_schema``)
 EVENT_COLUMNS: Final = ("uuid", "kind", "event_time", "backfilled", "subscription_id")
 MESSAGE_COLUMNS: Final = ("id", "batch_id", "direction", "from_number", "to_numbers",
@@ -100,79 +101,105 @@ BATCH_COLUMNS: Final = ("id", "from_number", "status", "status_rank", "batch_siz
                         "last_modified_time", "event_uuid")
 OPT_OUT_COLUMNS: Final = ("from_number", "to_number", "opted_out", "changed_at",
                           "event_uuid")
+STATE_TABLES: Final = ("messages", "batches", "opt_outs")
 
-_Updates = dict[Any, list[tuple[Any, list[Any]]]]
 
-
-def _epoch(text: str | None, fallback: float | None = None) -> float | None:
+def _epoch(text: str | None, absent: float | None = None) -> float | None:
     """A time field as seconds since the epoch (what the statement's ``to_timestamp``
-    takes: a float is far cheaper to write than an ISO text), ``fallback`` without one."""
+    takes: a float is far cheaper to write than an ISO text); ``absent`` when the field is
+    absent, None when it names no real time (a state of unknown time is older than any)."""
+    if text is None:
+        return absent
     when = parse_time(text)
-    return fallback if when is None else when.timestamp()
+    return None if when is None else when.timestamp()
 
 
-def _merge(states: _Updates) -> str:
-    """One row per key, as a JSON array of rows: the batch's events for the key applied in
-    order of their state (the newest's status and time; a field the newest lacks from the
-    latest that has it), as one event after the other would be."""
-    merged: list[list[Any]] = []
-    for updates in states.values():
-        if len(updates) > 1:
-            updates.sort(key=lambda update: update[0])
-            for _order, fields in updates[1:]:
-                for i, value in enumerate(fields):
-                    if value is not None:
-                        updates[0][1][i] = value
-        merged.append(updates[0][1])
-    return json.dumps(merged, separators=(",", ":"))
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN or infinity (the record writes them as null; so does this)
+    return value if value is None or math.isfinite(value) else None
 
 
-def batch_rows(batch: Sequence[Event], *, keep_text: bool = True) -> dict[str, str]:
-    """The parameters of the statement that writes ``batch``: the events' records as the
-    text the journal keeps, one per line (compact JSON has no raw newline; never parsed and
-    serialised again here), and JSON arrays of rows (``*_COLUMNS``, times as seconds since
-    the epoch): the events' other columns, and one state row per message, batch and
-    opt-out pair."""
-    heads: list[list[Any]] = []
-    records: list[str] = []
-    messages: _Updates = {}
-    batches: _Updates = {}
-    opt_outs: _Updates = {}
+def _without_text(record: bytes) -> str:
+    """A message's record with its text removed (``store_text = false``)."""
+    doc = json.loads(record)
+    body = doc.get("body")
+    if isinstance(body, dict):
+        body.pop("text", None)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+class BatchRows(NamedTuple):
+    """The parameters of the statements that write one batch: ``first`` for the batch's
+    statement (``postgres_schema.WRITE_BATCH``), and ``later``: each state table's rows
+    for keys that occur again in the batch, one list of rows per further occurrence."""
+
+    first: dict[str, str]
+    later: list[tuple[str, str]]
+
+
+def _rounds(states: dict[Any, list[list[Any]]]) -> list[str]:
+    """A key's states in the order the batch holds them, as rounds: round k holds every
+    key's k-th state (so no statement touches a row twice, and each state is weighed
+    against the one before it, as if the events had come one by one); each round in key
+    order (two writers lock rows in the same order)."""
+    rounds: list[list[list[Any]]] = []
+    for key in sorted(states):
+        for k, row in enumerate(states[key]):
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(row)
+    return [json.dumps(rows, separators=(",", ":")) for rows in rounds]
+
+
+def batch_rows(batch: Sequence[Event], *, keep_text: bool = True) -> BatchRows:
+    """The parameters that write ``batch``: the events' records as the text the journal
+    keeps (never parsed and serialised again, unless the text must go), one per line
+    (compact JSON has no raw newline); JSON arrays of rows (``*_COLUMNS``, times as seconds
+    since the epoch) for the events' other columns and the state rows; the events in uuid
+    order (two writers insert in the same order)."""
+    events: list[tuple[str, list[Any], str]] = []
+    states: dict[str, dict[Any, list[list[Any]]]] = {table: {} for table in STATE_TABLES}
     for event in batch:
         stamp = _epoch(event.timestamp)
-        heads.append([event.uuid, event.kind, stamp, is_backfilled(event),
-                      event.subscription_id])
-        records.append(record_json(event).decode())
         body = event.body
+        record = record_json(event)
         if isinstance(body, MessageBody):
-            # a state without its own time is as old as the notification that carried it
-            modified = _epoch(body.last_modified_time, stamp)
+            if not keep_text and body.text is not None:
+                text = _without_text(record)
+            else:
+                text = record.decode()
             rank = MESSAGE_RANK.get(body.message_status, 0)
-            messages.setdefault(body.id, []).append(((_NEVER if modified is None else
-                                                      modified, rank), [
+            states["messages"].setdefault(body.id, []).append([
                 body.id, body.batch_id, body.direction, body.from_, ",".join(body.to),
-                body.message_status, rank, body.error_code, body.cost, body.segment_count,
-                body.text if keep_text else None, _epoch(body.creation_time), modified,
-                event.uuid]))
-        elif isinstance(body, BatchBody):
-            modified = _epoch(body.last_modified_time, stamp)
-            rank = BATCH_RANK.get(body.status, 0)
-            processed = body.processed_count
-            batches.setdefault(body.id, []).append((
-                (_NEVER if modified is None else modified, rank,
-                 -1 if processed is None else processed), [
-                    body.id, body.from_, body.status, rank, body.batch_size, processed,
-                    None if body.rejected is None else len(body.rejected), body.cost,
-                    _epoch(body.creation_time), modified, event.uuid]))
-        elif isinstance(body, OptOutBody):
-            pair = pair_time(event)
-            if pair is None:
-                continue  # no time to order it by: the event is kept, the state is not
-            opt_outs.setdefault((body.from_, body.to), []).append(((pair[1], body.active), [
-                body.from_, body.to, body.active, pair[1], event.uuid]))
-    return {"events": json.dumps(heads, separators=(",", ":")), "records": "\n".join(records),
-            "messages": _merge(messages), "batches": _merge(batches),
-            "opt_outs": _merge(opt_outs)}
+                body.message_status, rank, body.error_code, _finite(body.cost),
+                body.segment_count, body.text if keep_text else None,
+                _epoch(body.creation_time),
+                # a state without its own time is as old as the notification that carried it
+                _epoch(body.last_modified_time, stamp), event.uuid])
+        else:
+            text = record.decode()
+            if isinstance(body, BatchBody):
+                states["batches"].setdefault(body.id, []).append([
+                    body.id, body.from_, body.status, BATCH_RANK.get(body.status, 0),
+                    body.batch_size, body.processed_count,
+                    None if body.rejected is None else len(body.rejected), _finite(body.cost),
+                    _epoch(body.creation_time), _epoch(body.last_modified_time, stamp),
+                    event.uuid])
+            elif isinstance(body, OptOutBody):
+                pair = pair_time(event)
+                states["opt_outs"].setdefault((body.from_, body.to), []).append([
+                    body.from_, body.to, body.active, pair[1] if pair else None, event.uuid])
+        events.append((event.uuid, [event.uuid, event.kind, stamp, is_backfilled(event),
+                                    event.subscription_id], text))
+    events.sort(key=lambda item: item[0])
+    first = {"events": json.dumps([head for _, head, _ in events], separators=(",", ":")),
+             "records": "\n".join(text for _, _, text in events)}
+    later: list[tuple[str, str]] = []
+    for table in STATE_TABLES:
+        rounds = _rounds(states[table]) or ["[]"]
+        first[table] = rounds[0]
+        later.extend((table, rows) for rows in rounds[1:])
+    return BatchRows(first, later)
 
 
 class PostgresSink(Sink):
@@ -191,9 +218,7 @@ class PostgresSink(Sink):
             register_secret(unquote(parts.password), permanent=True)
         self.url = options.safe_url
         self.schema = options.schema_name
-        self._sql = WRITE_BATCH.format(
-            schema=self.schema,
-            record=RECORD_WHOLE if options.store_text else RECORD_WITHOUT_TEXT)
+        self._sql, self._upserts = statements(self.schema, keep_text=options.store_text)
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         #: why the pool's last attempt to connect failed (None once one succeeded)
         self.connect_error: psycopg.Error | None = None
@@ -211,16 +236,18 @@ class PostgresSink(Sink):
         kwargs: dict[str, Any] = {
             "host": parts.hostname or "127.0.0.1",
             "port": parts.port or 5432,
-            "dbname": opts.database,
+            "dbname": unquote(opts.database),
             "user": opts.resolved_username,
             "password": password.get_secret_value() if password is not None else None,
             "sslmode": opts.sslmode,
-            "sslrootcert": str(opts.tls_ca_file) if opts.tls_ca_file else None,
+            "sslrootcert": str(opts.tls_ca_file) if opts.tls_ca_file else _system_cas(opts),
             "sslcert": str(opts.tls_cert_file) if opts.tls_cert_file else None,
             "sslkey": str(opts.tls_key_file) if opts.tls_key_file else None,
             # libpq takes whole seconds and treats 1 as 2
             "connect_timeout": max(2, round(opts.connect_timeout)),
             "application_name": f"a2pd/{self.name}",
+            # what the parameters are written in, whatever the database's encoding
+            "client_encoding": "UTF8",
             "options": f"-c statement_timeout={int(opts.timeout * 1000)}",
         }
         return {k: v for k, v in kwargs.items() if v is not None}
@@ -264,8 +291,12 @@ class PostgresSink(Sink):
                 if not self._migrated:
                     await self._migrate(conn)
                 async with conn.transaction():
-                    cursor = await conn.execute(self._sql, rows)
+                    cursor = await conn.execute(self._sql, rows.first)
                     counts = await cursor.fetchone()
+                    moved = 0
+                    for table, later in rows.later:
+                        cursor = await conn.execute(self._upserts[table], {"rows": later})
+                        moved += max(cursor.rowcount, 0)
         except PoolTimeout as exc:
             cause = self.connect_error
             if cause is not None:
@@ -276,13 +307,18 @@ class PostgresSink(Sink):
                 f"({exc})")) from exc
         except psycopg.Error as exc:
             raise self._failed(exc, batch) from exc
+        except UnicodeError as exc:
+            # a character the connection's encoding cannot carry (the client encoding is
+            # UTF8, so this should not happen): that event's text, never the text itself
+            raise SinkError(self._say(f"postgres at {self.url}: a value could not be "
+                                      f"encoded ({type(exc).__name__})"), permanent=True) from exc
         except OSError as exc:
             raise SinkError(self._say(f"postgres at {self.url}: {exc.strerror or exc}")) \
                 from exc
         new, messages, batches, opt_outs = counts if counts is not None else (0, 0, 0, 0)
         self.written += new
         self.duplicates += len(batch) - new
-        self.states_moved += messages + batches + opt_outs
+        self.states_moved += messages + batches + opt_outs + moved
         if new < len(batch):
             log.info("postgres_duplicates_skipped", sink=self.name, events=len(batch) - new)
 
@@ -293,6 +329,9 @@ class PostgresSink(Sink):
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema),))
+                found = await (await conn.execute(SCHEMA_EXISTS, (schema,))).fetchone()
+                if found is None:
+                    await conn.execute(CREATE_SCHEMA.format(schema=schema))
                 await conn.execute(CREATE_LEDGER.format(schema=schema))
                 cursor = await conn.execute(CURRENT_VERSION.format(schema=schema))
                 found = await cursor.fetchone()
@@ -344,6 +383,18 @@ class PostgresSink(Sink):
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.name!r}, url={self.url!r}, schema={self.schema!r})"
+
+
+def _system_cas(opts: PostgresOptions) -> str | None:
+    """The CAs to verify the server with when the operator named none: the system's (libpq
+    would look for ~/.postgresql/root.crt, a file a service user does not have)."""
+    if not opts.sslmode.startswith("verify"):
+        return None
+    cafile = ssl.get_default_verify_paths().cafile
+    if cafile and Path(cafile).is_file():
+        return cafile
+    # libpq 16 and newer know the system's store by this name (verify-full only)
+    return "system" if psycopg.pq.version() >= 160000 else None
 
 
 def _recording(sink: PostgresSink) -> type[psycopg.AsyncConnection[Any]]:

@@ -90,6 +90,14 @@ class PostgresOptions(SinkOptions):
             raise ValueError("the path must name one database (/a2p)")
         return value
 
+    @field_validator("timeout")
+    @classmethod
+    def _check_timeout(cls, value: float) -> float:
+        # the server's statement_timeout is an int of milliseconds (24.8 days at most)
+        if value > 86400:
+            raise ValueError("must be at most 1d (one batch's transaction)")
+        return value
+
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> PostgresOptions:
         tls_set = any((self.tls_ca_file, self.tls_cert_file, self.tls_key_file))

@@ -31,14 +31,18 @@ __all__ = [
     "APPLIED",
     "BATCH_RANK",
     "CREATE_LEDGER",
+    "CREATE_SCHEMA",
     "CURRENT_VERSION",
     "MESSAGE_RANK",
     "MIGRATIONS",
-    "RECORD_WHOLE",
-    "RECORD_WITHOUT_TEXT",
+    "SCHEMA_EXISTS",
+    "TEXT_CLEARED",
+    "TEXT_KEPT",
+    "UPSERTS",
     "WRITE_BATCH",
     "Migration",
     "lock_key",
+    "statements",
 ]
 
 #: status → its place in a message's life (documented statuses; anything else is 0)
@@ -114,13 +118,17 @@ CREATE INDEX opt_outs_to_number ON {schema}.opt_outs (to_number);
 """),
 )
 
+#: the schema is created only when missing: CREATE SCHEMA IF NOT EXISTS needs the CREATE
+#: privilege on the database even when the schema is there (an operator may create it and
+#: give it to a2pd's user instead)
+SCHEMA_EXISTS: Final = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
+CREATE_SCHEMA: Final = "CREATE SCHEMA {schema}"
 CREATE_LEDGER: Final = """
-CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
     version integer PRIMARY KEY,
     description text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
-);
+)
 """
 
 CURRENT_VERSION: Final = "SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"
@@ -134,38 +142,19 @@ def lock_key(schema: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-#: What the events table keeps of a record: all of it, or (``store_text = false``) all but
-#: a message's text
-RECORD_WHOLE: Final = "record"
-RECORD_WITHOUT_TEXT: Final = "record #- '{body,text}'"
-
-#: One statement per delivered batch (``{schema}`` and ``{record}`` filled in). Its
-#: parameters (``postgres.batch_rows``): ``records``, the events' records one per line;
-#: ``events``, ``messages``, ``batches``, ``opt_outs``, JSON arrays of rows (a row is an
-#: array in the order of the columns named below; times are seconds since the epoch). The
-#: events are inserted unless their uuid is stored already; each state row is applied only
-#: if it is newer than the stored one (so applying one twice changes nothing). Returns how
-#: many events were new and how many state rows moved.
-WRITE_BATCH: Final = """
-WITH inserted AS (
-    INSERT INTO {schema}.events AS e (uuid, kind, event_time, backfilled, subscription_id,
-                                      record)
-    SELECT h->>0, h->>1, to_timestamp((h->>2)::float8), (h->>3)::boolean, h->>4, {record}
-    FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS heads(h, n)
-    JOIN unnest(string_to_array(%(records)s, E'\\n')) WITH ORDINALITY AS r(line, n)
-        USING (n)
-    CROSS JOIN LATERAL (SELECT r.line::jsonb AS record) AS parsed
-    ON CONFLICT (uuid) DO NOTHING
-    RETURNING e.uuid
-),
-message_rows AS (
+#: Each state table's upsert: rows from a JSON array of rows (``%(<param>)s``; a row is an
+#: array in the order of the columns it names, times as seconds since the epoch), each
+#: applied only if it is newer than the stored row, so applying one twice changes nothing.
+#: ``{text}`` is how an update treats the message text.
+UPSERTS: Final = {
+    "messages": """
     INSERT INTO {schema}.messages AS m (id, batch_id, direction, from_number, to_numbers,
         status, status_rank, error_code, cost, segment_count, text, creation_time,
         last_modified_time, event_uuid)
     SELECT r->>0, r->>1, r->>2, r->>3, string_to_array(r->>4, ','), r->>5,
         (r->>6)::smallint, r->>7, (r->>8)::numeric, (r->>9)::integer, r->>10,
         to_timestamp((r->>11)::float8), to_timestamp((r->>12)::float8), r->>13
-    FROM jsonb_array_elements(%(messages)s::jsonb) AS rows(r)
+    FROM jsonb_array_elements(%({param})s::jsonb) AS rows(r)
     ON CONFLICT (id) DO UPDATE SET
         batch_id = COALESCE(EXCLUDED.batch_id, m.batch_id),
         direction = EXCLUDED.direction,
@@ -176,23 +165,22 @@ message_rows AS (
         error_code = COALESCE(EXCLUDED.error_code, m.error_code),
         cost = COALESCE(EXCLUDED.cost, m.cost),
         segment_count = COALESCE(EXCLUDED.segment_count, m.segment_count),
-        text = COALESCE(EXCLUDED.text, m.text),
+        text = {text},
         creation_time = COALESCE(EXCLUDED.creation_time, m.creation_time),
         last_modified_time = COALESCE(EXCLUDED.last_modified_time, m.last_modified_time),
         event_uuid = EXCLUDED.event_uuid,
         updated_at = now()
     WHERE (COALESCE(EXCLUDED.last_modified_time, '-infinity'), EXCLUDED.status_rank)
         > (COALESCE(m.last_modified_time, '-infinity'), m.status_rank)
-    RETURNING 1
-),
-batch_rows AS (
+    RETURNING 1""",
+    "batches": """
     INSERT INTO {schema}.batches AS b (id, from_number, status, status_rank, batch_size,
         processed_count, rejected_count, cost, creation_time, last_modified_time,
         event_uuid)
     SELECT r->>0, r->>1, r->>2, (r->>3)::smallint, (r->>4)::integer, (r->>5)::integer,
         (r->>6)::integer, (r->>7)::numeric, to_timestamp((r->>8)::float8),
         to_timestamp((r->>9)::float8), r->>10
-    FROM jsonb_array_elements(%(batches)s::jsonb) AS rows(r)
+    FROM jsonb_array_elements(%({param})s::jsonb) AS rows(r)
     ON CONFLICT (id) DO UPDATE SET
         from_number = COALESCE(EXCLUDED.from_number, b.from_number),
         status = EXCLUDED.status,
@@ -209,21 +197,60 @@ batch_rows AS (
            COALESCE(EXCLUDED.processed_count, -1))
         > (COALESCE(b.last_modified_time, '-infinity'), b.status_rank,
            COALESCE(b.processed_count, -1))
-    RETURNING 1
-),
-opt_out_rows AS (
+    RETURNING 1""",
+    # an opt-out without a readable time is dated when it is stored
+    "opt_outs": """
     INSERT INTO {schema}.opt_outs AS o (from_number, to_number, opted_out, changed_at,
                                         event_uuid)
-    SELECT r->>0, r->>1, (r->>2)::boolean, to_timestamp((r->>3)::float8), r->>4
-    FROM jsonb_array_elements(%(opt_outs)s::jsonb) AS rows(r)
+    SELECT r->>0, r->>1, (r->>2)::boolean, COALESCE(to_timestamp((r->>3)::float8), now()),
+        r->>4
+    FROM jsonb_array_elements(%({param})s::jsonb) AS rows(r)
     ON CONFLICT (from_number, to_number) DO UPDATE SET
         opted_out = EXCLUDED.opted_out,
         changed_at = EXCLUDED.changed_at,
         event_uuid = EXCLUDED.event_uuid,
         updated_at = now()
     WHERE (EXCLUDED.changed_at, EXCLUDED.opted_out) > (o.changed_at, o.opted_out)
-    RETURNING 1
-)
+    RETURNING 1""",
+}
+#: an update keeps the stored text when the event has none, or (``store_text = false``)
+#: clears it
+TEXT_KEPT: Final = "COALESCE(EXCLUDED.text, m.text)"
+TEXT_CLEARED: Final = "NULL"
+
+#: One statement per delivered batch. Its parameters (``postgres.batch_rows``):
+#: ``records``, the events' records one per line; ``events``, a JSON array of the events'
+#: other columns (uuid, kind, time, backfilled, subscription); ``messages``, ``batches``,
+#: ``opt_outs``, each key's first state in the batch (``UPSERTS``; later ones follow in
+#: statements of their own, in order, in the same transaction). The events are inserted
+#: unless their uuid is stored already. Returns how many events were new and how many state
+#: rows moved.
+WRITE_BATCH: Final = """
+WITH inserted AS (
+    INSERT INTO {schema}.events AS e (uuid, kind, event_time, backfilled, subscription_id,
+                                      record)
+    SELECT h->>0, h->>1, to_timestamp((h->>2)::float8), (h->>3)::boolean, h->>4,
+        r.line::jsonb
+    FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS heads(h, n)
+    JOIN unnest(string_to_array(%(records)s, E'\\n')) WITH ORDINALITY AS r(line, n)
+        USING (n)
+    ON CONFLICT (uuid) DO NOTHING
+    RETURNING e.uuid
+),
+message_rows AS ({messages}),
+batch_rows AS ({batches}),
+opt_out_rows AS ({opt_outs})
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM message_rows),
        (SELECT count(*) FROM batch_rows), (SELECT count(*) FROM opt_out_rows)
 """
+
+
+def statements(schema: str, *, keep_text: bool) -> tuple[str, dict[str, str]]:
+    """The batch's statement, and each state table's upsert on its own (parameter
+    ``rows``), for ``schema`` (a validated name)."""
+    text = TEXT_KEPT if keep_text else TEXT_CLEARED
+    first = {table: sql.format(schema=schema, param=table, text=text)
+             for table, sql in UPSERTS.items()}
+    alone = {table: sql.format(schema=schema, param="rows", text=text)
+             for table, sql in UPSERTS.items()}
+    return WRITE_BATCH.format(schema=schema, **first), alone
