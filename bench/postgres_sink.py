@@ -52,21 +52,12 @@ from a2pd.sinks.file import FileOptions, FileSink
 # the throwaway server of the sink's tests (run as `python bench/postgres_sink.py`: the
 # repository's root is not on the path)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from redis_sink import ENVELOPE  # the Redis benchmark's notification (bench/ is on the path)
+
 from tests.postgres_server import PostgresServer, make_sink, postgres_server
 
 STATUSES = ("Queued", "Sent", "Delivered")
 TABLES = "a2pd.events, a2pd.messages, a2pd.batches, a2pd.opt_outs"
-ENVELOPE = {
-    "uuid": "3301827364519200002",
-    "event": "/restapi/v1.0/account/400123456789/a2p-sms/messages?direction=Outbound",
-    "timestamp": "2026-01-10T08:10:02Z", "subscriptionId": "5e1b2c3d-0000-4000-8000-00000000abcd",
-    "ownerId": "400123456789",
-    "body": {"id": "90011", "batchId": "a1b2c3d4-0000-4000-8000-0000000000b1",
-             "from": "+16505550111", "to": ["+14155550122"],
-             "text": "Your appointment is tomorrow at 10:00", "direction": "Outbound",
-             "messageStatus": "Delivered", "segmentCount": 1, "cost": 0.007,
-             "creationTime": "2026-01-10T08:09:56Z", "lastModifiedTime": "2026-01-10T08:10:01Z"},
-}
 
 
 def make_events(n: int) -> list[events.Event]:

@@ -38,6 +38,7 @@ LAYERS: dict[str, float] = {
     # the sink interface, then the sinks
     "a2pd.sinks": 3, "a2pd.sinks.templates": 3, "a2pd.sinks.files": 3,
     "a2pd.sinks.credentials": 3.2, "a2pd.sinks.postgres_schema": 3.2,
+    "a2pd.sinks.postgres_rows": 3.3,
     "a2pd.sinks.http_options": 3.5, "a2pd.sinks.redis_options": 3.5,
     "a2pd.sinks.postgres_options": 3.5, "a2pd.testing": 4,
     "a2pd.sinks.stdout": 4, "a2pd.sinks.file": 4, "a2pd.sinks.http": 4,
@@ -192,7 +193,7 @@ def test_sinks_reach_neither_sideways_nor_up() -> None:
     sinks = {name for name in LAYERS if name.startswith("a2pd.sinks.")} - \
         {"a2pd.sinks.templates", "a2pd.sinks.files", "a2pd.sinks.http_options",
          "a2pd.sinks.redis_options", "a2pd.sinks.credentials", "a2pd.sinks.postgres_options",
-         "a2pd.sinks.postgres_schema"}
+         "a2pd.sinks.postgres_schema", "a2pd.sinks.postgres_rows"}
     wrong = sorted(f"{imp.module}:{imp.line} imports {imp.target}" for imp in all_imports()
                    if imp.module in sinks and imp.target in sinks)
     assert wrong == []

@@ -19,13 +19,8 @@ from a2pd.errors import ConfigError, SinkError
 from a2pd.logging import configure
 from a2pd.pipeline import Pipeline
 from a2pd.sinks import SinkContext, sink_class
-from a2pd.sinks.postgres import (
-    MESSAGE_COLUMNS,
-    PostgresOptions,
-    PostgresSink,
-    batch_rows,
-    is_permanent,
-)
+from a2pd.sinks.postgres import PostgresOptions, PostgresSink, batch_rows, is_permanent
+from a2pd.sinks.postgres_rows import MESSAGE_COLUMNS
 from a2pd.sinks.postgres_schema import MIGRATIONS
 from tests.harness import (
     TIMEOUT,

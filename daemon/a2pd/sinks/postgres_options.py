@@ -7,25 +7,21 @@ wrote (it may carry a password)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from a2pd.sinks import SinkOptions
-from a2pd.sinks.credentials import resolve_credentials
-from a2pd.vocab import Duration, redact_url
+from a2pd.sinks.credentials import ServerOptions, check_server_url
+from a2pd.vocab import Duration
 
 __all__ = ["PostgresOptions"]
 
@@ -38,7 +34,7 @@ def _strip(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
-class PostgresOptions(SinkOptions):
+class PostgresOptions(ServerOptions):
     """Options of ``type = "postgres"``."""
 
     #: postgresql://[user[:password]@]host[:port]/database; credentials in the URL are
@@ -64,27 +60,11 @@ class PostgresOptions(SinkOptions):
     #: the longest one batch's transaction may take (the server's statement_timeout)
     timeout: Duration = 30.0
 
-    _username: str | None = PrivateAttr(default=None)
-    _password: SecretStr | None = PrivateAttr(default=None)
-
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         # messages never echo the URL: it may carry a password
-        try:
-            parts = urlsplit(value)
-            port = parts.port
-        except ValueError:
-            raise ValueError("not a valid URL (expected postgresql://host:port/database)") \
-                from None
-        if parts.scheme not in _SCHEMES:
-            raise ValueError("must be a postgresql:// URL")
-        if not parts.hostname:
-            raise ValueError("names no host")
-        if port == 0:
-            raise ValueError("port 0 is not a port")
-        if parts.query or parts.fragment:
-            raise ValueError("takes no query or fragment: set options in the sink table")
+        parts = check_server_url(value, _SCHEMES, "postgresql://host:port/database")
         database = parts.path.strip("/")
         if not database or "/" in database:
             raise ValueError("the path must name one database (/a2p)")
@@ -107,10 +87,7 @@ class PostgresOptions(SinkOptions):
             raise ValueError("tls_key_file needs tls_cert_file")
         if self.tls_cert_file and not self.tls_key_file:
             raise ValueError("tls_cert_file needs tls_key_file")
-        context = info.context if isinstance(info.context, Mapping) else {}
-        env = context.get("env")
-        self._username, self._password = resolve_credentials(
-            self, info, env if isinstance(env, Mapping) else os.environ)
+        self._resolve_credentials(info)
         return self
 
     @property
@@ -119,26 +96,6 @@ class PostgresOptions(SinkOptions):
         return self.schema_
 
     @property
-    def resolved_username(self) -> str | None:
-        """The user, from the environment, a file, a credential, inline, or the URL."""
-        return self._username
-
-    @property
-    def resolved_password(self) -> SecretStr | None:
-        """The password, from the environment, a file, a credential, inline, or the URL."""
-        return self._password
-
-    @property
     def database(self) -> str:
         """The database the URL names."""
         return urlsplit(self.url).path.strip("/")
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        # the URL may carry credentials: reprs show it without them
-        for key, value in super().__repr_args__():
-            yield key, redact_url(value) if key == "url" else value
-
-    @property
-    def safe_url(self) -> str:
-        """The URL without its credentials, for logs and errors."""
-        return redact_url(self.url)

@@ -40,7 +40,7 @@ import string
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -49,7 +49,7 @@ from redis.backoff import NoBackoff
 
 from a2pd.errors import SinkError
 from a2pd.events import Event, to_json
-from a2pd.logging import get_logger, register_secret, scrub
+from a2pd.logging import get_logger, scrub
 from a2pd.sinks import Sink, SinkContext
 from a2pd.sinks.redis_options import RedisOptions
 from a2pd.sinks.templates import template_values
@@ -155,12 +155,7 @@ class RedisSink(Sink):
 
     def __init__(self, name: str, options: RedisOptions, context: SinkContext) -> None:
         super().__init__(name, options, context)
-        password = options.resolved_password
-        if password is not None:
-            register_secret(password.get_secret_value(), permanent=True)
-        parts = urlsplit(options.url)
-        if parts.password:
-            register_secret(unquote(parts.password), permanent=True)
+        options.register_secrets()
         self.url = options.safe_url
         self._client: Redis | None = None
         self._sha: str | None = None

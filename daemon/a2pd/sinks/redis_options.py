@@ -6,26 +6,22 @@ ever prints the URL the operator wrote (it may carry a password)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from a2pd.sinks import SinkOptions
-from a2pd.sinks.credentials import resolve_credentials
+from a2pd.sinks.credentials import ServerOptions, check_server_url
 from a2pd.sinks.templates import check_template
-from a2pd.vocab import Duration, DurationOrOff, redact_url
+from a2pd.vocab import Duration, DurationOrOff
 
 __all__ = ["RedisOptions"]
 
@@ -36,7 +32,7 @@ def _strip(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
-class RedisOptions(SinkOptions):
+class RedisOptions(ServerOptions):
     """Options of ``type = "redis"``."""
 
     #: redis://[user[:password]@]host[:port][/db] or rediss:// (TLS); credentials in the URL
@@ -60,26 +56,11 @@ class RedisOptions(SinkOptions):
     connect_timeout: Duration = 5.0
     timeout: Duration = 10.0
 
-    _username: str | None = PrivateAttr(default=None)
-    _password: SecretStr | None = PrivateAttr(default=None)
-
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         # messages never echo the URL: it may carry a password
-        try:
-            parts = urlsplit(value)
-            port = parts.port
-        except ValueError:
-            raise ValueError("not a valid URL (expected redis://host:port/db)") from None
-        if parts.scheme not in _SCHEMES:
-            raise ValueError("must be a redis:// or rediss:// (TLS) URL")
-        if not parts.hostname:
-            raise ValueError("names no host")
-        if port == 0:
-            raise ValueError("port 0 is not a port")
-        if parts.query or parts.fragment:
-            raise ValueError("takes no query or fragment: set options in the sink table")
+        parts = check_server_url(value, _SCHEMES, "redis://host:port/db")
         db = parts.path.strip("/")
         if db and not db.isdigit():
             raise ValueError("the path must be a database number (/0)")
@@ -110,29 +91,6 @@ class RedisOptions(SinkOptions):
             raise ValueError("tls_* options need a rediss:// url")
         if self.tls_key_file and not self.tls_cert_file:
             raise ValueError("tls_key_file needs tls_cert_file")
-        context = info.context if isinstance(info.context, Mapping) else {}
-        env = context.get("env")
-        self._username, self._password = resolve_credentials(
-            self, info, env if isinstance(env, Mapping) else os.environ)
+        self._resolve_credentials(info)
         return self
-
-    @property
-    def resolved_username(self) -> str | None:
-        """The ACL user, from the environment, a file, a credential, inline, or the URL."""
-        return self._username
-
-    @property
-    def resolved_password(self) -> SecretStr | None:
-        """The password, from the environment, a file, a credential, inline, or the URL."""
-        return self._password
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        # the URL may carry credentials: reprs show it without them
-        for key, value in super().__repr_args__():
-            yield key, redact_url(value) if key == "url" else value
-
-    @property
-    def safe_url(self) -> str:
-        """The URL without its credentials, for logs and errors."""
-        return redact_url(self.url)
 
