@@ -7,6 +7,7 @@ wrote (it may carry a password)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -40,7 +41,7 @@ class PostgresOptions(ServerOptions):
     #: postgresql://[user[:password]@]host[:port]/database; credentials in the URL are
     #: accepted (discouraged) and never printed
     url: Annotated[str, BeforeValidator(_strip)] = "postgresql://127.0.0.1:5432/postgres"
-    schema_: str = Field(default="a2pd", alias="schema", pattern=SCHEMA_PATTERN)
+    schema_: str = Field(default="a2pd", alias="schema")
     #: messages' text (personal data) in the messages table and the events' records
     store_text: bool = True
     pool_size: int = Field(default=2, ge=1, le=32)
@@ -68,6 +69,14 @@ class PostgresOptions(ServerOptions):
         database = parts.path.strip("/")
         if not database or "/" in database:
             raise ValueError("the path must name one database (/a2p)")
+        return value
+
+    @field_validator("schema_")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if not re.fullmatch(SCHEMA_PATTERN, value):
+            raise ValueError("must be a lower-case name: letters a-z, digits and _, not "
+                             "starting with a digit, at most 63 characters")
         return value
 
     @field_validator("timeout")
