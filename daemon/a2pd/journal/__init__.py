@@ -255,7 +255,7 @@ class Journal:
         more = True
         while more:
             self._compactions += 1
-            chunk = await self.database.run(
+            chunk = await self.database.run_thread(
                 store.compact_chunk, list(sinks), self._clock(), newest=state.last_seq,
                 max_age=options.max_age, dedup_window=options.dedup_window,
                 recount=self._compactions % RECOUNT_EVERY == 0)

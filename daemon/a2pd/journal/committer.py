@@ -44,6 +44,9 @@ __all__ = ["Committer"]
 
 log = get_logger("journal")
 
+#: commits of at least this many events run in a worker thread (``commit``)
+THREAD_COMMIT = 64
+
 
 class Committer:
     """The appends waiting for a commit, and the task that commits them (``run``)."""
@@ -242,7 +245,10 @@ class Committer:
         upto = self._taken
         state, options = self._state, self._options
         try:
-            done = await self._db.run(
+            # a large commit in a worker thread: SQLite works (GIL released) while the loop
+            # reads and decodes the next frames; a small one where it costs least
+            run = self._db.run_thread if len(batch) >= THREAD_COMMIT else self._db.run
+            done = await run(
                 store.insert, batch, now, letters, check_keys=state.backfilled_keys,
                 journaled=state.count, max_events=options.max_events,
                 full_policy=options.full_policy)

@@ -25,6 +25,7 @@ __all__ = [
     "AUTOCHECKPOINT_PAGES",
     "SCHEMA_VERSION",
     "TRUNCATE_IDLE",
+    "WAL_IDLE_SIZE",
     "WAL_SIZE_LIMIT",
     "Checkpointer",
     "Database",
@@ -35,10 +36,16 @@ SCHEMA_VERSION = 1
 #: SQLite's automatic checkpoint only past this many WAL pages (~40 MB): the compactor
 #: checkpoints every second off the commit path (``Checkpointer``)
 AUTOCHECKPOINT_PAGES = 10_000
-#: once a checkpoint has copied every frame, SQLite cuts the WAL file back to this size
-#: (without a limit it stays as large as the largest burst ever made it)
-WAL_SIZE_LIMIT = 4 * 1024 * 1024
-#: a WAL over that size is cut back by the checkpoint once no commit came for this long
+#: once a checkpoint has copied every frame, the next commit cuts the WAL file back to
+#: this size (``journal_size_limit``; without a limit it stays as large as the largest
+#: burst ever made it). Large enough that steady traffic never reaches it: a second of
+#: traffic at 1,000 events/s writes about 9 MB of WAL, and every cut is an ``ftruncate``
+#: on the committing thread, which took 11-16 ms on this VM's ext4 (``perf trace``): at
+#: 4 MiB it came once a checkpoint, and was the 1k/s phase's p99 (bench/probe_tail.py)
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: a WAL over this size is cut to nothing by the checkpoint (its own thread, not the
+#: commit path) once no commit came for ``TRUNCATE_IDLE``
+WAL_IDLE_SIZE = 4 * 1024 * 1024
 TRUNCATE_IDLE = 1.0
 
 P = ParamSpec("P")
@@ -174,8 +181,9 @@ class Database:
     SQLite releases the GIL around every statement step, and the thread then waits up to
     the switch interval (5 ms) to get it back, for each row of an insert or a read. With
     ``fsync`` every commit waits for the disk, so operations run in a worker thread.
-    ``run_thread``: always in a worker thread, for operations that may scan the whole
-    journal, with few statement steps."""
+    ``run_thread``: always in a worker thread, for operations with few statement steps
+    that may take long: scans of the whole journal, compaction, and commits of many
+    rows (one multi-row statement per table: the loop reads and decodes meanwhile)."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, *, fsync: bool) -> None:
         self.path = path
@@ -268,7 +276,7 @@ class Checkpointer:
                 size = wal.stat().st_size
             except FileNotFoundError:
                 return
-            if size > WAL_SIZE_LIMIT and time.monotonic() - last_commit() >= TRUNCATE_IDLE:
+            if size > WAL_IDLE_SIZE and time.monotonic() - last_commit() >= TRUNCATE_IDLE:
                 # a burst grew the WAL and no commit came since: nothing would rewind it
                 # (which cuts it to journal_size_limit), so cut it here. Only when quiet,
                 # and without waiting: a TRUNCATE holds writers off while it waits for

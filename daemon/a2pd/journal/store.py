@@ -88,8 +88,8 @@ class Committed(NamedTuple):
 def insert(conn: sqlite3.Connection, batch: Sequence[Pending], now: float,
            letters: Sequence[PendingLetter], *, check_keys: bool, journaled: int,
            max_events: int, full_policy: Literal["block", "drop_oldest"]) -> Committed:
-    """One transaction for a group commit: a few statements for the whole batch
-    (``executemany``), not a few per event. Same outcome as taking the events one by one in
+    """One transaction for a group commit: a few statements for the whole batch (multi-row
+    ``INSERT``s, ``_values``), not a few per event. Same outcome as taking the events one by one in
     order: a uuid already seen (or still journaled) is a duplicate; a known content key
     drops a backfilled event (``repeats_content``, which also sees the keys earlier events
     of this batch set or dropped); the last set-or-drop of a content key wins.
@@ -158,31 +158,33 @@ def insert(conn: sqlite3.Connection, batch: Sequence[Pending], now: float,
                 backfilled.append(item.kind)
                 check_keys = True
         if new_seen:
-            conn.executemany("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)", new_seen)
+            _values(conn, "INSERT OR IGNORE INTO seen (uuid, at) VALUES ", "(?,?)",
+                    [value for pair in new_seen for value in pair])
         if ops:
-            conn.executemany("DELETE FROM content WHERE key = ?",
-                             [(key,) for key, kept in ops.items() if not kept])
-            conn.executemany("INSERT OR REPLACE INTO content (key, at) VALUES (?, ?)",
-                             [(key, now) for key, kept in ops.items() if kept])
+            gone = [key for key, kept in ops.items() if not kept]
+            if gone:
+                conn.executemany("DELETE FROM content WHERE key = ?", [(key,) for key in gone])
+            _values(conn, "INSERT OR REPLACE INTO content (key, at) VALUES ", "(?,?)",
+                    [value for key, kept in ops.items() if kept for value in (key, now)])
         if pairs:
             conn.executemany("INSERT OR REPLACE INTO pairs (pair, at) VALUES (?, ?)",
                              list(pairs.items()))
         if objects:
-            conn.executemany("DELETE FROM inflight WHERE object = ?",
-                             [(obj,) for obj, row in objects.items() if row is None])
-            conn.executemany(
-                "INSERT INTO inflight (object, batch, created, touched) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (object) DO UPDATE SET "
-                "touched = excluded.touched, created = min(created, excluded.created)",
-                [row for row in objects.values() if row is not None])
+            closed = [(obj,) for obj, row in objects.items() if row is None]
+            if closed:
+                conn.executemany("DELETE FROM inflight WHERE object = ?", closed)
+            _values(conn, "INSERT INTO inflight (object, batch, created, touched) VALUES ",
+                    "(?,?,?,?)",
+                    [value for row in objects.values() if row is not None for value in row],
+                    tail=" ON CONFLICT (object) DO UPDATE SET touched = excluded.touched, "
+                         "created = min(created, excluded.created)")
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         first = (int(row[0]) if row else 0) + 1
         seqs = list(range(first, first + len(fresh)))
-        conn.executemany(
-            "INSERT INTO events (seq, uuid, kind, targets, received, record) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(seq, item.uuid, item.kind, item.targets, now, item.record)
-             for seq, item in zip(seqs, fresh, strict=True)])
+        _values(conn, "INSERT INTO events (seq, uuid, kind, targets, received, record) "
+                      "VALUES ", "(?,?,?,?,?,?)",
+                [value for seq, item in zip(seqs, fresh, strict=True)
+                 for value in (seq, item.uuid, item.kind, item.targets, now, item.record)])
         rows = [Row(seq, item.uuid, item.kind, item.targets, item.record)
                 for seq, item in zip(seqs, fresh, strict=True)]
         # when this run last committed: if it ends without a clean stop, the next start
@@ -195,6 +197,26 @@ def insert(conn: sqlite3.Connection, batch: Sequence[Pending], now: float,
                 dropped = delete_events(
                     conn, "seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (over,))
     return Committed(seqs, rows, dropped, known, backfilled)
+
+
+#: at most this many rows in one INSERT statement
+VALUES_ROWS = 256
+
+
+def _values(conn: sqlite3.Connection, head: str, one: str, values: list[object], *,
+            tail: str = "") -> None:
+    """``head`` + ``VALUES`` for every row (``one``: a row's placeholders) + ``tail``, as
+    few statements as it takes: one statement inserts many rows in one step, where
+    ``executemany`` runs the statement once per row. Rows go in chunks of a power of two
+    (at most ``VALUES_ROWS``), so a handful of statements stay in the statement cache."""
+    width = one.count("?")
+    rows = len(values) // width
+    at = 0
+    while at < rows:
+        size = min(VALUES_ROWS, 1 << ((rows - at).bit_length() - 1))
+        sql = head + ",".join([one] * size) + tail
+        conn.execute(sql, values[at * width:(at + size) * width])
+        at += size
 
 
 def known_uuids(conn: sqlite3.Connection, uuids: list[str]) -> set[str]:
@@ -295,8 +317,10 @@ def compact_chunk(conn: sqlite3.Connection, sinks: list[str], now: float, *, new
                   max_age: float | None, dedup_window: float,
                   recount: bool = False) -> Compacted:
     """One chunk of compaction: delete events every one of ``sinks`` has passed (all up to
-    ``newest`` when there is no sink), undelivered events older than ``max_age``, and
-    uuids, content keys, objects and pairs older than the dedup window, at most
+    ``newest`` when there is no sink), undelivered events older than ``max_age`` among the
+    oldest ``COMPACT_CHUNK`` (journal order: a chunk never looks through the whole
+    backlog, which it did for every chunk while a burst was delivered, #17), and uuids,
+    content keys, objects and pairs older than the dedup window, at most
     ``COMPACT_CHUNK`` rows of each. The journal is recounted in the same transaction when
     events went (or ``recount``): one operation, where a recount of its own would let a
     commit in between, and a commit that waits behind a recount of a long journal shows as
@@ -318,8 +342,8 @@ def compact_chunk(conn: sqlite3.Connection, sinks: list[str], now: float, *, new
         expired = 0
         if max_age is not None:
             expired = delete_events(
-                conn, "seq IN (SELECT seq FROM events WHERE received < ? ORDER BY seq "
-                "LIMIT ?)", (now - max_age, COMPACT_CHUNK))
+                conn, "seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?) AND received < ?",
+                (COMPACT_CHUNK, now - max_age))
             more = more or expired >= COMPACT_CHUNK
         forget = now - dedup_window
         for table, key, at in (("seen", "uuid", "at"), ("content", "key", "at"),
