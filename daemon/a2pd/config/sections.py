@@ -132,7 +132,8 @@ class JournalConfig(StrictModel):
     #: received once committed; a crash loses only uncommitted appends, which session
     #: recovery replays
     commit_interval: DurationOrOff = 0.005
-    #: commit sooner when this many appends are waiting
+    #: commit sooner when this many appends are waiting; while a commit runs, reading
+    #: waits once this many more are (what a burst holds in memory)
     commit_max: int = Field(default=1000, ge=1)
     #: fsync at every commit (SQLite synchronous=FULL); off: NORMAL, safe against a process
     #: crash, may lose the last commits on power loss

@@ -75,6 +75,7 @@ class Delivery:
         delivered everything committed; then compact once more."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._compactor)
+            tg.start_soon(self._checkpointer)
             await self.prepare()
             try:
                 async with anyio.create_task_group() as readers:
@@ -169,8 +170,16 @@ class Delivery:
         while True:
             await anyio.sleep(self.compact_interval)
             await self._journal(self.journal.compact, list(self.sinks))
-            await self._journal(self.journal.checkpoint)
             self.forget_arrivals(time.monotonic())
+
+    async def _checkpointer(self) -> None:
+        """The WAL checkpoint on a schedule of its own (its own connection and thread):
+        behind the compaction of a burst's backlog, which takes seconds, the WAL grew past
+        SQLite's automatic checkpoint, which a commit then ran itself: 60 ms of copying and
+        syncing in the commit path (bench/probe_tail.py, #17)."""
+        while True:
+            await anyio.sleep(self.compact_interval)
+            await self._journal(self.journal.checkpoint)
 
     def forget_arrivals(self, now: float) -> None:
         """Forget the oldest arrival times (``Arrivals.forget``)."""

@@ -73,6 +73,8 @@ class Committer:
         #: set when a commit should not wait for the rest of ``commit_interval``
         self._hurry = anyio.Event()
         self._room = anyio.Event()
+        #: whether a commit is running in a worker thread
+        self._threaded = False
         #: why commits fail (a full disk, a lock held elsewhere) while they do
         self.failing: str | None = None
         #: the error that ended the committer (nothing will be committed any more)
@@ -137,10 +139,17 @@ class Committer:
         self._room.set()
 
     async def _wait_for_commits(self) -> None:
-        while self.failing is not None or self.waiting >= self._options.commit_max * 4:
+        while self.failing is not None or self.waiting >= self._most_waiting():
             if self.dead is not None:
                 raise self.dead
             await self.wait_committed()
+
+    def _most_waiting(self) -> int:
+        """How many appends may wait for a commit: ``commit_max`` while a commit runs in a
+        worker thread (the loop reads on meanwhile, and each waiting event holds ~5 kB, its
+        frame, model and record: at 4x, a burst's peak RSS grew by 20 MB,
+        bench/side_by_side.py, #17), four times that otherwise."""
+        return self._options.commit_max * (1 if self._threaded else 4)
 
     async def queue_dead_letter(self, sink: str, reason: str, raw: bytes, *,
                                 uuid: str | None = None) -> None:
@@ -247,7 +256,8 @@ class Committer:
         try:
             # a large commit in a worker thread: SQLite works (GIL released) while the loop
             # reads and decodes the next frames; a small one where it costs least
-            run = self._db.run_thread if len(batch) >= THREAD_COMMIT else self._db.run
+            self._threaded = len(batch) >= THREAD_COMMIT
+            run = self._db.run_thread if self._threaded else self._db.run
             done = await run(
                 store.insert, batch, now, letters, check_keys=state.backfilled_keys,
                 journaled=state.count, max_events=options.max_events,
@@ -265,6 +275,8 @@ class Committer:
                 self._take(item)
             self._letters = letters + self._letters
             raise
+        finally:
+            self._threaded = False
         self._count(batch, letters, done)
         if done.dropped:
             self._recent.clear()  # some of them may be gone: read from the database
