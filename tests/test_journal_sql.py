@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from a2pd.errors import JournalError
 from a2pd.journal import db, gaps, letters, store
 from a2pd.journal.model import DeadLetter, Pending, targets_field
 
@@ -57,8 +59,8 @@ def test_cursors_compaction_and_hand_over(conn: sqlite3.Connection) -> None:
     first = store.oldest(conn)
     compacted = store.compact_chunk(conn, ["s"], 200.0, newest=5, max_age=None,
                                     dedup_window=3600.0)
-    # recounted in the same transaction, since events went
-    assert compacted == (3, 0, False, 2, first)
+    # not counted (the caller takes what went from its count); the oldest looked up
+    assert compacted == (3, 0, False, None, first)
     assert store.count(conn) == 2
     assert store.compact_chunk(conn, ["s"], 200.0, newest=5, max_age=None,
                                dedup_window=3600.0) == (0, 0, False, None, None)
@@ -252,3 +254,82 @@ def test_a_commit_of_any_size_writes_every_row_once(conn: sqlite3.Connection,
     again = insert(conn, *items[:size], now=200.0)  # all of them known
     assert again.seqs == []
     assert store.count(conn) == size
+
+
+_SCHEMA_1_EVENTS = """CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    received REAL NOT NULL,
+    record BLOB NOT NULL
+)"""
+
+
+def _journal_of_schema_1(path: Path) -> None:
+    """A journal as a2pd wrote it before schema 2: seqs 1-7 given out, 1-4 compacted away
+    (their uuids in seen), 5-7 journaled (their uuids only in events)."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute(_SCHEMA_1_EVENTS)
+        conn.execute("CREATE TABLE seen (uuid TEXT PRIMARY KEY, at REAL NOT NULL) "
+                     "WITHOUT ROWID")
+        conn.execute("CREATE TABLE cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
+        with conn:
+            conn.execute("INSERT INTO meta VALUES ('schema', '1')")
+            conn.executemany("INSERT INTO events VALUES (?, ?, 'inbound', ',s,', ?, ?)",
+                             [(seq, f"u{seq}", 90.0 + seq, b'{"n":%d}' % seq)
+                              for seq in range(1, 8)])
+            conn.execute("DELETE FROM events WHERE seq <= 4")
+            conn.executemany("INSERT INTO seen VALUES (?, ?)",
+                             [(f"u{seq}", 90.0 + seq) for seq in range(1, 5)])
+            conn.execute("INSERT INTO cursors VALUES ('s', 5)")
+            conn.execute("INSERT INTO events VALUES (8, 'u8', 'inbound', ',s,', 98.0, x'7b7d')")
+            conn.execute("DELETE FROM events WHERE seq = 8")  # the newest went too
+            conn.execute("INSERT INTO seen VALUES ('u8', 98.0)")
+
+
+def test_a_journal_of_schema_1_is_upgraded_by_the_daemon_only(tmp_path: Path) -> None:
+    """Schema 2 keeps every journaled uuid in seen and no uuid index on events. A journal
+    of schema 1 is upgraded when the daemon opens it: rows, seqs, cursors and the sequence
+    kept, every uuid still a duplicate; the CLI (which may run beside an older daemon)
+    refuses it, saying what upgrades it."""
+    path = tmp_path / "journal.db"
+    _journal_of_schema_1(path)
+    with pytest.raises(JournalError, match="`a2pd run` upgrades it"):
+        db.connect(path, fsync=False, upgrade=False)
+    with contextlib.closing(db.connect(path, fsync=False)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == \
+            (str(db.SCHEMA_VERSION),)
+        assert conn.execute("PRAGMA index_list(events)").fetchall() == []
+        assert [(r.seq, r.uuid, r.record) for r in store.read(conn, 0, 10)] == \
+            [(seq, f"u{seq}", b'{"n":%d}' % seq) for seq in range(5, 8)]
+        assert store.cursor(conn, "s") == 5
+        assert store.known_uuids(conn, [f"u{seq}" for seq in range(1, 10)]) == \
+            {f"u{seq}" for seq in range(1, 9)}
+        assert insert(conn, pending("u6"), pending("u9")).seqs == [9]  # never reused
+    with contextlib.closing(db.connect(path, fsync=False, upgrade=False)) as conn:
+        assert store.last_seq(conn) == 9
+
+
+def test_compaction_writes_no_page_for_each_uuid(tmp_path: Path) -> None:
+    """Compacting a chunk of delivered events deletes a contiguous range of rows: the WAL
+    pages it writes do not grow with the uuids' spread (was: each row's entry in the uuid
+    index deleted and its uuid copied to seen, two random-order B-tree writes per event,
+    so a 500-row chunk under a burst took 40-70 ms and commits waited for it)."""
+    path = tmp_path / "journal.db"
+    wal = path.with_name(path.name + "-wal")
+    rng = random.Random(17)
+    with contextlib.closing(db.connect(path, fsync=False)) as conn:
+        for _ in range(20):
+            insert(conn, *(pending(f"{rng.getrandbits(128):032x}") for _ in range(1000)))
+        store.cursor(conn, "s")
+        store.advance(conn, "s", store.COMPACT_CHUNK)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert wal.stat().st_size == 0
+        store.compact_chunk(conn, ["s"], 200.0, newest=20_000, max_age=None,
+                            dedup_window=3600.0)
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        frames = wal.stat().st_size // (page + 24)
+    assert frames < 40, frames

@@ -57,7 +57,8 @@ log = get_logger("journal")
 #: how often a reader that has every local commit looks for rows another process added
 #: (`a2pd dead-letters replay`), seconds
 POLL_OTHERS = 1.0
-#: compactions between recounts of the journal when nothing was removed
+#: compactions between counts of the journal (rows another process added, a replay, are
+#: counted then; in between, compaction takes what it removed from the count)
 RECOUNT_EVERY = 10
 
 
@@ -265,6 +266,9 @@ class Journal:
             if chunk.journaled is not None:
                 # recounted: rows another process added (replays) are included
                 state.count, state.oldest_received = chunk.journaled, chunk.oldest
+            elif chunk.removed or chunk.expired:
+                state.count = max(0, state.count - chunk.removed - chunk.expired)
+                state.oldest_received = chunk.oldest
         if expired:
             self._recent.clear()
             self.counters.inc(counts.EXPIRED, expired)
@@ -336,6 +340,5 @@ def _stats(conn: sqlite3.Connection, path: str) -> JournalStats:
         # unrecovered gaps the backfill has not closed yet (it retries them)
         "gaps": [{"id": g.id, "start": g.start, "opened": g.opened}
                  for g in gaps.pending(conn)],
-        "seen": store.scalar(conn, "SELECT COUNT(*) FROM (SELECT uuid FROM seen "
-                                   "UNION SELECT uuid FROM events)"),
+        "seen": store.scalar(conn, "SELECT COUNT(*) FROM seen"),
     }

@@ -32,7 +32,8 @@ __all__ = [
     "translate",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: every journaled uuid in ``seen`` from its commit, no uuid index on ``events`` (#17)
+SCHEMA_VERSION = 2
 #: SQLite's automatic checkpoint only past this many WAL pages (~40 MB): the compactor
 #: checkpoints every second off the commit path (``Checkpointer``)
 AUTOCHECKPOINT_PAGES = 10_000
@@ -55,9 +56,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- AUTOINCREMENT: a seq is never reused, even after compaction empties the table (plain
 -- rowids restart at max+1, which would put new events behind every sink's cursor)
+-- no index on uuid: every journaled uuid is in seen from its commit (deduplication looks
+-- there only), so compaction deletes a contiguous range of rows and nothing else
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    uuid TEXT NOT NULL UNIQUE,
+    uuid TEXT NOT NULL,
     kind TEXT NOT NULL,
     targets TEXT NOT NULL,
     received REAL NOT NULL,
@@ -123,9 +126,11 @@ def translate(exc: sqlite3.Error, path: Path) -> JournalError:
     return JournalError(reason, path, transient=transient)
 
 
-def connect(path: Path, fsync: bool) -> sqlite3.Connection:
+def connect(path: Path, fsync: bool, *, upgrade: bool = True) -> sqlite3.Connection:
     """Open (creating it, 0600) and check the journal's database; ``JournalError`` if it is
-    unusable."""
+    unusable. ``upgrade``: bring a journal of an older schema up to this one (the daemon,
+    which holds the state directory's lock); otherwise such a journal is an error (the
+    CLI beside a daemon that may still be the older version)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
@@ -140,7 +145,7 @@ def connect(path: Path, fsync: bool) -> sqlite3.Connection:
     except (OSError, sqlite3.Error) as exc:
         raise JournalError(f"cannot open the journal: {exc}", path) from exc
     try:
-        _prepare(conn, path, fsync)
+        _prepare(conn, path, fsync, upgrade)
     except sqlite3.Error as exc:
         conn.close()
         raise translate(exc, path) from exc
@@ -150,7 +155,7 @@ def connect(path: Path, fsync: bool) -> sqlite3.Connection:
     return conn
 
 
-def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool) -> None:
+def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool, upgrade: bool) -> None:
     conn.isolation_level = "DEFERRED"
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: fsync at every commit; NORMAL: WAL survives a process crash, and loses at most
@@ -168,8 +173,40 @@ def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool) -> None:
         with conn:
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)",
                          (str(SCHEMA_VERSION),))
+    elif int(version[0]) == 1 and upgrade:
+        _upgrade_from_1(conn)
+    elif int(version[0]) == 1:
+        raise JournalError(f"journal schema 1 is older than this a2pd's ({SCHEMA_VERSION}): "
+                           "`a2pd run` upgrades it at its start", path)
     elif int(version[0]) != SCHEMA_VERSION:
-        raise JournalError(f"journal schema {version[0]} is not {SCHEMA_VERSION}", path)
+        raise JournalError(f"journal schema {version[0]} is not {SCHEMA_VERSION} (written "
+                           "by a newer a2pd?)", path)
+
+
+def _upgrade_from_1(conn: sqlite3.Connection) -> None:
+    """Schema 1 → 2 in one transaction: every journaled uuid into ``seen`` (with when it
+    was received, as compaction would have put it there), and ``events`` rebuilt without
+    its uuid index, keeping its rows, their seqs and the sequence (never reused)."""
+    conn.execute("BEGIN IMMEDIATE")
+    with conn:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        conn.execute("INSERT OR IGNORE INTO seen (uuid, at) SELECT uuid, received FROM events")
+        conn.execute("ALTER TABLE events RENAME TO events_v1")
+        conn.execute("""CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            uuid TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            targets TEXT NOT NULL,
+            received REAL NOT NULL,
+            record BLOB NOT NULL)""")
+        conn.execute("INSERT INTO events (seq, uuid, kind, targets, received, record) "
+                     "SELECT seq, uuid, kind, targets, received, record FROM events_v1")
+        conn.execute("DROP TABLE events_v1")
+        if row is not None:
+            conn.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
+                         (int(row[0]),))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
 
 class Database:
@@ -197,7 +234,9 @@ class Database:
         if must_exist and not await anyio.Path(path).exists():
             raise JournalError("no journal here (has a2pd run with this state directory?)",
                                path)
-        return cls(path, await anyio.to_thread.run_sync(connect, path, fsync), fsync=fsync)
+        conn = await anyio.to_thread.run_sync(
+            functools.partial(connect, path, fsync, upgrade=not must_exist))
+        return cls(path, conn, fsync=fsync)
 
     def now(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args,
             **kwargs: P.kwargs) -> T:

@@ -64,11 +64,12 @@ def replay(conn: sqlite3.Connection, ids: list[int] | None, sink: str | None, no
                 continue  # never reached a sink: nothing to deliver again
             if letter.truncated:
                 continue  # the record was cut: replaying it would deliver a fragment
+            uuid = f"{letter.uuid or 'dead-letter'}#replay-{letter.id}"
             conn.execute(
                 "INSERT INTO events (uuid, kind, targets, received, record) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (f"{letter.uuid or 'dead-letter'}#replay-{letter.id}", _kind_of(letter.raw),
-                 targets_field([letter.sink]), now, letter.raw))
+                (uuid, _kind_of(letter.raw), targets_field([letter.sink]), now, letter.raw))
+            conn.execute("INSERT OR IGNORE INTO seen (uuid, at) VALUES (?, ?)", (uuid, now))
             conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter.id,))
             requeued += 1
     return requeued

@@ -1,10 +1,13 @@
 """The journal's events, cursors and compaction as plain synchronous functions on a
 connection: testable without an event loop, run by ``Database`` one at a time.
 
-    events   seq (order), uuid (unique), kind, targets (",sink,sink,"), received, record
-    seen     uuid → first seen: deduplication beyond compaction, for the dedup window (a
-             journaled event's uuid moves here when compaction removes the event: a commit
-             checks both tables, and writes one row per event, not two)
+    events   seq (order), uuid, kind, targets (",sink,sink,"), received, record
+    seen     uuid → when it was received: every journaled uuid from its commit, and the
+             uuids of duplicates dropped for their content; deduplication looks here only,
+             for the dedup window and for as long as its event is journaled (events has no
+             uuid index: compaction deletes a contiguous range of rows, where deleting each
+             row's index entry and copying its uuid here took three random-order B-tree
+             writes per event, #17)
     content  ``key:``/``bkey:`` + events.content_key (received live / backfilled) → last
              seen: a backfilled event equal to one already journaled is dropped, and so is a
              live one the backfill journaled first
@@ -157,9 +160,6 @@ def insert(conn: sqlite3.Connection, batch: Sequence[Pending], now: float,
             if item.backfilled:
                 backfilled.append(item.kind)
                 check_keys = True
-        if new_seen:
-            _values(conn, "INSERT OR IGNORE INTO seen (uuid, at) VALUES ", "(?,?)",
-                    [value for pair in new_seen for value in pair])
         if ops:
             gone = [key for key, kept in ops.items() if not kept]
             if gone:
@@ -185,6 +185,10 @@ def insert(conn: sqlite3.Connection, batch: Sequence[Pending], now: float,
                       "VALUES ", "(?,?,?,?,?,?)",
                 [value for seq, item in zip(seqs, fresh, strict=True)
                  for value in (seq, item.uuid, item.kind, item.targets, now, item.record)])
+        # every journaled uuid, and those of the content duplicates dropped
+        _values(conn, "INSERT OR IGNORE INTO seen (uuid, at) VALUES ", "(?,?)",
+                [value for item in fresh for value in (item.uuid, now)] +
+                [value for pair in new_seen for value in pair])
         rows = [Row(seq, item.uuid, item.kind, item.targets, item.record)
                 for seq, item in zip(seqs, fresh, strict=True)]
         # when this run last committed: if it ends without a clean stop, the next start
@@ -220,8 +224,8 @@ def _values(conn: sqlite3.Connection, head: str, one: str, values: list[object],
 
 
 def known_uuids(conn: sqlite3.Connection, uuids: list[str]) -> set[str]:
-    """Which of ``uuids`` are still journaled or remembered in ``seen`` (a uuid whose
-    seen-row expired while its event is still journaled is known too)."""
+    """Which of ``uuids`` are remembered in ``seen`` (journaled, or seen within the dedup
+    window)."""
     known: set[str] = set()
     for at in range(0, len(uuids), IN_CHUNK):
         chunk = uuids[at:at + IN_CHUNK]
@@ -230,8 +234,7 @@ def known_uuids(conn: sqlite3.Connection, uuids: list[str]) -> set[str]:
         chunk += chunk[:1] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
         marks = ",".join("?" * len(chunk))
         known.update(uuid for (uuid,) in conn.execute(
-            f"SELECT uuid FROM events WHERE uuid IN ({marks}) "  # noqa: S608 - only "?" placeholders are interpolated
-            f"UNION ALL SELECT uuid FROM seen WHERE uuid IN ({marks})", chunk + chunk))
+            f"SELECT uuid FROM seen WHERE uuid IN ({marks})", chunk))  # noqa: S608 - only "?" placeholders are interpolated
     return known
 
 
@@ -307,9 +310,10 @@ class Compacted(NamedTuple):
     expired: int
     #: whether more is left for another chunk
     more: bool
-    #: the events journaled and when the oldest was received, as the chunk left them:
-    #: recounted when it removed any, or when asked to (None otherwise)
+    #: the events journaled, counted when asked to (None otherwise: the caller takes what
+    #: went from its count, where counting every chunk read the whole table)
     journaled: int | None = None
+    #: when the oldest event left was received (when any went, or when asked to)
     oldest: float | None = None
 
 
@@ -321,10 +325,10 @@ def compact_chunk(conn: sqlite3.Connection, sinks: list[str], now: float, *, new
     oldest ``COMPACT_CHUNK`` (journal order: a chunk never looks through the whole
     backlog, which it did for every chunk while a burst was delivered, #17), and uuids,
     content keys, objects and pairs older than the dedup window, at most
-    ``COMPACT_CHUNK`` rows of each. The journal is recounted in the same transaction when
-    events went (or ``recount``): one operation, where a recount of its own would let a
-    commit in between, and a commit that waits behind a recount of a long journal shows as
-    tail latency after a burst (bench/ab.py, #16)."""
+    ``COMPACT_CHUNK`` rows of each. With ``recount`` the journal is counted in the same
+    transaction (one operation, where a count of its own would let a commit in between);
+    otherwise the caller takes what went from its count: a count reads the whole table
+    (it has no index since schema 2), which every chunk of a burst's backlog did."""
     with conn:
         if sinks:
             marks = ",".join("?" * len(sinks))
@@ -346,20 +350,26 @@ def compact_chunk(conn: sqlite3.Connection, sinks: list[str], now: float, *, new
                 (COMPACT_CHUNK, now - max_age))
             more = more or expired >= COMPACT_CHUNK
         forget = now - dedup_window
-        for table, key, at in (("seen", "uuid", "at"), ("content", "key", "at"),
-                               ("inflight", "object", "touched"), ("pairs", "pair", "at")):
+        # a journaled event's uuid stays known while the event is journaled: seen rows go
+        # only once older than the oldest event (seen.at is when it was received)
+        first_received = conn.execute(
+            "SELECT received FROM events ORDER BY seq LIMIT 1").fetchone()
+        seen_forget = forget if first_received is None else min(forget, first_received[0])
+        for table, key, at, before in (("seen", "uuid", "at", seen_forget),
+                                       ("content", "key", "at", forget),
+                                       ("inflight", "object", "touched", forget),
+                                       ("pairs", "pair", "at", forget)):
             gone = conn.execute(
                 f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608 - constant names
-                f"WHERE {at} < ? ORDER BY {at} LIMIT ?)", (forget, COMPACT_CHUNK)).rowcount
+                f"WHERE {at} < ? ORDER BY {at} LIMIT ?)", (before, COMPACT_CHUNK)).rowcount
             more = more or gone >= COMPACT_CHUNK
         if not (removed or expired or recount):
             return Compacted(int(removed), int(expired), more)
-        return Compacted(int(removed), int(expired), more, count(conn), oldest(conn))
+        return Compacted(int(removed), int(expired), more,
+                         count(conn) if recount else None, oldest(conn))
 
 
 def delete_events(conn: sqlite3.Connection, where: str, args: tuple[object, ...]) -> int:
-    """Delete the events ``where`` selects, keeping their uuids in ``seen`` (deduplication)
-    with when they were received (the dedup window runs from then); how many went."""
-    conn.execute(f"INSERT OR IGNORE INTO seen (uuid, at) SELECT uuid, received FROM events "  # noqa: S608 - callers pass constant conditions
-                 f"WHERE {where}", args)
+    """Delete the events ``where`` selects (their uuids stay in ``seen``, deduplication, for
+    the dedup window from when they were received); how many went."""
     return int(conn.execute(f"DELETE FROM events WHERE {where}", args).rowcount)  # noqa: S608 - callers pass constant conditions
