@@ -186,9 +186,9 @@ def insert(conn: sqlite3.Connection, batch: Sequence[Pending], now: float,
                 [value for seq, item in zip(seqs, fresh, strict=True)
                  for value in (seq, item.uuid, item.kind, item.targets, now, item.record)])
         # every journaled uuid, and those of the content duplicates dropped
-        _values(conn, "INSERT OR IGNORE INTO seen (uuid, at) VALUES ", "(?,?)",
-                [value for item in fresh for value in (item.uuid, now)] +
-                [value for pair in new_seen for value in pair])
+        seen_rows: list[object] = [value for item in fresh for value in (item.uuid, now)]
+        seen_rows += [value for pair in new_seen for value in pair]
+        _values(conn, "INSERT OR IGNORE INTO seen (uuid, at) VALUES ", "(?,?)", seen_rows)
         rows = [Row(seq, item.uuid, item.kind, item.targets, item.record)
                 for seq, item in zip(seqs, fresh, strict=True)]
         # when this run last committed: if it ends without a clean stop, the next start
