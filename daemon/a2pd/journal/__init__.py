@@ -250,16 +250,22 @@ class Journal:
         """Delete events every listed sink has passed, undelivered events past ``max_age``
         and uuids older than the dedup window, ``store.COMPACT_CHUNK`` rows per transaction
         (a long backlog delivered at once does not hold up commits for the whole
-        deletion)."""
+        deletion). A chunk runs where the journal's short operations run
+        (``Database.run``): 1-2 ms. In a worker thread it took 60 ms while a burst kept the
+        loop busy, each of its dozen statements waiting up to the switch interval for the
+        GIL, and commits waited behind it (bench/probe_tail.py, #17); a chunk that counts
+        the journal still goes to a thread."""
         removed = expired = 0
         options, state = self.options, self._state
         more = True
         while more:
             self._compactions += 1
-            chunk = await self.database.run_thread(
+            recount = self._compactions % RECOUNT_EVERY == 0
+            run = self.database.run_thread if recount else self.database.run
+            chunk = await run(
                 store.compact_chunk, list(sinks), self._clock(), newest=state.last_seq,
                 max_age=options.max_age, dedup_window=options.dedup_window,
-                recount=self._compactions % RECOUNT_EVERY == 0)
+                recount=recount)
             removed += chunk.removed
             expired += chunk.expired
             more = chunk.more
@@ -279,9 +285,14 @@ class Journal:
             self._committer.made_room()
         return removed + expired
 
-    async def checkpoint(self) -> None:
-        """Copy committed WAL frames into the database file (``db.Checkpointer``)."""
+    async def checkpoint(self, *, when_due: bool = False) -> None:
+        """Copy committed WAL frames into the database file (``db.Checkpointer``);
+        ``when_due``: only if the WAL is due for it (``Checkpointer.due``: the schedule's
+        call, where a checkpoint every second made every second's first commit sync the
+        WAL)."""
         state = self._state
+        if when_due and not self._checkpointer.due(state.last_commit):
+            return
         await self._checkpointer.checkpoint(lambda: state.last_commit)
 
     async def stats(self) -> JournalStats:

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from a2pd.errors import JournalError
 
 __all__ = [
     "AUTOCHECKPOINT_PAGES",
+    "CHECKPOINT_EVERY",
+    "CHECKPOINT_FRAMES",
     "SCHEMA_VERSION",
     "TRUNCATE_IDLE",
     "WAL_IDLE_SIZE",
@@ -30,25 +33,34 @@ __all__ = [
     "Checkpointer",
     "Database",
     "translate",
+    "wal_backlog",
 ]
 
 #: 2: every journaled uuid in ``seen`` from its commit, no uuid index on ``events`` (#17)
 SCHEMA_VERSION = 2
-#: SQLite's automatic checkpoint only past this many WAL pages (~40 MB): the compactor
-#: checkpoints every second off the commit path (``Checkpointer``)
-AUTOCHECKPOINT_PAGES = 10_000
+#: SQLite's automatic checkpoint only past this many WAL pages (~160 MB), a safety net: the
+#: ``Checkpointer`` copies the WAL off the commit path well before (``CHECKPOINT_FRAMES``)
+AUTOCHECKPOINT_PAGES = 40_000
 #: once a checkpoint has copied every frame, the next commit cuts the WAL file back to
 #: this size (``journal_size_limit``; without a limit it stays as large as the largest
-#: burst ever made it). Large enough that steady traffic never reaches it: a second of
-#: traffic at 1,000 events/s writes about 9 MB of WAL, and every cut is an ``ftruncate``
-#: on the committing thread, which took 11-16 ms on this VM's ext4 (``perf trace``): at
-#: 4 MiB it came once a checkpoint, and was the 1k/s phase's p99 (bench/probe_tail.py)
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: burst ever made it). Above what steady traffic writes between two checkpoints
+#: (``CHECKPOINT_FRAMES`` and what comes while one copies): every cut is an ``ftruncate`` on
+#: the committing thread, which took 11-16 ms on this VM's ext4 (``perf trace``); at 4 MiB
+#: it came once a checkpoint, and was the 1k/s phase's p99 (bench/probe_tail.py)
+WAL_SIZE_LIMIT = 128 * 1024 * 1024
 #: a WAL over this size is cut to nothing by the checkpoint (its own thread, not the
 #: commit path) once no commit came for ``TRUNCATE_IDLE``
 WAL_IDLE_SIZE = 4 * 1024 * 1024
 TRUNCATE_IDLE = 1.0
-
+#: the scheduled checkpoint copies the WAL once this many frames wait (64 MiB of pages;
+#: about 3 s of traffic at 1,000 events/s, whose small commits rewrite their pages: ~20 kB
+#: of WAL per event), or sooner once the journal is quiet or ``CHECKPOINT_EVERY`` has
+#: passed. Every complete checkpoint makes the next commit start the WAL over, and that
+#: commit then syncs the WAL's new header (SQLite does at synchronous=NORMAL, against
+#: out-of-order writes): an fdatasync on the committing thread, 11-20 ms on this VM. At one
+#: checkpoint a second that was the p99 of 1,000 events/s (bench/probe_tail.py, #17)
+CHECKPOINT_FRAMES = 16_384
+CHECKPOINT_EVERY = 30.0
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -223,8 +235,8 @@ class Database:
     the switch interval (5 ms) to get it back, for each row of an insert or a read. With
     ``fsync`` every commit waits for the disk, so operations run in a worker thread.
     ``run_thread``: always in a worker thread, for operations with few statement steps
-    that may take long: scans of the whole journal, compaction, and commits of many
-    rows (one multi-row statement per table: the loop reads and decodes meanwhile)."""
+    that may take long: scans and counts of the whole journal, and commits of many rows
+    (one multi-row statement per table: the loop reads and decodes meanwhile)."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, *, fsync: bool) -> None:
         self.path = path
@@ -279,6 +291,33 @@ class Database:
         return total
 
 
+#: the WAL index (the "-shm" file): its header's version, and where its header keeps the
+#: frames in the WAL and the checkpoint keeps the frames it has copied
+#: (https://www.sqlite.org/walformat.html, "The WAL-Index Header")
+_SHM_VERSION = 3007000
+_SHM_HEADER = struct.Struct("=I12xI")  # iVersion, ..., mxFrame (offset 16)
+_SHM_BACKFILL = struct.Struct("=I")  # nBackfill (offset 96)
+
+
+def wal_backlog(shm: int) -> int | None:
+    """Frames in the WAL the checkpoint has not copied yet, read from the WAL index (the
+    open "-shm" file ``shm``): two reads, no lock, no SQLite call. None when the index is
+    not there or not of a known version (then treat the WAL as due for a checkpoint). A
+    torn read only mistimes one checkpoint."""
+    try:
+        header = os.pread(shm, _SHM_HEADER.size, 0)
+        backfill = os.pread(shm, _SHM_BACKFILL.size, 96)
+    except OSError:
+        return None
+    if len(header) < _SHM_HEADER.size or len(backfill) < _SHM_BACKFILL.size:
+        return None
+    version, frames = _SHM_HEADER.unpack(header)
+    if version != _SHM_VERSION:
+        return None
+    copied: int = _SHM_BACKFILL.unpack(backfill)[0]
+    return max(0, int(frames) - copied)
+
+
 class Checkpointer:
     """Copies committed WAL frames into the database file, and syncs it, from a connection
     of its own in a worker thread of its own: commits and reads go on meanwhile (a passive
@@ -293,6 +332,27 @@ class Checkpointer:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._copied_at = time.monotonic()
+
+    def due(self, last_commit: float) -> bool:
+        """Whether the scheduled checkpoint should copy the WAL now: ``CHECKPOINT_FRAMES``
+        wait, or any do and the journal has been quiet for ``TRUNCATE_IDLE``
+        (``last_commit``: monotonic time of the last commit) or not checkpointed for
+        ``CHECKPOINT_EVERY``. Reads the WAL index on the calling thread (open, two
+        ``pread``, close: a few microseconds)."""
+        try:
+            shm = os.open(self.path.with_name(self.path.name + "-shm"), os.O_RDONLY)
+        except OSError:
+            return True
+        try:
+            waiting = wal_backlog(shm)
+        finally:
+            os.close(shm)
+        if waiting is None:
+            return True
+        now = time.monotonic()
+        return waiting >= CHECKPOINT_FRAMES or (waiting > 0 and (
+            now - last_commit >= TRUNCATE_IDLE or now - self._copied_at >= CHECKPOINT_EVERY))
 
     async def checkpoint(self, last_commit: Callable[[], float]) -> None:
         """A passive checkpoint; a WAL a burst grew is cut back once no commit came for
@@ -313,6 +373,7 @@ class Checkpointer:
                 self._conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None,
                                              check_same_thread=False)
                 self._conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+            self._copied_at = time.monotonic()
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             wal = self.path.with_name(self.path.name + "-wal")
             try:
