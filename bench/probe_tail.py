@@ -1,11 +1,12 @@
 """Where the tail at 1k/s comes from: the slow events of a paced phase, by time.
 
-    python bench/probe_tail.py [--python PYTHON] [--burst 50000] [--rate 1000]
+    python bench/probe_tail.py [--python PYTHON] [--burst 50000] [--rate 1000] [--seconds 3]
 
 Runs the side-by-side's a2pd (``PYTHON -m a2pd run``) against the emulator: a warm-up, a
 paced phase with no burst before it, a max-rate burst, then the same paced phase again
-(as side_by_side.py's latency phase runs). For each paced phase prints the percentiles
-and every event over 10 ms, with when it was sent (ms from the phase's start).
+(as side_by_side.py's latency phase runs). For each paced phase prints the percentiles,
+every event over 10 ms with when it was sent (ms from the phase's start), and the size of
+the journal's WAL file at its end.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def phase(source: sbs.Source, tail: sbs.Tail, rate: int, seconds: float, title: 
     for run in runs:
         print(f"  from {run[0][0]:8.1f} ms: {len(run):4d} events over 10 ms, "
               f"worst {max(late for _, late in run):6.1f} ms")
+    wal = log.parent / "state" / "journal.db-wal"
+    print(f"  WAL file: {wal.stat().st_size / 1e6:.1f} MB" if wal.exists() else "  no WAL")
 
 
 def main() -> None:
@@ -70,6 +73,7 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--burst", type=int, default=50_000)
     parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=3.0, help="of each paced phase")
     args = parser.parse_args()
     from a2pd.emulator import DEFAULT_JWT
     with tempfile.TemporaryDirectory(prefix="a2pd-probe-") as tmp:
@@ -87,14 +91,14 @@ def main() -> None:
                 try:
                     source.call("send", count=sbs.WARMUP, rate=None)
                     tail.wait_count(sbs.WARMUP, 60)
-                    phase(source, tail, args.rate, 3.0, "paced, no burst before",
+                    phase(source, tail, args.rate, args.seconds, "paced, no burst before",
                           work / "stderr.log")
                     before = len(tail.seen)
                     source.call("send", count=args.burst, rate=None)
                     tail.wait_count(before + args.burst, 120)
-                    phase(source, tail, args.rate, 3.0, "paced, right after the burst",
+                    phase(source, tail, args.rate, args.seconds, "paced, right after the burst",
                           work / "stderr.log")
-                    phase(source, tail, args.rate, 3.0, "paced, once more",
+                    phase(source, tail, args.rate, args.seconds, "paced, once more",
                           work / "stderr.log")
                 finally:
                     tail.stop()

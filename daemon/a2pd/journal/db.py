@@ -38,28 +38,31 @@ __all__ = [
 
 #: 2: every journaled uuid in ``seen`` from its commit, no uuid index on ``events`` (#17)
 SCHEMA_VERSION = 2
-#: SQLite's automatic checkpoint only past this many WAL pages (~160 MB), a safety net: the
-#: ``Checkpointer`` copies the WAL off the commit path well before (``CHECKPOINT_FRAMES``)
-AUTOCHECKPOINT_PAGES = 40_000
+#: SQLite's automatic checkpoint only past this many WAL pages (~128 MiB), a safety net: it
+#: runs on the committing thread (the event loop's, for a small commit), and the
+#: ``Checkpointer`` copies the WAL off the commit path long before (``CHECKPOINT_FRAMES``)
+AUTOCHECKPOINT_PAGES = 32_768
 #: once a checkpoint has copied every frame, the next commit cuts the WAL file back to
 #: this size (``journal_size_limit``; without a limit it stays as large as the largest
-#: burst ever made it). Above what steady traffic writes between two checkpoints
-#: (``CHECKPOINT_FRAMES`` and what comes while one copies): every cut is an ``ftruncate`` on
-#: the committing thread, which took 11-16 ms on this VM's ext4 (``perf trace``); at 4 MiB
-#: it came once a checkpoint, and was the 1k/s phase's p99 (bench/probe_tail.py)
-WAL_SIZE_LIMIT = 128 * 1024 * 1024
+#: burst ever made it). Above what the automatic checkpoint lets it reach: every cut is an
+#: ``ftruncate`` on the committing thread, which took 11-16 ms on this VM's ext4 (``perf
+#: trace``); at 4 MiB it came once a checkpoint, and was the 1k/s phase's p99
+#: (bench/probe_tail.py)
+WAL_SIZE_LIMIT = 160 * 1024 * 1024
 #: a WAL over this size is cut to nothing by the checkpoint (its own thread, not the
 #: commit path) once no commit came for ``TRUNCATE_IDLE``
 WAL_IDLE_SIZE = 4 * 1024 * 1024
 TRUNCATE_IDLE = 1.0
-#: the scheduled checkpoint copies the WAL once this many frames wait (64 MiB of pages;
-#: about 3 s of traffic at 1,000 events/s, whose small commits rewrite their pages: ~20 kB
-#: of WAL per event), or sooner once the journal is quiet or ``CHECKPOINT_EVERY`` has
-#: passed. Every complete checkpoint makes the next commit start the WAL over, and that
-#: commit then syncs the WAL's new header (SQLite does at synchronous=NORMAL, against
-#: out-of-order writes): an fdatasync on the committing thread, 11-20 ms on this VM. At one
-#: checkpoint a second that was the p99 of 1,000 events/s (bench/probe_tail.py, #17)
-CHECKPOINT_FRAMES = 16_384
+#: the scheduled checkpoint copies the WAL once this many frames wait (16 MiB of pages,
+#: under a second at 1,000 events/s, whose small commits rewrite their pages: ~20 kB of
+#: WAL per event), or any once the journal is quiet or ``CHECKPOINT_EVERY`` has passed.
+#: After a complete checkpoint the next commit starts the WAL over and syncs its new
+#: header (SQLite does at synchronous=NORMAL, against out-of-order writes): an fdatasync
+#: on the committing thread. Small copies keep that sync short (little was written since
+#: the checkpoint's own), and slow traffic no longer pays it every second; at 1,000
+#: events/s a checkpoint every second, a 40 MB automatic checkpoint on the commit path and
+#: a 64 MiB limit cut at each start-over set the p99 (bench/probe_tail.py, #17)
+CHECKPOINT_FRAMES = 4096
 CHECKPOINT_EVERY = 30.0
 P = ParamSpec("P")
 T = TypeVar("T")
