@@ -1,11 +1,13 @@
 """Two a2pd builds side by side: the same phases as bench/side_by_side.py, paired by round.
 
     python bench/ab.py NAME=PYTHON NAME=PYTHON [--rounds 6] [--events 50000] [--recovery] [--pin]
+                       [--sink-fsync interval|always]
 
 Each NAME is run as ``PYTHON -m a2pd run`` with side_by_side's a2pd config (journal on, file
-sink fsync = "interval"); install each build in a venv of its own (``pip install <tree>``)
-and pass that venv's python. Rounds alternate the order (A B, B A, ...), so both builds see
-the same machine; the recovery phase (16 s of waiting) is skipped unless ``--recovery``.
+sink fsync = "interval", or "always": side_by_side's a2pd-always); install each build in a
+venv of its own (``pip install <tree>``) and pass that venv's python. Rounds alternate the
+order (A B, B A, ...), so both builds see the same machine; the recovery phase (16 s of
+waiting) is skipped unless ``--recovery``.
 Prints each round, then per build the median events/s, CPU s per 10k events and p99 at
 1k and 5k events/s, the second build's ratios to the first and in how many rounds the
 second did worse; then the latency percentiles of every round's events pooled (one round's
@@ -42,7 +44,10 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true",
                         help="a2pd on the last CPU, the source and this script on the others "
                              "(less noise between rounds on a machine with few cores)")
+    parser.add_argument("--sink-fsync", choices=("interval", "always"), default="interval",
+                        help="the file sink's fsync policy (side_by_side's a2pd or a2pd-always)")
     args = parser.parse_args()
+    consumer = "a2pd-always" if args.sink_fsync == "always" else "a2pd"
     pin: list[str] = []
     if args.pin:
         cpus = sorted(os.sched_getaffinity(0))
@@ -55,7 +60,7 @@ def main() -> None:
 
     def consumer_command(name: str, server: str, jwt: str, work: Path
                          ) -> tuple[list[str], Path]:
-        command, out = original("a2pd", server, jwt, work)
+        command, out = original(consumer, server, jwt, work)
         return [*pin, pythons[name], *command[1:]], out
 
     sbs.consumer_command = consumer_command
