@@ -501,6 +501,28 @@ async def test_the_scheduled_checkpoint_waits_for_a_wal_worth_copying(
     await journal.aclose()
 
 
+async def test_the_scheduled_checkpoint_cuts_a_quiet_wal_with_every_frame_copied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst grew the WAL and a checkpoint copied all of it while traffic went on; then
+    the journal goes quiet. Nothing waits to be copied, and the scheduled checkpoint still
+    cuts the file to nothing (was, with the first ``when_due``: not due with no frame
+    waiting, and the burst's WAL stayed on disk until traffic came back)."""
+    journal = await open_journal(tmp_path)
+    wal = tmp_path / "journal.db-wal"
+    for i in range(300):
+        await journal.append(f"a{i}", "outbound", ["s"], b"x" * 20_000)
+    await journal.commit()
+    await journal.checkpoint()  # every frame copied; the WAL file keeps its size
+    assert wal.stat().st_size > journal_db.WAL_IDLE_SIZE
+    await journal.checkpoint(when_due=True)  # a commit just came: not quiet, not due
+    assert wal.stat().st_size > journal_db.WAL_IDLE_SIZE
+    monkeypatch.setattr(journal_db, "TRUNCATE_IDLE", 0.0)  # quiet since
+    await journal.checkpoint(when_due=True)
+    assert wal.stat().st_size == 0
+    assert len(await journal.read(0, 1000)) == 300
+    await journal.aclose()
+
+
 def test_the_wal_backlog_is_read_from_the_wal_index(tmp_path: Path) -> None:
     """``wal_backlog`` reads the frames not copied yet from the "-shm" file's header
     (walformat.html): what ``PRAGMA wal_checkpoint`` reports, without running one."""

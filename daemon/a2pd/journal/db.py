@@ -338,11 +338,12 @@ class Checkpointer:
         self._copied_at = time.monotonic()
 
     def due(self, last_commit: float) -> bool:
-        """Whether the scheduled checkpoint should copy the WAL now: ``CHECKPOINT_FRAMES``
-        wait, or any do and the journal has been quiet for ``TRUNCATE_IDLE``
+        """Whether the scheduled checkpoint should run now: ``CHECKPOINT_FRAMES`` wait to
+        be copied; or any do and the journal has been quiet for ``TRUNCATE_IDLE``
         (``last_commit``: monotonic time of the last commit) or not checkpointed for
-        ``CHECKPOINT_EVERY``. Reads the WAL index on the calling thread (open, two
-        ``pread``, close: a few microseconds)."""
+        ``CHECKPOINT_EVERY``; or it is quiet and the WAL file is over ``WAL_IDLE_SIZE``
+        (to cut it, even with every frame copied). Reads the WAL index on the calling
+        thread (open, two ``pread``, close, a ``stat``: a few microseconds)."""
         try:
             shm = os.open(self.path.with_name(self.path.name + "-shm"), os.O_RDONLY)
         except OSError:
@@ -351,11 +352,18 @@ class Checkpointer:
             waiting = wal_backlog(shm)
         finally:
             os.close(shm)
-        if waiting is None:
+        if waiting is None or waiting >= CHECKPOINT_FRAMES:
             return True
         now = time.monotonic()
-        return waiting >= CHECKPOINT_FRAMES or (waiting > 0 and (
-            now - last_commit >= TRUNCATE_IDLE or now - self._copied_at >= CHECKPOINT_EVERY))
+        quiet = now - last_commit >= TRUNCATE_IDLE
+        if waiting > 0:
+            return quiet or now - self._copied_at >= CHECKPOINT_EVERY
+        if not quiet:
+            return False
+        try:
+            return os.stat(self.path.with_name(self.path.name + "-wal")).st_size > WAL_IDLE_SIZE
+        except OSError:
+            return False
 
     async def checkpoint(self, last_commit: Callable[[], float]) -> None:
         """A passive checkpoint; a WAL a burst grew is cut back once no commit came for
