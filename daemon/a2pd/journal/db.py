@@ -26,7 +26,6 @@ __all__ = [
     "AUTOCHECKPOINT_PAGES",
     "CHECKPOINT_EVERY",
     "CHECKPOINT_FRAMES",
-    "PAGE_SIZE",
     "SCHEMA_VERSION",
     "TRUNCATE_IDLE",
     "WAL_IDLE_SIZE",
@@ -39,17 +38,7 @@ __all__ = [
 
 #: 2: every journaled uuid in ``seen`` from its commit, no uuid index on ``events`` (#17)
 SCHEMA_VERSION = 2
-#: the page size of a journal created from now on (SQLite's default is 4 KiB; a journal
-#: made with other pages keeps them: SQLite cannot change them in WAL mode). Every event
-#: writes a page at a random place in each of two B-trees (its uuid in ``seen``, its
-#: content key in ``content``), and a commit writes each page it touched whole to the WAL,
-#: then a checkpoint writes it again to the database: at 1,000 events/s in small groups
-#: that was ~21 KB of WAL per event and 24.5 MB/s written to disk (2 TB a day) at 4 KiB,
-#: 12.6 KB and 16.1 MB/s at 2 KiB. 1 KiB pages halve the WAL again but records (1-2 KB)
-#: then spill to overflow pages: 19 % fewer events/s in a burst, where 2 KiB gave 5 % more
-#: (bench/results/README.md, #17)
-PAGE_SIZE = 2048
-#: SQLite's automatic checkpoint only past this many WAL pages (64 MiB), a safety net: it
+#: SQLite's automatic checkpoint only past this many WAL pages (~128 MiB), a safety net: it
 #: runs on the committing thread (the event loop's, for a small commit), and the
 #: ``Checkpointer`` copies the WAL off the commit path long before (``CHECKPOINT_FRAMES``)
 AUTOCHECKPOINT_PAGES = 32_768
@@ -64,8 +53,8 @@ WAL_SIZE_LIMIT = 160 * 1024 * 1024
 #: commit path) once no commit came for ``TRUNCATE_IDLE``
 WAL_IDLE_SIZE = 4 * 1024 * 1024
 TRUNCATE_IDLE = 1.0
-#: the scheduled checkpoint copies the WAL once this many frames wait (8 MiB of pages,
-#: under a second at 1,000 events/s, whose small commits rewrite their pages: ~13 kB of
+#: the scheduled checkpoint copies the WAL once this many frames wait (16 MiB of pages,
+#: under a second at 1,000 events/s, whose small commits rewrite their pages: ~20 kB of
 #: WAL per event), or any once the journal is quiet or ``CHECKPOINT_EVERY`` has passed.
 #: After a complete checkpoint the next commit starts the WAL over and syncs its new
 #: header (SQLite does at synchronous=NORMAL, against out-of-order writes): an fdatasync
@@ -186,9 +175,6 @@ def connect(path: Path, fsync: bool, *, upgrade: bool = True) -> sqlite3.Connect
 
 def _prepare(conn: sqlite3.Connection, path: Path, fsync: bool, upgrade: bool) -> None:
     conn.isolation_level = "DEFERRED"
-    # only an empty database takes it (before WAL mode and the first table): an existing
-    # journal keeps the pages it was made with
-    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: fsync at every commit; NORMAL: WAL survives a process crash, and loses at most
     # the last commits on power loss
