@@ -30,7 +30,9 @@ import side_by_side as sbs
 METRICS = (("events/s", lambda d: d["events_per_s"]),
            ("CPU s / 10k", lambda d: d["cpu_per_10k"]),
            ("p99 ms @1k/s", lambda d: d["latency_1000"]["p99"]),
-           ("p99 ms @5k/s", lambda d: d["latency_5000"]["p99"]))
+           ("p99 ms @5k/s", lambda d: d["latency_5000"]["p99"]),
+           ("disk KB / event", lambda d: d["disk_kb_per_event"]),
+           ("disk MB/s @1k/s", lambda d: d["latency_1000"]["disk_mb_per_s"]))
 
 
 def main() -> None:

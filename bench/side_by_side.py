@@ -1,6 +1,7 @@
 """a2pd side by side with the raw WebSocket limit and two SDK peers, on one workload.
 
     python bench/side_by_side.py [--repeat 3] [--events 50000] [--full] [--only NAME ...]
+                                 [--latency-seconds 3]
 
 Consumers, each in its own process, each against a fresh emulator in a process of its own
 (bench/source.py), taking turns within every round so they share the machine's state:
@@ -23,8 +24,12 @@ Phases, per consumer and round:
   throughput       --events events as fast as possible: events/s from the first send to the
                    last line written; the consumer's and the source's CPU over that time
                    (the consumer near 1.0 CPU-s/s and the source well below: the source is
-                   not the bottleneck); CPU seconds per 10k events; RSS sampled every 0.1 s
-  latency 1k, 5k   3 s paced at 1,000 and 5,000 events/s: send → line visible, p50/p99/p99.9
+                   not the bottleneck); CPU seconds per 10k events; RSS sampled every 0.1 s;
+                   the bytes the consumer had written to disk (/proc/<pid>/io write_bytes:
+                   its output, and a2pd's journal) per event
+  latency 1k, 5k   3 s (--latency-seconds) paced at 1,000 and 5,000 events/s: send → line
+                   visible, p50/p99/p99.9 (over 3 s, a p99 is the 30th slowest of 3,000
+                   events, which one stall of 20 ms can set); MB/s written to disk
   recovery         1,000 events/s; the emulator drops the socket (no close frame) and keeps
                    accepting; time from the drop to the first line of an event sent after it.
                    It starts at least 16 s after the subscription (a2pd paces WS token
@@ -56,6 +61,8 @@ from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+#: each paced latency phase (default of --latency-seconds)
+LATENCY_SECONDS = 3.0
 CONSUMERS = ("limit", "peer", "rcex", "a2pd", "a2pd-always")
 POLL = 0.0002
 WARMUP = 3000
@@ -162,6 +169,16 @@ def rss_kb(pid: int, key: str = "VmRSS:") -> int:
     return 0
 
 
+def disk_written(pid: int) -> int:
+    """Bytes a process has caused to be written to storage (/proc/<pid>/io write_bytes:
+    counted as it dirties the page cache, all its threads)."""
+    with open(f"/proc/{pid}/io") as io:
+        for line in io:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads)."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -265,7 +282,8 @@ def running(command: list[str], log: IO[bytes]) -> Iterator[subprocess.Popen[byt
 # -- one consumer, one round ------------------------------------------------------------------
 
 
-def measure(name: str, events: int, work: Path) -> dict[str, Any]:
+def measure(name: str, events: int, work: Path,
+            latency_seconds: float = LATENCY_SECONDS) -> dict[str, Any]:
     """Every phase for one consumer against a fresh emulator; the figures."""
     work.mkdir(parents=True)
     source = Source()
@@ -284,7 +302,7 @@ def measure(name: str, events: int, work: Path) -> dict[str, Any]:
                     raise RuntimeError(f"{name}: warm-up events did not arrive")
                 result.update(throughput(source, tail, process.pid, events))
                 for rate in (1000, 5000):
-                    result[f"latency_{rate}"] = latency(source, tail, rate, 3.0)
+                    result[f"latency_{rate}"] = latency(source, tail, rate, latency_seconds)
                 wait = RECOVERY_AFTER_SUBSCRIBE - (time.monotonic() - subscribed_at)
                 if wait > 0:
                     time.sleep(wait)
@@ -300,10 +318,11 @@ def measure(name: str, events: int, work: Path) -> dict[str, Any]:
 def throughput(source: Source, tail: Tail, pid: int, events: int) -> dict[str, Any]:
     before = len(tail.seen)
     cpu0, src0 = cpu_seconds(pid), source.call("cpu")["cpu"]
-    rss0 = rss_kb(pid)
+    rss0, disk0 = rss_kb(pid), disk_written(pid)
     report = source.call("send", count=events, rate=None)
     complete = tail.wait_count(before + events, max(120.0, events / 1000))
     cpu1, src1 = cpu_seconds(pid), source.call("cpu")["cpu"]
+    disk1 = disk_written(pid)
     rss1 = rss_kb(pid)
     got = len(tail.seen) - before
     elapsed = (tail.seen[-1] - report["first_ns"]) / 1e9
@@ -316,6 +335,7 @@ def throughput(source: Source, tail: Tail, pid: int, events: int) -> dict[str, A
         "events_per_s": got / elapsed,
         "seconds": elapsed,
         "cpu_per_10k": (cpu1 - cpu0) / got * 10_000,
+        "disk_kb_per_event": (disk1 - disk0) / 1024 / got if got else None,
         "consumer_cpu_util": (cpu1 - cpu0) / elapsed,
         "source_cpu_util": (src1 - src0) / elapsed,
         "source_send_s": (report["last_ns"] - report["first_ns"]) / 1e9,
@@ -330,10 +350,12 @@ def throughput(source: Source, tail: Tail, pid: int, events: int) -> dict[str, A
 def latency(source: Source, tail: Tail, rate: int, seconds: float) -> dict[str, float]:
     before = len(tail.seen)
     count = int(rate * seconds)
+    disk0, started = disk_written(tail.pid), time.monotonic()
     source.call("send", count=count, rate=rate)
     tail.wait_count(before + count, 60)
+    disk_mb_s = (disk_written(tail.pid) - disk0) / 1e6 / (time.monotonic() - started)
     ms = [(tail.seen[i] - tail.stamps[i]) / 1e6 for i in range(before, len(tail.seen))]
-    return {**percentiles(ms), "events": len(ms)}
+    return {**percentiles(ms), "events": len(ms), "disk_mb_per_s": disk_mb_s}
 
 
 def recovery(source: Source, tail: Tail) -> float | None:
@@ -366,6 +388,8 @@ SUMMARY = (
     ("consumer CPU-s/s", ("consumer_cpu_util",), "{:.2f}"),
     ("source CPU-s/s", ("source_cpu_util",), "{:.2f}"),
     ("CPU s / 10k events", ("cpu_per_10k",), "{:.2f}"),
+    ("disk KB / event (max rate)", ("disk_kb_per_event",), "{:.1f}"),
+    ("disk MB/s @1k/s", ("latency_1000", "disk_mb_per_s"), "{:.1f}"),
     ("p50 ms @1k/s", ("latency_1000", "p50"), "{:.2f}"),
     ("p99 ms @1k/s", ("latency_1000", "p99"), "{:.2f}"),
     ("p99.9 ms @1k/s", ("latency_1000", "p99.9"), "{:.2f}"),
@@ -468,6 +492,8 @@ def main() -> int:
                         help="keep every process' output and logs (printed: where)")
     parser.add_argument("--output", default="side_by_side",
                         help="results file name (without extension) under bench/results")
+    parser.add_argument("--latency-seconds", type=float, default=LATENCY_SECONDS,
+                        help="of each paced latency phase (default 3)")
     args = parser.parse_args()
     events = 1_000_000 if args.full else args.events
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.only}
@@ -477,7 +503,7 @@ def main() -> int:
         for round_ in range(args.repeat):
             for name in args.only:
                 print(f"round {round_ + 1}/{args.repeat}: {name} ...", end=" ", flush=True)
-                doc = measure(name, events, work / f"{round_}-{name}")
+                doc = measure(name, events, work / f"{round_}-{name}", args.latency_seconds)
                 runs[name].append(doc)
                 print(f"{doc['events_per_s']:,.0f} events/s, load {doc['load'][0]:.2f}",
                       flush=True)
