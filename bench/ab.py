@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -84,14 +85,18 @@ def main() -> None:
         sbs.RECOVERY_AFTER_SUBSCRIBE = 0
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in pythons}
     work = Path(tempfile.mkdtemp(prefix="a2pd-ab-"))
-    for number in range(args.rounds):
-        order = list(pythons) if number % 2 == 0 else list(reversed(pythons))
-        for name in order:
-            current[0] = name
-            doc = sbs.measure(name, args.events, work / f"{number}-{name}")
-            runs[name].append(doc)
-            print(name, number + 1, *(f"{label} {value(doc):.2f}" for label, value in METRICS),
-                  flush=True)
+    try:
+        for number in range(args.rounds):
+            order = list(pythons) if number % 2 == 0 else list(reversed(pythons))
+            for name in order:
+                current[0] = name
+                doc = sbs.measure(name, args.events, work / f"{number}-{name}")
+                runs[name].append(doc)
+                print(name, number + 1,
+                      *(f"{label} {value(doc):.2f}" for label, value in METRICS), flush=True)
+    finally:
+        # each round's journals and outputs: ~1 GB a run, left in /tmp until this
+        shutil.rmtree(work, ignore_errors=True)
     first, second = list(pythons)
     for label, value in METRICS:
         medians = {name: statistics.median(value(doc) for doc in runs[name]) for name in runs}
